@@ -1,0 +1,210 @@
+"""Similarity benchmark: train (or reuse) the seed design and the default model per dataset, evaluate them with the
+protocol of docs/similarity.md, time pair scoring and index search, and write docs/benchmarks/similarity.{json,md}.
+
+    python benchmarks/similarity.py --data-dir ../shared/data                # train what is missing, evaluate
+    python benchmarks/similarity.py --data-dir ../shared/data --ship         # also copy default models into the package
+    python benchmarks/similarity.py --data-dir ../shared/data --only mnist:default --seed-epochs cifar10=2
+
+Each row records the exact training and evaluation commands, so it can be reproduced alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = ("mnist", "fashion-mnist", "cifar10")
+MODELS = ("seed", "default")
+METRICS = ("recall_at_1", "recall_at_5", "map_at_r", "verification_accuracy", "roc_auc", "eer", "hard_accuracy",
+           "hard_accuracy_ssim")
+
+
+def hardware() -> dict:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
+            "torch": torch.__version__, "python": platform.python_version()}
+
+
+def code_version() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        return rev + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run(cmd: list[str]) -> tuple[str, float]:
+    began = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"command failed ({proc.returncode}): {shlex.join(cmd)}\n{proc.stderr[-2000:]}")
+    return proc.stdout, time.perf_counter() - began
+
+
+def train_and_eval(dataset: str, model: str, args: argparse.Namespace) -> dict:
+    out = Path(args.runs) / f"{dataset}-{model}"
+    cmd = ["siamdiff", "train", "similarity", "--dataset", dataset, "--model", model, "--out", str(out),
+           "--data-dir", args.data_dir]
+    epochs = args.epochs.get(f"{dataset}:{model}")
+    if epochs:
+        cmd += ["--epochs", str(epochs)]
+    exe = [sys.executable, "-m", "siamdiff"]
+    log_path = out / "log.jsonl"
+    if args.retrain or not log_path.is_file():
+        _, seconds = run(exe + cmd[1:])
+        print(f"trained {dataset}:{model} in {seconds:.0f} s", flush=True)
+    history = [json.loads(line) for line in log_path.read_text().splitlines()]
+    train_seconds = sum(h["seconds"] for h in history)
+    ecmd = ["siamdiff", "eval", "similarity", "--model", str(out / "model.safetensors"), "--dataset", dataset,
+            "--data-dir", args.data_dir, "--json"]
+    stdout, _ = run(exe + ecmd[1:])
+    metrics = json.loads(stdout)
+    print(f"evaluated {dataset}:{model}: " + ", ".join(f"{k} {metrics[k]:.4f}" for k in METRICS), flush=True)
+    return {"dataset": dataset, "model": model, "epochs": len(history), "train_seconds": round(train_seconds, 1),
+            "train_command": shlex.join(cmd), "eval_command": shlex.join(ecmd), "metrics": metrics,
+            "model_path": str(out / "model.safetensors")}
+
+
+def latency(model_path: str, data_dir: str, dataset: str, repeats: int = 200) -> dict:
+    """Median and spread (ms) of scoring one pair, and of one search query against the train split (2 threads)."""
+    import torch
+
+    from siamdiff.data.datasets import load_dataset
+    from siamdiff.similarity.api import SimilarityModel
+    from siamdiff.similarity.index import Index, search
+
+    torch.set_num_threads(2)
+    model = SimilarityModel.load(model_path)
+    test = load_dataset(dataset, "test", data_dir)
+    train = load_dataset(dataset, "train+val", data_dir)
+    a = test.images[0].numpy().transpose(1, 2, 0)
+    b = test.images[1].numpy().transpose(1, 2, 0)
+
+    def timed(fn) -> dict:
+        for _ in range(10):
+            fn()
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t) * 1000)
+        q = np.percentile(times, [25, 50, 75])
+        return {"median_ms": round(float(q[1]), 3), "p25_ms": round(float(q[0]), 3), "p75_ms": round(float(q[2]), 3)}
+
+    with torch.inference_mode():
+        pair = timed(lambda: model.score(a, b))
+        index = Index(model.embed(train.images), [str(i) for i in range(len(train))],
+                      [(0, 0)] * len(train), model.fingerprint, model_path)
+        query = timed(lambda: search(index, model, a, k=5))
+    return {"score_pair": pair, "search_query": query, "index_size": len(train), "threads": 2}
+
+
+def write_card(row: dict, hw: dict, version: str, dest: Path) -> None:
+    from siamdiff.checkpoint import read_metadata
+
+    meta = read_metadata(row["model_path"])
+    card = {"name": f"similarity-{row['dataset']}", "kind": "similarity", "dataset": row["dataset"],
+            "data": f"{row['dataset']} official train split minus a 5,000-image validation split (seed 20260); "
+                    f"calibration on 10,000 validation pairs; metrics on the official test split",
+            "command": row["train_command"], "eval_command": row["eval_command"], "epochs": row["epochs"],
+            "train_seconds": row["train_seconds"], "hardware": hw, "code_version": version,
+            "config": meta["config"], "recipe": meta["extra"].get("recipe"),
+            "calibration": meta["extra"].get("calibration"), "metrics": row["metrics"]}
+    shutil.copyfile(row["model_path"], dest / f"similarity-{row['dataset']}.safetensors")
+    (dest / f"similarity-{row['dataset']}.json").write_text(json.dumps(card, indent=2) + "\n")
+
+
+def markdown(result: dict) -> str:
+    hw = result["hardware"]
+    lines = ["# Similarity benchmark", "",
+             f"Code version `{result['code_version']}`; hardware: {hw['cpu']}, {hw['cores']} cores"
+             f"{', GPU ' + hw['gpu'] if hw['gpu'] else ', no GPU'}; torch {hw['torch']}. "
+             f"Generated by `{result['command']}`.", "",
+             "Protocol (docs/similarity.md): 10,000 balanced test pairs (seed 0), threshold from validation; "
+             "retrieval of every test image against the train split; hard pairs from 1,000 test anchors, "
+             "SSIM threshold fitted on validation hard pairs.", "",
+             "| dataset | model | epochs | train s | R@1 | R@5 | MAP@R | verif. acc | ROC-AUC | EER | hard acc | "
+             "hard acc SSIM |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        m = r["metrics"]
+        lines.append(f"| {r['dataset']} | {r['model']} | {r['epochs']} | {r['train_seconds']:.0f} | "
+                     + " | ".join(f"{m[k]:.4f}" for k in METRICS) + " |")
+    lines += ["", "Commands per row (train, then evaluate):", ""]
+    for r in result["rows"]:
+        lines += [f"- {r['dataset']} / {r['model']}: `{r['train_command']}` then `{r['eval_command']}`"]
+    if result.get("latency"):
+        lat = result["latency"]
+        lines += ["", f"Latency on the CPU with {lat['threads']} threads, shipped MNIST model, median (p25-p75) of "
+                      f"200 calls after 10 warm-up calls:", "",
+                  "| operation | median ms | p25 ms | p75 ms |", "|---|---|---|---|",
+                  f"| score one pair (two 28x28 arrays) | {lat['score_pair']['median_ms']} | "
+                  f"{lat['score_pair']['p25_ms']} | {lat['score_pair']['p75_ms']} |",
+                  f"| search one query, exact, {lat['index_size']:,}-image index, k=5 | "
+                  f"{lat['search_query']['median_ms']} | {lat['search_query']['p25_ms']} | "
+                  f"{lat['search_query']['p75_ms']} |"]
+    if result.get("notes"):
+        lines += ["", *result["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--runs", default=str(ROOT / "runs" / "similarity"))
+    parser.add_argument("--only", nargs="*", help="dataset:model pairs, e.g. mnist:default")
+    parser.add_argument("--epochs", nargs="*", default=[], help="dataset:model=N overrides")
+    parser.add_argument("--retrain", action="store_true")
+    parser.add_argument("--ship", action="store_true", help="copy default models and cards into the package")
+    parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks"))
+    args = parser.parse_args()
+    args.epochs = dict(e.split("=") for e in args.epochs)
+    wanted = [tuple(x.split(":")) for x in args.only] if args.only else [(d, m) for d in DATASETS for m in MODELS]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / "similarity.json"
+    previous = json.loads(json_path.read_text()) if json_path.is_file() else {"rows": []}
+    rows = {(r["dataset"], r["model"]): r for r in previous["rows"]}
+    hw, version = hardware(), code_version()
+    for dataset, model in wanted:
+        rows[(dataset, model)] = train_and_eval(dataset, model, args) | {"hardware": hw, "code_version": version}
+    ordered = [rows[k] for d in DATASETS for m in MODELS if (k := (d, m)) in rows]
+    result = {"command": "python " + shlex.join(["benchmarks/similarity.py", *sys.argv[1:]]),
+              "code_version": version, "hardware": hw, "rows": ordered, "notes": previous.get("notes", [])}
+    if ("mnist", "default") in rows:
+        result["latency"] = latency(rows[("mnist", "default")]["model_path"], args.data_dir, "mnist")
+    if args.ship:
+        dest = ROOT / "src" / "siamdiff" / "weights"
+        for r in ordered:
+            if r["model"] == "default":
+                write_card(r, r["hardware"], r["code_version"], dest)
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    (out / "similarity.md").write_text(markdown(result))
+    print(f"wrote {json_path} and {out / 'similarity.md'}")
+
+
+if __name__ == "__main__":
+    main()

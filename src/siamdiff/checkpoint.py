@@ -1,0 +1,124 @@
+"""One checkpoint format for both halves: safetensors weights + JSON config as metadata, written atomically.
+
+A model file holds ``{"format": "siamdiff/1", "kind": ..., "config": <json>, "extra": <json>}`` as safetensors
+metadata, so :func:`load_model` rebuilds the network with no flags and never unpickles anything. Training state
+(optimizer, epoch, RNG) for ``--resume`` is a separate ``state.pt`` of plain tensors and numbers, loaded with
+``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError, SiamdiffError
+
+FORMAT = "siamdiff/1"
+
+# kind -> "module:function" building an nn.Module from a config dict; imported lazily to keep the halves apart.
+BUILDERS: dict[str, str] = {
+    "similarity": "siamdiff.similarity.models:build_from_config",
+}
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temp file beside ``path``, fsync it and ``os.replace`` it into place."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise SiamdiffError(f"cannot write '{path}': folder '{path.parent}' does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise SiamdiffError(f"cannot write '{path}': {exc.strerror}") from None
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        write(tmp_path)
+        with open(tmp_path, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_model(path: str | os.PathLike, model: nn.Module, kind: str, config: dict[str, Any],
+               extra: dict[str, Any] | None = None) -> Path:
+    """Save ``model`` weights with its config; ``extra`` holds JSON-able facts (calibration, dataset, classes)."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = {"format": FORMAT, "kind": kind, "config": json.dumps(config), "extra": json.dumps(extra or {})}
+    return atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The metadata of a model file, parsed: ``{"format", "kind", "config": dict, "extra": dict}``."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"cannot load model '{path}': no such file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception:  # noqa: BLE001 - safetensors raises several types for a corrupt header
+        raise CheckpointError(f"cannot load model '{path}': not a safetensors model file") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"cannot load model '{path}': format '{meta.get('format')}' is not {FORMAT}")
+    try:
+        return {"format": meta["format"], "kind": meta["kind"], "config": json.loads(meta["config"]),
+                "extra": json.loads(meta.get("extra", "{}"))}
+    except (KeyError, json.JSONDecodeError):
+        raise CheckpointError(f"cannot load model '{path}': damaged metadata") from None
+
+
+def load_model(path: str | os.PathLike, kind: str | None = None,
+               map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model stored at ``path``; returns ``(model in eval mode, metadata)``.
+
+    ``kind`` (e.g. ``"similarity"``) refuses a checkpoint of another kind with a clear error.
+    """
+    from safetensors.torch import load_file
+
+    meta = read_metadata(path)
+    if kind is not None and meta["kind"] != kind:
+        raise CheckpointError(f"'{path}' is a {meta['kind']} model, not a {kind} model")
+    if meta["kind"] not in BUILDERS:
+        raise CheckpointError(f"'{path}' is of unknown kind '{meta['kind']}'")
+    module, func = BUILDERS[meta["kind"]].split(":")
+    try:
+        model = getattr(importlib.import_module(module), func)(meta["config"])
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"cannot rebuild model '{path}': {exc}") from None
+    try:
+        state = load_file(str(path), device=str(map_location))
+        model.load_state_dict(state, strict=True)
+    except Exception as exc:  # noqa: BLE001 - shape/key mismatches and corrupt tensors alike
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"cannot load weights of '{path}': {first}") from None
+    return model.eval(), meta
+
+
+def save_state(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Save training state (tensors, numbers, strings, nested dicts/lists) atomically."""
+    return atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_state(path: str | os.PathLike) -> dict[str, Any]:
+    """Load training state written by :func:`save_state`; refuses anything that needs unpickling code."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"cannot resume: '{path}' does not exist") from None
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"cannot resume from '{path}': {str(exc).splitlines()[0]}") from None

@@ -1,0 +1,234 @@
+"""The ``siamdiff`` command: a thin argparse layer over the library.
+
+Every user error (``SiamdiffError``) becomes one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .errors import SiamdiffError
+
+log = logging.getLogger("siamdiff")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse's own convention)
+        self.exit(2, f"siamdiff: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="folder holding MNIST/raw, FashionMNIST/raw, cifar-10-batches-py "
+                                      "(default: $SIAMDIFF_DATA or ~/.cache/siamdiff/data)")
+    p.add_argument("--download", action="store_true", help="download missing dataset files (checked by MD5)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="siamdiff", description="Image similarity with Siamese networks, and denoising.")
+    parser.add_argument("--version", action="version", version=f"siamdiff {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("demo", help="offline demo on the embedded sample with the shipped weights")
+    p.add_argument("--out", default="siamdiff-demo", help="folder for the pictures and report")
+
+    p = sub.add_parser("train", help="train a model")
+    what = p.add_subparsers(dest="what", required=True, parser_class=_Parser)
+    t = what.add_parser("similarity", help="train a Siamese embedding with a contrastive loss")
+    t.add_argument("--dataset", required=True, help="mnist, fashion-mnist, cifar10 or folder:PATH")
+    t.add_argument("--model", default="default", choices=["default", "seed", "tiny"])
+    t.add_argument("--loss", choices=["contrastive", "hadsell", "triplet", "supcon"])
+    t.add_argument("--margin", type=_positive_float)
+    t.add_argument("--epochs", type=_positive_int)
+    t.add_argument("--batch-size", type=_positive_int)
+    t.add_argument("--lr", type=_positive_float)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    t.add_argument("--max-batches", type=_positive_int, help="cap batches per epoch (smoke runs)")
+    t.add_argument("--image-size", type=_positive_int, help="folder datasets: square size (default 32)")
+    t.add_argument("--channels", type=int, choices=[1, 3], help="folder datasets: 1 or 3 (default 3)")
+    t.add_argument("--out", required=True, help="run folder: model.safetensors, state.pt, log.jsonl")
+    t.add_argument("--resume", action="store_true", help="continue from OUT/state.pt")
+    _data_args(t)
+
+    p = sub.add_parser("eval", help="evaluate a model")
+    what = p.add_subparsers(dest="what", required=True, parser_class=_Parser)
+    e = what.add_parser("similarity", help="verification, retrieval and hard-pair metrics")
+    e.add_argument("--model", default="mnist", help="mnist, fashion-mnist, cifar10 or a model path")
+    e.add_argument("--dataset", required=True, help="mnist, fashion-mnist, cifar10, sample:NAME or folder:PATH")
+    e.add_argument("--n-pairs", type=_positive_int, default=10_000)
+    e.add_argument("--hard", type=int, default=1000, help="hard-pair anchors (0 to skip)")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    _data_args(e)
+
+    p = sub.add_parser("similarity", help="how similar are two images (probability of same category)")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--model", default="mnist")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("index", help="embed a folder of images into a search index")
+    p.add_argument("folder")
+    p.add_argument("--out", required=True, help="index file (.safetensors); updated in place if it exists")
+    p.add_argument("--model", default="mnist")
+
+    p = sub.add_parser("search", help="nearest images of an index")
+    p.add_argument("image")
+    p.add_argument("--index", required=True)
+    p.add_argument("-k", type=int, default=5)
+    p.add_argument("--model", help="defaults to the model that built the index")
+    p.add_argument("--faiss", action="store_true", help="search with faiss (pip install 'siamdiff[faiss]')")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("plot", help="pictures: pairs with scores, ROC curve, 2-D map of embeddings")
+    what = p.add_subparsers(dest="what", required=True, parser_class=_Parser)
+    q = what.add_parser("similarity")
+    q.add_argument("--model", default="mnist")
+    q.add_argument("--dataset", default="sample:mnist")
+    q.add_argument("--out", required=True, help="folder for the PNGs")
+    _data_args(q)
+    return parser
+
+
+def _print_json(obj: object) -> None:
+    print(json.dumps(obj, indent=None, sort_keys=False))
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .similarity.train import train_similarity
+
+    overrides = {k: getattr(args, k) for k in ("loss", "margin", "epochs", "batch_size", "lr", "max_batches")
+                 if getattr(args, k) is not None}
+    command = "siamdiff " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    history = train_similarity(args.dataset, args.out, model=args.model, data_root=args.data_dir,
+                               download=args.download, resume=args.resume, command=command, seed=args.seed,
+                               device=args.device, image_size=args.image_size, channels=args.channels, **overrides)
+    last = history[-1] if history else {}
+    print(f"wrote {Path(args.out) / 'model.safetensors'} after {len(history)} epoch(s): "
+          + ", ".join(f"{k}={v:.4f}" for k, v in last.items() if k.startswith("val_")))
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .similarity.api import SimilarityModel
+    from .similarity.evaluate import evaluate
+
+    if args.hard < 0:
+        raise SiamdiffError("--hard must be 0 or more")
+    result = evaluate(SimilarityModel.load(args.model), args.dataset, args.data_dir, args.download,
+                      n_pairs=args.n_pairs, n_hard=args.hard)
+    if args.json:
+        _print_json(result)
+    else:
+        for k, v in result.items():
+            print(f"{k:24s} {v:.4f}" if isinstance(v, float) else f"{k:24s} {v}")
+    return 0
+
+
+def _cmd_similarity(args: argparse.Namespace) -> int:
+    from .similarity.api import SimilarityModel
+
+    model = SimilarityModel.load(args.model)
+    result = {"a": args.a, "b": args.b, **model.score(args.a, args.b)}
+    if args.json:
+        _print_json(result)
+    else:
+        verdict = "same category" if result["same"] else "different categories"
+        print(f"{result['probability']:.3f}  ({verdict}; distance {result['distance']:.3f})")
+    return 0
+
+
+def _cmd_index(args: argparse.Namespace) -> int:
+    from .similarity.api import SimilarityModel
+    from .similarity.index import build_index
+
+    index, counts = build_index(args.folder, SimilarityModel.load(args.model), args.out)
+    print(f"index {args.out}: {len(index.paths)} images ({counts['added']} added, {counts['kept']} kept, "
+          f"{counts['removed']} removed, {counts['skipped']} unreadable skipped)")
+    return 0
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from .similarity.api import SimilarityModel
+    from .similarity.index import Index, search
+
+    if args.k < 1:
+        raise SiamdiffError(f"-k must be a positive number, got {args.k}")
+    index = Index.load(args.index)
+    model = SimilarityModel.load(args.model or index.model)
+    hits = search(index, model, args.image, args.k, use_faiss=args.faiss)
+    if args.json:
+        _print_json({"query": args.image, "results": hits})
+    else:
+        for h in hits:
+            print(f"{h['probability']:.3f}  {h['distance']:.3f}  {h['path']}")
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from .similarity.api import SimilarityModel
+    from .similarity.plots import plot_all
+
+    paths = plot_all(SimilarityModel.load(args.model), args.dataset, args.out, args.data_dir, args.download)
+    for p in paths:
+        print(p)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    report = run_demo(args.out)
+    print(f"demo written to {report.parent}/ (open {report})")
+    return 0
+
+
+COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "similarity": _cmd_similarity, "index": _cmd_index,
+            "search": _cmd_search, "plot": _cmd_plot, "demo": _cmd_demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="siamdiff: %(levelname)s: %(message)s")
+    os.environ.setdefault("KMP_WARNINGS", "0")
+    try:
+        return COMMANDS[args.command](args)
+    except SiamdiffError as exc:
+        print(f"siamdiff: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("siamdiff: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("siamdiff: error: out of memory", file=sys.stderr)
+        return 2

@@ -1,0 +1,287 @@
+"""Datasets as uint8 tensors: MNIST, Fashion-MNIST, CIFAR-10, an image folder, and the embedded sample.
+
+Every dataset is loaded once into an :class:`ImageSet` (images ``(N, C, H, W)`` uint8, labels ``(N,)`` int64).
+Splits never leak: ``val`` is carved from the official training set with a fixed seed and removed from
+``train``; ``test`` is the official test set. Files are read from the official layouts under a data folder
+(torchvision's ``MNIST/raw``, ``FashionMNIST/raw`` and the ``cifar-10-batches-py`` pickles); when they are
+missing and downloading is allowed, they are fetched and checked against their published MD5 sums.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import pickle
+import struct
+import tarfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import SiamdiffError
+
+log = logging.getLogger(__name__)
+
+DATA_ENV = "SIAMDIFF_DATA"
+VAL_SIZE = 5000
+VAL_SEED = 20260
+SPLITS = ("train", "val", "test", "train+val")
+
+MNIST_CLASSES = [str(i) for i in range(10)]
+FASHION_CLASSES = ["t-shirt/top", "trouser", "pullover", "dress", "coat",
+                   "sandal", "shirt", "sneaker", "bag", "ankle boot"]
+CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+@dataclass(frozen=True)
+class _IdxSpec:
+    folder: str
+    classes: list[str]
+    mirrors: tuple[str, ...]
+    md5: dict[str, str]  # gzipped file name -> MD5 of the official download
+
+
+_IDX_SPECS = {
+    "mnist": _IdxSpec("MNIST", MNIST_CLASSES,
+                      ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
+                      {"train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+                       "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+                       "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+                       "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c"}),
+    "fashion-mnist": _IdxSpec("FashionMNIST", FASHION_CLASSES,
+                              ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+                              {"train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+                               "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+                               "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+                               "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310"}),
+}
+_CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+_CIFAR_MD5 = "c58f30108f718f92721af3b95e74349a"
+BUILTIN = ("mnist", "fashion-mnist", "cifar10")
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """A labelled set of images held in memory.
+
+    images: ``(N, C, H, W)`` uint8; labels: ``(N,)`` int64 indices into ``classes``.
+    """
+
+    name: str
+    split: str
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of one image."""
+        c, h, w = self.images.shape[1:]
+        return int(c), int(h), int(w)
+
+    def subset(self, index: torch.Tensor | np.ndarray | list[int]) -> ImageSet:
+        idx = torch.as_tensor(index, dtype=torch.long)
+        return ImageSet(self.name, self.split, self.images[idx], self.labels[idx], self.classes)
+
+
+def data_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """The data folder: ``explicit`` (``--data-dir``), else ``$SIAMDIFF_DATA``, else ``~/.cache/siamdiff/data``."""
+    if explicit:
+        return Path(explicit).expanduser()
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV]).expanduser()
+    return Path.home() / ".cache" / "siamdiff" / "data"
+
+
+def canonical_name(name: str) -> str:
+    """Normalise a dataset name (``MNIST``, ``fashion_mnist``, ``CIFAR-10`` ...); ``folder:PATH`` passes through."""
+    if name.startswith("folder:"):
+        return name
+    key = name.lower().replace("_", "-")
+    key = {"fashionmnist": "fashion-mnist", "fmnist": "fashion-mnist", "cifar-10": "cifar10"}.get(key, key)
+    if key not in BUILTIN:
+        raise SiamdiffError(f"unknown dataset '{name}': use one of {', '.join(BUILTIN)} or folder:PATH")
+    return key
+
+
+def classes_of(name: str) -> list[str]:
+    return CIFAR_CLASSES if name == "cifar10" else _IDX_SPECS[name].classes
+
+
+def load_dataset(name: str, split: str, root: str | os.PathLike | None = None, download: bool = False,
+                 image_size: int | None = None, channels: int | None = None) -> ImageSet:
+    """Load one split of a dataset.
+
+    name: ``mnist``, ``fashion-mnist``, ``cifar10``, ``sample:NAME`` (the embedded sample, test split only)
+    or ``folder:PATH`` (``PATH/<class>/<images>``; needs ``image_size`` and ``channels``, defaults 32 and 3).
+    split: ``train`` (official train minus validation), ``val``, ``test`` or ``train+val``.
+    """
+    if split not in SPLITS:
+        raise SiamdiffError(f"unknown split '{split}': use one of {', '.join(SPLITS)}")
+    if name.startswith("sample:"):
+        return load_sample(canonical_name(name[len("sample:"):]))
+    name = canonical_name(name)
+    if name.startswith("folder:"):
+        from .folder import load_folder_split
+        return load_folder_split(name[len("folder:"):], split, image_size or 32, channels or 3)
+    folder = data_dir(root)
+    official = "test" if split == "test" else "train"
+    if name == "cifar10":
+        images, labels = _load_cifar(folder, official, download)
+    else:
+        images, labels = _load_idx(folder, _IDX_SPECS[name], official, download)
+    if split != "test":
+        val_idx, train_idx = _val_partition(len(labels))
+        keep = {"train": train_idx, "val": val_idx, "train+val": np.arange(len(labels))}[split]
+        images, labels = images[keep], labels[keep]
+    return ImageSet(name, split, torch.from_numpy(np.ascontiguousarray(images)),
+                    torch.from_numpy(labels.astype(np.int64)), classes_of(name))
+
+
+def _val_partition(n: int, size: int = VAL_SIZE, seed: int = VAL_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``range(n)`` into (validation, train) index arrays, both sorted, with a fixed seed."""
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[:size]), np.sort(perm[size:])
+
+
+# ---------------------------------------------------------------------------------------------- IDX (MNIST)
+def _load_idx(folder: Path, spec: _IdxSpec, split: str, download: bool) -> tuple[np.ndarray, np.ndarray]:
+    raw = folder / spec.folder / "raw"
+    prefix = "train" if split == "train" else "t10k"
+    names = [f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"]
+    paths = []
+    for stem in names:
+        path = _find_idx(raw, stem)
+        if path is None:
+            if not download:
+                raise SiamdiffError(f"{spec.folder} file '{stem}.gz' not found under '{raw}': pass --download, "
+                                    f"--data-dir or set {DATA_ENV}")
+            path = _download(spec.mirrors, f"{stem}.gz", spec.md5[f"{stem}.gz"], raw)
+        paths.append(path)
+    images = _read_idx(paths[0], expect_dims=3)[:, None]
+    labels = _read_idx(paths[1], expect_dims=1)
+    if len(images) != len(labels):
+        raise SiamdiffError(f"'{paths[0]}' has {len(images)} images but '{paths[1]}' has {len(labels)} labels")
+    return images, labels
+
+
+def _find_idx(raw: Path, stem: str) -> Path | None:
+    for candidate in (raw / f"{stem}.gz", raw / stem):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _read_idx(path: Path, expect_dims: int) -> np.ndarray:
+    """Read an IDX file (gzipped or not) of unsigned bytes."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+        zero, dtype, dims = struct.unpack(">HBB", data[:4])
+        if zero != 0 or dtype != 0x08 or dims != expect_dims:
+            raise ValueError("bad magic number")
+        shape = struct.unpack(f">{dims}I", data[4:4 + 4 * dims])
+        array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims)
+        return array.reshape(shape).copy()
+    except (OSError, ValueError, struct.error, EOFError) as exc:
+        raise SiamdiffError(f"cannot read IDX file '{path}': {exc}") from None
+
+
+# ------------------------------------------------------------------------------------------------ CIFAR-10
+def _load_cifar(folder: Path, split: str, download: bool) -> tuple[np.ndarray, np.ndarray]:
+    base = folder / "cifar-10-batches-py"
+    files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    if not all((base / f).is_file() for f in files):
+        if not download:
+            raise SiamdiffError(f"CIFAR-10 batches not found under '{base}': pass --download, --data-dir or set "
+                                f"{DATA_ENV}")
+        archive = _download((_CIFAR_URL.rsplit("/", 1)[0] + "/",), "cifar-10-python.tar.gz", _CIFAR_MD5, folder)
+        with tarfile.open(archive, "r:gz") as tar:
+            tar.extractall(folder, filter="data")
+    images, labels = [], []
+    for f in files:
+        batch = _read_cifar_batch(base / f)
+        images.append(batch[0])
+        labels.append(batch[1])
+    return np.concatenate(images), np.concatenate(labels)
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Unpickler for CIFAR batches: only numpy array reconstruction is allowed, nothing else runs."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+                ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):  # noqa: ANN201 - pickle API
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with open(path, "rb") as f:
+            batch = _SafeUnpickler(f, encoding="latin1").load()
+        data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(batch["labels"], dtype=np.int64)
+    except (OSError, KeyError, ValueError, TypeError, pickle.UnpicklingError, EOFError) as exc:
+        raise SiamdiffError(f"cannot read CIFAR-10 batch '{path}': {exc}") from None
+    return data, labels
+
+
+# ------------------------------------------------------------------------------------------------ download
+def _download(mirrors: tuple[str, ...], filename: str, md5: str, dest: Path) -> Path:
+    """Fetch ``filename`` from the first mirror that answers and check its MD5; the file appears only if valid."""
+    from torchvision.datasets.utils import check_integrity, download_url
+
+    dest.mkdir(parents=True, exist_ok=True)
+    target = dest / filename
+    if check_integrity(str(target), md5):
+        return target
+    errors = []
+    for mirror in mirrors:
+        tmp_name = f".{filename}.part"
+        try:
+            download_url(mirror + filename, str(dest), tmp_name, md5=None)
+            if not check_integrity(str(dest / tmp_name), md5):
+                raise ValueError(f"MD5 mismatch (expected {md5})")
+            os.replace(dest / tmp_name, target)
+            log.info("downloaded %s", target)
+            return target
+        except Exception as exc:  # noqa: BLE001 - every mirror failure is reported together below
+            errors.append(f"{mirror}: {exc}")
+            (dest / tmp_name).unlink(missing_ok=True)
+    raise SiamdiffError(f"could not download {filename}: " + "; ".join(errors))
+
+
+# ------------------------------------------------------------------------------------------ embedded sample
+SAMPLE_PER_CLASS = 30
+
+
+def load_sample(name: str) -> ImageSet:
+    """The embedded sample: the first 30 test images of each class (300 images), shipped inside the package."""
+    name = canonical_name(name)
+    ref = resources.files("siamdiff.data").joinpath("sample", f"{name}.npz")
+    with resources.as_file(ref) as path, np.load(path) as npz:
+        images, labels = npz["images"], npz["labels"]
+    return ImageSet(name, "test", torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64)),
+                    classes_of(name))
+
+
+def make_sample(name: str, root: str | os.PathLike | None, out: Path, per_class: int = SAMPLE_PER_CLASS) -> Path:
+    """Write the embedded sample for ``name`` (first ``per_class`` test images of each class) to ``out``."""
+    test = load_dataset(name, "test", root)
+    labels = test.labels.numpy()
+    idx = np.sort(np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(len(test.classes))]))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out, images=test.images.numpy()[idx], labels=labels[idx].astype(np.uint8), index=idx)
+    return out

@@ -1,0 +1,148 @@
+"""The evaluation protocol for similarity (written out in docs/similarity.md).
+
+* Verification: 10,000 balanced test pairs (seed 0); the decision threshold is the one stored in the model,
+  chosen on validation pairs at training time, never on test. ``roc_auc`` and ``eer`` use ``-distance``.
+* Retrieval: every test image queried against the train split as gallery (recall@1, recall@5, MAP@R).
+* Hard pairs (the report's claim): for ``n_hard`` test images, the most pixel-similar image of another class
+  (hard negative, smallest pixel L2 distance) and the least pixel-similar image of the same class (hard positive,
+  largest pixel L2), both searched over the whole test set. The same pairs are decided by siamdiff's threshold and
+  by a pixel-SSIM threshold chosen on hard pairs built the same way from the validation split.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+
+from ..data.datasets import ImageSet, load_dataset
+from ..errors import SiamdiffError
+from .api import SimilarityModel
+from .metrics import (equal_error_rate, best_threshold, retrieval_metrics, roc_auc, verification_accuracy)
+from .pairs import balanced_pairs
+
+log = logging.getLogger(__name__)
+TEST_PAIRS = 10_000
+TEST_PAIR_SEED = 0
+HARD_SEED = 2
+
+
+def hard_pairs(images: torch.Tensor, labels: np.ndarray, n: int, seed: int = HARD_SEED
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` hard negatives then ``n`` hard positives for ``n`` random anchors: ``(i, j, same)``.
+
+    Hard negative: nearest image of another class in pixel L2; hard positive: farthest image of the same class.
+    """
+    rng = np.random.default_rng(seed)
+    anchors = rng.choice(len(labels), size=min(n, len(labels)), replace=False)
+    flat = images.reshape(len(images), -1).float() / 255.0
+    sq = flat.pow(2).sum(1)
+    lab = torch.as_tensor(labels)
+    neg, pos = [], []
+    for s in range(0, len(anchors), 256):
+        a = torch.as_tensor(anchors[s:s + 256])
+        d2 = sq[a][:, None] + sq[None, :] - 2 * flat[a] @ flat.T
+        same = lab[a][:, None] == lab[None, :]
+        neg.append(d2.masked_fill(same, float("inf")).argmin(1))
+        far = d2.masked_fill(~same, float("-inf"))
+        far[torch.arange(len(a)), a] = float("-inf")
+        pos.append(far.argmax(1))
+    i = np.concatenate([anchors, anchors])
+    j = np.concatenate([torch.cat(neg).numpy(), torch.cat(pos).numpy()])
+    same = np.concatenate([np.zeros(len(anchors), np.int64), np.ones(len(anchors), np.int64)])
+    return i, j, same
+
+
+def ssim_scores(images: torch.Tensor, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Structural similarity (scikit-image, data range 255) of each pair of uint8 images ``(N, C, H, W)``."""
+    from skimage.metrics import structural_similarity
+
+    x = images.numpy()
+    channel_axis = 0 if x.shape[1] > 1 else None
+    out = np.empty(len(i))
+    for k, (a, b) in enumerate(zip(i, j)):
+        ia, ib = (x[a], x[b]) if channel_axis is not None else (x[a, 0], x[b, 0])
+        out[k] = structural_similarity(ia, ib, data_range=255, channel_axis=channel_axis)
+    return out
+
+
+def _pair_distance(emb: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    return np.linalg.norm(emb[i] - emb[j], axis=1)
+
+
+def evaluate(model: SimilarityModel, dataset: str, data_root: str | None = None, download: bool = False,
+             n_pairs: int = TEST_PAIRS, n_hard: int = 1000, gallery: str = "train") -> dict:
+    """Run the whole protocol; returns one flat dict of metrics (see the module docstring)."""
+    began = time.perf_counter()
+    test = load_dataset(dataset, "test", data_root, download)
+    _check_compatible(model, test)
+    if model.calibration is None:
+        raise SiamdiffError("model has no calibration; it cannot make verification decisions")
+    test_emb = model.embed(test.images)
+    test_labels = test.labels.numpy()
+    i, j, same = balanced_pairs(test_labels, n_pairs, TEST_PAIR_SEED)
+    d = _pair_distance(test_emb, i, j)
+    out: dict = {"dataset": test.name, "model": model.source, "n_pairs": int(n_pairs),
+                 "threshold": model.calibration.threshold,
+                 "verification_accuracy": verification_accuracy(-d, same.astype(bool), -model.calibration.threshold),
+                 "roc_auc": roc_auc(-d, same.astype(bool)), "eer": equal_error_rate(-d, same.astype(bool))}
+    if gallery == "train" and not dataset.startswith("sample:"):
+        gal = load_dataset(dataset, "train", data_root, download)
+        out.update(retrieval_metrics(test_emb, test_labels, model.embed(gal.images), gal.labels.numpy()))
+        out["gallery"] = f"train ({len(gal)} images)"
+    else:
+        out.update(_leave_one_out(test_emb, test_labels))
+        out["gallery"] = f"test, leave-one-out ({len(test)} images)"
+    if n_hard > 0:
+        out.update(_hard_pair_test(model, dataset, data_root, download, test, test_emb, n_hard))
+    out["seconds"] = round(time.perf_counter() - began, 2)
+    return out
+
+
+def _leave_one_out(emb: np.ndarray, labels: np.ndarray) -> dict:
+    from .metrics import knn_search, map_at_r, recall_at_k
+
+    r_max = int(np.bincount(labels).max()) - 1
+    _, idx = knn_search(emb, emb, max(5, r_max), exclude_self=True)
+    rec = recall_at_k(labels, labels[idx], ks=(1, 5))
+    ap = _map_loo(labels, labels[idx], np.bincount(labels))
+    return {"recall_at_1": rec[1], "recall_at_5": rec[5], "map_at_r": ap, "n_queries": len(labels)}
+
+
+def _map_loo(query_labels: np.ndarray, neighbor_labels: np.ndarray, counts: np.ndarray) -> float:
+    r = counts[query_labels] - 1
+    rel = neighbor_labels == query_labels[:, None]
+    prec = np.cumsum(rel, axis=1) / np.arange(1, rel.shape[1] + 1)
+    within = np.arange(rel.shape[1])[None, :] < r[:, None]
+    ok = r > 0
+    ap = (prec * rel * within).sum(1)[ok] / r[ok]
+    return float(ap.mean()) if ok.any() else float("nan")
+
+
+def _hard_pair_test(model: SimilarityModel, dataset: str, data_root: str | None, download: bool, test: ImageSet,
+                    test_emb: np.ndarray, n_hard: int) -> dict:
+    if dataset.startswith("sample:"):
+        val = test  # the embedded sample has no validation split: the SSIM threshold is fitted on the same pairs
+    else:
+        val = load_dataset(dataset, "val", data_root, download)
+    vi, vj, vsame = hard_pairs(val.images, val.labels.numpy(), n_hard, seed=HARD_SEED + 1)
+    ssim_threshold = best_threshold(ssim_scores(val.images, vi, vj), vsame.astype(bool))
+    i, j, same = hard_pairs(test.images, test.labels.numpy(), n_hard)
+    d = _pair_distance(test_emb, i, j)
+    s = ssim_scores(test.images, i, j)
+    pred_model = d <= model.calibration.threshold
+    truth = same.astype(bool)
+    return {"hard_pairs": int(len(i)),
+            "hard_accuracy": float((pred_model == truth).mean()),
+            "hard_accuracy_ssim": float(((s >= ssim_threshold) == truth).mean()),
+            "hard_negative_accuracy": float((~pred_model[~truth]).mean()),
+            "hard_positive_accuracy": float(pred_model[truth].mean())}
+
+
+def _check_compatible(model: SimilarityModel, data: ImageSet) -> None:
+    c, h, w = data.shape
+    if (c, h, w) != (model.channels, model.image_size, model.image_size):
+        raise SiamdiffError(f"model expects {model.channels}x{model.image_size}x{model.image_size} images but "
+                            f"dataset '{data.name}' has {c}x{h}x{w}")

@@ -1,0 +1,155 @@
+"""A searchable index of a folder's images: embeddings in safetensors, paths and the model's fingerprint as metadata.
+
+``build_index`` embeds only files that are new (or changed: size or modification time) when the index exists;
+``search`` returns the k nearest images. Search is exact (one matrix product) by default; with ``use_faiss`` and
+faiss installed, a flat inner-product faiss index is used instead (same results on unit-length embeddings).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..checkpoint import atomic_write
+from ..data.imageio import list_images
+from ..errors import ImageReadError, SiamdiffError
+from .api import ImageLike, SimilarityModel
+
+log = logging.getLogger(__name__)
+INDEX_FORMAT = "siamdiff-index/1"
+
+
+@dataclass
+class Index:
+    """Embeddings ``(N, D)`` float32 of ``paths`` made by the model with ``fingerprint``."""
+
+    embeddings: np.ndarray
+    paths: list[str]
+    stamps: list[tuple[int, int]]  # (size, mtime_ns) per path
+    fingerprint: str
+    model: str
+
+    def save(self, path: str | os.PathLike) -> Path:
+        from safetensors.numpy import save_file
+
+        meta = {"format": INDEX_FORMAT, "fingerprint": self.fingerprint, "model": self.model,
+                "paths": json.dumps(self.paths), "stamps": json.dumps(self.stamps)}
+        tensors = {"embeddings": np.ascontiguousarray(self.embeddings, dtype=np.float32)}
+        return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Index:
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise SiamdiffError(f"cannot open index '{path}': no such file")
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                meta = f.metadata() or {}
+                emb = f.get_tensor("embeddings")
+            if meta.get("format") != INDEX_FORMAT:
+                raise ValueError("not a siamdiff index")
+            paths = json.loads(meta["paths"])
+            stamps = [tuple(s) for s in json.loads(meta["stamps"])]
+        except Exception as exc:  # noqa: BLE001 - any damage is one message
+            raise SiamdiffError(f"cannot open index '{path}': {str(exc).splitlines()[0] if str(exc) else 'damaged'}"
+                                ) from None
+        if len(paths) != len(emb):
+            raise SiamdiffError(f"cannot open index '{path}': damaged (paths and embeddings differ in number)")
+        return cls(emb, paths, stamps, meta["fingerprint"], meta.get("model", ""))
+
+
+def _stamp(p: Path) -> tuple[int, int]:
+    st = p.stat()
+    return int(st.st_size), int(st.st_mtime_ns)
+
+
+def build_index(folder: str | os.PathLike, model: SimilarityModel, out: str | os.PathLike,
+                batch_size: int = 256) -> tuple[Index, dict[str, int]]:
+    """Embed the images of ``folder`` (recursively) into the index file ``out``; reuse it when it exists.
+
+    Returns the index and counts ``{"added", "kept", "removed", "skipped"}``. Unreadable files are skipped.
+    """
+    out = Path(out)
+    files = list_images(folder)
+    old = Index.load(out) if out.exists() else None
+    if old is not None and old.fingerprint != model.fingerprint:
+        raise SiamdiffError(f"index '{out}' was built by another model ({old.model}); use that model or a new "
+                            f"--out")
+    known = {p: (i, tuple(s)) for i, (p, s) in enumerate(zip(old.paths, old.stamps))} if old else {}
+    keep_rows, keep_paths, keep_stamps, todo = [], [], [], []
+    for f in files:
+        key = str(f.resolve())
+        stamp = _stamp(f)
+        if key in known and known[key][1] == stamp:
+            keep_rows.append(known[key][0])
+            keep_paths.append(key)
+            keep_stamps.append(stamp)
+        else:
+            todo.append((f, key, stamp))
+    new_emb, new_paths, new_stamps, skipped = [], [], [], 0
+    for s in range(0, len(todo), batch_size):
+        arrays = []
+        for f, key, stamp in todo[s:s + batch_size]:
+            try:
+                arrays.append(model.prepare(f))
+            except ImageReadError as exc:
+                log.warning("%s", exc)
+                skipped += 1
+                continue
+            new_paths.append(key)
+            new_stamps.append(stamp)
+        if arrays:
+            new_emb.append(model.embed(np.stack(arrays)))
+    dim = model.net.config.embed_dim
+    parts = ([old.embeddings[keep_rows]] if old is not None and keep_rows else []) + new_emb
+    emb = np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
+    if len(emb) == 0:
+        raise SiamdiffError(f"no readable images in '{folder}'" + (f" ({skipped} unreadable)" if skipped else ""))
+    index = Index(emb, keep_paths + new_paths, keep_stamps + new_stamps, model.fingerprint, model.source)
+    index.save(out)
+    removed = (len(old.paths) - len(keep_rows)) if old else 0
+    return index, {"added": len(new_paths), "kept": len(keep_rows), "removed": removed, "skipped": skipped}
+
+
+def search(index: Index, model: SimilarityModel, query: ImageLike | np.ndarray, k: int = 5,
+           use_faiss: bool = False) -> list[dict[str, float | str]]:
+    """The ``k`` nearest images to ``query``: ``[{"path", "distance", "probability"}]``, nearest first."""
+    if k < 1:
+        raise SiamdiffError(f"-k must be a positive number, got {k}")
+    if index.fingerprint != model.fingerprint:
+        raise SiamdiffError(f"index was built by another model ({index.model}); pass --model {index.model}")
+    q = model.embed([query])[0] if not (isinstance(query, np.ndarray) and query.ndim == 1) else query
+    dist, idx = nearest(index.embeddings, q[None, :], min(k, len(index.paths)), use_faiss)
+    prob = model.probability(dist[0]) if model.calibration else np.full(len(idx[0]), np.nan)
+    return [{"path": index.paths[i], "distance": float(d), "probability": float(p)}
+            for i, d, p in zip(idx[0], dist[0], prob)]
+
+
+def nearest(gallery: np.ndarray, queries: np.ndarray, k: int, use_faiss: bool = False) -> tuple[np.ndarray,
+                                                                                                np.ndarray]:
+    """Exact Euclidean k-NN: ``(distances (Q, k), indices (Q, k))``; faiss's flat L2 index when asked."""
+    if use_faiss:
+        try:
+            import faiss
+        except ImportError:
+            raise SiamdiffError("faiss is not installed: pip install 'siamdiff[faiss]'") from None
+        flat = faiss.IndexFlatL2(gallery.shape[1])
+        flat.add(np.ascontiguousarray(gallery, dtype=np.float32))
+        d2, idx = flat.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        return np.sqrt(np.maximum(d2, 0)), idx
+    g = torch.from_numpy(np.ascontiguousarray(gallery, dtype=np.float32))
+    q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+    d2 = (q.pow(2).sum(1, keepdim=True) - 2 * q @ g.T + g.pow(2).sum(1)[None, :]).clamp_min(0)
+    d2, idx = torch.topk(d2, k, dim=1, largest=False)
+    return d2.sqrt().numpy(), idx.numpy()
+
+
+__all__ = ["Index", "build_index", "nearest", "search"]

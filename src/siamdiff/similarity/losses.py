@@ -1,0 +1,124 @@
+"""Metric-learning losses as pure functions of embeddings and labels.
+
+Distances are Euclidean. ``same`` is 1 for a pair of one category (the report's ``y``), 0 otherwise.
+
+* ``contrastive`` (the report's form): ``y·d² + (1 − y)·max(0, m² − d²)``
+* ``hadsell`` (Hadsell, Chopra, LeCun 2006, without their factor ½): ``y·d² + (1 − y)·max(0, m − d)²``
+* ``triplet`` (Schroff et al. 2015): ``max(0, d(a, p) − d(a, n) + m)``
+* ``supcon`` (Khosla et al. 2020), on unit-length embeddings with temperature τ.
+
+The ``in_batch`` forms use every pair (or triplet) inside a batch and weight positives and negatives equally:
+``mean over positive pairs + mean over negative pairs``, the same balance as the report's 50/50 pair builder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+PAIR_FORMS = ("contrastive", "hadsell")
+LOSSES = ("contrastive", "hadsell", "triplet", "supcon")
+
+
+def pair_terms(d: torch.Tensor, same: torch.Tensor, margin: float, form: str = "contrastive") -> torch.Tensor:
+    """Per-pair contrastive terms ``(N,)`` for distances ``d (N,)`` and ``same (N,)`` in {0, 1}."""
+    same = same.to(d.dtype)
+    if form == "contrastive":
+        neg = F.relu(margin ** 2 - d.pow(2))
+    elif form == "hadsell":
+        neg = F.relu(margin - d).pow(2)
+    else:
+        raise ValueError(f"unknown contrastive form '{form}': use one of {PAIR_FORMS}")
+    return same * d.pow(2) + (1 - same) * neg
+
+
+def contrastive_loss(a: torch.Tensor, b: torch.Tensor, same: torch.Tensor, margin: float,
+                     form: str = "contrastive") -> torch.Tensor:
+    """Mean contrastive loss over explicit pairs: embeddings ``a, b (N, D)``, ``same (N,)``."""
+    return pair_terms(_dist(a, b), same, margin, form).mean()
+
+
+def _dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    # sqrt with a floor: the gradient of ||a - b|| is undefined at 0 (identical embeddings).
+    return (a - b).pow(2).sum(dim=1).clamp_min(1e-12).sqrt()
+
+
+def _pairwise(emb: torch.Tensor) -> torch.Tensor:
+    sq = emb.pow(2).sum(dim=1)
+    d2 = (sq[:, None] + sq[None, :] - 2 * emb @ emb.T).clamp_min(1e-12)
+    return d2.sqrt()
+
+
+def _masks(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    same = labels[:, None] == labels[None, :]
+    upper = torch.ones_like(same).triu(diagonal=1)
+    return same & upper, ~same & upper
+
+
+def in_batch_contrastive(emb: torch.Tensor, labels: torch.Tensor, margin: float,
+                         form: str = "contrastive") -> torch.Tensor:
+    """Every pair of a batch: mean of positive terms + mean of negative terms. ``emb (B, D)``, ``labels (B,)``."""
+    d = _pairwise(emb)
+    pos, neg = _masks(labels)
+    terms = pair_terms(d, pos.to(d.dtype), margin, form)
+    total = emb.new_zeros(())
+    if pos.any():
+        total = total + terms[pos].mean()
+    if neg.any():
+        total = total + terms[neg].mean()
+    return total
+
+
+def triplet_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor,
+                 margin: float) -> torch.Tensor:
+    """Mean triplet loss over explicit triplets ``(N, D)`` each."""
+    return F.relu(_dist(anchor, positive) - _dist(anchor, negative) + margin).mean()
+
+
+def in_batch_triplet(emb: torch.Tensor, labels: torch.Tensor, margin: float) -> torch.Tensor:
+    """Mean triplet loss over every valid (anchor, positive, negative) triplet of a batch."""
+    d = _pairwise(emb)
+    same = labels[:, None] == labels[None, :]
+    eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+    valid = (same & ~eye)[:, :, None] & (~same)[:, None, :]  # [a, p, n]
+    if not valid.any():
+        return emb.new_zeros(())
+    return F.relu(d[:, :, None] - d[:, None, :] + margin)[valid].mean()
+
+
+def supcon_loss(emb: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """Supervised contrastive loss (Khosla et al. 2020, the L_out form), anchors without positives skipped."""
+    z = F.normalize(emb, dim=1)
+    logits = z @ z.T / temperature
+    eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+    logits = logits.masked_fill(eye, float("-inf"))
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    pos = (labels[:, None] == labels[None, :]) & ~eye
+    n_pos = pos.sum(dim=1)
+    has = n_pos > 0
+    if not has.any():
+        return emb.new_zeros(())
+    mean_log_prob = log_prob.masked_fill(~pos, 0.0).sum(dim=1)[has] / n_pos[has]
+    return -mean_log_prob.mean()
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Which loss and its one hyper-parameter (margin, or temperature for supcon)."""
+
+    name: str = "contrastive"
+    margin: float = 1.0
+    temperature: float = 0.1
+
+    def in_batch(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """``loss(emb (B, D), labels (B,)) -> scalar`` over every pair/triplet of the batch."""
+        if self.name in PAIR_FORMS:
+            return lambda e, y: in_batch_contrastive(e, y, self.margin, self.name)
+        if self.name == "triplet":
+            return lambda e, y: in_batch_triplet(e, y, self.margin)
+        if self.name == "supcon":
+            return lambda e, y: supcon_loss(e, y, self.temperature)
+        raise ValueError(f"unknown loss '{self.name}': use one of {', '.join(LOSSES)}")

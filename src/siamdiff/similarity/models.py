@@ -1,0 +1,163 @@
+"""Embedding networks: the seed report's design, reproduced, and siamdiff's default.
+
+Both take images ``(N, C, H, W)`` (uint8 in [0, 255] or float in [0, 1]) and return embeddings ``(N, D)``.
+A Siamese network is one of these applied to both images of a pair (shared weights).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """Everything needed to rebuild an embedding network; stored inside every checkpoint.
+
+    arch: ``seed`` (the report's net, no nonlinearities, 2-d output) or ``embed`` (siamdiff's default).
+    widths: conv channels per stage; fc: hidden FC widths (seed only); residual: add a residual block per stage.
+    """
+
+    arch: str
+    in_channels: int
+    image_size: int
+    widths: tuple[int, ...]
+    embed_dim: int
+    fc: tuple[int, ...] = ()
+    residual: bool = False
+    normalize: bool = True
+    mean: tuple[float, ...] = (0.5,)
+    std: tuple[float, ...] = (0.5,)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> EmbedConfig:
+        fields = dict(d)
+        for key in ("widths", "fc", "mean", "std"):
+            if key in fields:
+                fields[key] = tuple(fields[key])
+        return cls(**fields)
+
+
+_MNIST_STATS = dict(mean=(0.1307,), std=(0.3081,))
+_FASHION_STATS = dict(mean=(0.2860,), std=(0.3530,))
+_CIFAR_STATS = dict(mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616))
+
+PRESETS: dict[str, EmbedConfig] = {
+    # The report's design: MNIST widths 32/64/128, FC 64/32; CIFAR widths 96/192/384, FC 126/42; 2-d output.
+    "seed-mnist": EmbedConfig("seed", 1, 28, (32, 64, 128), 2, fc=(64, 32), normalize=False, **_MNIST_STATS),
+    "seed-fashion-mnist": EmbedConfig("seed", 1, 28, (32, 64, 128), 2, fc=(64, 32), normalize=False,
+                                      **_FASHION_STATS),
+    "seed-cifar10": EmbedConfig("seed", 3, 32, (96, 192, 384), 2, fc=(126, 42), normalize=False, **_CIFAR_STATS),
+    "default-mnist": EmbedConfig("embed", 1, 28, (32, 64, 128), 64, **_MNIST_STATS),
+    "default-fashion-mnist": EmbedConfig("embed", 1, 28, (32, 64, 128), 64, **_FASHION_STATS),
+    # Sized for CPU training (see docs/benchmarks/similarity.md); a GPU affords (64, 128, 256).
+    "default-cifar10": EmbedConfig("embed", 3, 32, (32, 64, 128), 128, residual=True, **_CIFAR_STATS),
+    # Tiny presets for tests and smoke runs.
+    "tiny-1": EmbedConfig("embed", 1, 28, (4, 8), 8),
+    "tiny-3": EmbedConfig("embed", 3, 32, (4, 8), 8, residual=True),
+}
+
+
+def preset(model: str, dataset: str, in_channels: int, image_size: int) -> EmbedConfig:
+    """The config for ``--model seed|default|tiny`` on ``dataset`` (folder datasets use the closest preset)."""
+    if model == "tiny":
+        base = PRESETS["tiny-3" if in_channels == 3 else "tiny-1"]
+    else:
+        key = f"{model}-{dataset}"
+        if key not in PRESETS:
+            key = f"{model}-{'cifar10' if in_channels == 3 else 'mnist'}"
+            if key not in PRESETS:
+                raise ValueError(f"unknown model '{model}': use seed, default or tiny")
+            base = PRESETS[key]
+            base = EmbedConfig(**{**base.to_dict(), "mean": (0.5,) * in_channels, "std": (0.25,) * in_channels})
+        else:
+            base = PRESETS[key]
+    return EmbedConfig(**{**base.to_dict(), "in_channels": in_channels, "image_size": image_size})
+
+
+def _conv_bn(cin: int, cout: int, padding: int = 1, relu: bool = True) -> list[nn.Module]:
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=padding, bias=False), nn.BatchNorm2d(cout)]
+    return layers + [nn.ReLU(inplace=True)] if relu else layers
+
+
+class Residual(nn.Module):
+    """x + conv-BN-ReLU-conv-BN-ReLU(x)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(*_conv_bn(channels, channels), *_conv_bn(channels, channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class EmbeddingNet(nn.Module):
+    """Image ``(N, C, H, W)`` -> embedding ``(N, embed_dim)``, unit length when ``config.normalize``."""
+
+    def __init__(self, config: EmbedConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        self.register_buffer("mean", torch.tensor(c.mean).view(1, -1, 1, 1).expand(1, c.in_channels, 1, 1).clone(),
+                             persistent=False)
+        self.register_buffer("std", torch.tensor(c.std).view(1, -1, 1, 1).expand(1, c.in_channels, 1, 1).clone(),
+                             persistent=False)
+        if c.arch == "seed":
+            self.features, self.head = self._seed(c)
+        elif c.arch == "embed":
+            self.features, self.head = self._embed(c)
+        else:
+            raise ValueError(f"unknown architecture '{c.arch}'")
+
+    @staticmethod
+    def _seed(c: EmbedConfig) -> tuple[nn.Module, nn.Module]:
+        # conv-BN-maxpool, conv-BN-maxpool, conv(no padding)-BN-avgpool, FC-BN, FC-BN, FC; no nonlinearity,
+        # exactly as the report describes it.
+        w1, w2, w3 = c.widths
+        features = nn.Sequential(*_conv_bn(c.in_channels, w1, relu=False), nn.MaxPool2d(2),
+                                 *_conv_bn(w1, w2, relu=False), nn.MaxPool2d(2),
+                                 *_conv_bn(w2, w3, padding=0, relu=False), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        dims = (w3, *c.fc)
+        head: list[nn.Module] = []
+        for a, b in zip(dims[:-1], dims[1:]):
+            head += [nn.Linear(a, b), nn.BatchNorm1d(b)]
+        head.append(nn.Linear(dims[-1], c.embed_dim))
+        return features, nn.Sequential(*head)
+
+    @staticmethod
+    def _embed(c: EmbedConfig) -> tuple[nn.Module, nn.Module]:
+        layers: list[nn.Module] = [*_conv_bn(c.in_channels, c.widths[0])]
+        cin = c.widths[0]
+        for i, w in enumerate(c.widths):
+            layers += _conv_bn(cin, w)
+            if i < len(c.widths) - 1 or c.residual:
+                layers.append(nn.MaxPool2d(2))
+            if c.residual:
+                layers.append(Residual(w))
+            cin = w
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        return nn.Sequential(*layers), nn.Linear(cin, c.embed_dim)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+        x = (x - self.mean) / self.std
+        z = self.head(self.features(x))
+        return F.normalize(z, dim=1) if self.config.normalize else z
+
+
+def build_from_config(config: dict) -> EmbeddingNet:
+    """Checkpoint builder: config dict (as stored) -> network."""
+    return EmbeddingNet(EmbedConfig.from_dict(config))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = ["EmbedConfig", "EmbeddingNet", "PRESETS", "build_from_config", "count_parameters", "preset"]

@@ -1,0 +1,85 @@
+"""Pair and triplet builders, seeded and reproducible.
+
+The report's builder: "every time I get an image from the dataset, I randomly decide whether the pair belongs to
+the same group, then randomly choose a picture from the same or a different group." :func:`seed_pairs` does
+exactly that for every image of an epoch (a fair coin per anchor; the other class chosen uniformly among the
+other classes, then an image uniformly inside it). :func:`balanced_pairs` draws exactly half positive pairs, for
+evaluation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class _ClassIndex:
+    """Images per class, for drawing uniformly inside a class."""
+
+    def __init__(self, labels: np.ndarray) -> None:
+        self.labels = np.asarray(labels)
+        self.classes, inverse = np.unique(self.labels, return_inverse=True)
+        order = np.argsort(inverse, kind="stable")
+        counts = np.bincount(inverse, minlength=len(self.classes))
+        self.starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        self.counts = counts
+        self.order = order
+        self.pos = inverse  # class position of every image
+        if len(self.classes) < 2:
+            raise ValueError("pairs need at least two classes")
+
+    def draw_same(self, anchors: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """A partner of the anchor's class, never the anchor itself unless the class has one image."""
+        c = self.pos[anchors]
+        n = self.counts[c]
+        k = rng.integers(0, np.maximum(n - 1, 1))
+        partner = self.order[self.starts[c] + k]
+        # Skip over the anchor: draw among the n-1 others by shifting draws at or after the anchor's slot.
+        slot = np.empty_like(self.pos)
+        slot[self.order] = np.arange(len(self.order)) - np.repeat(self.starts, self.counts)
+        shift = (k >= slot[anchors]) & (n > 1)
+        return np.where(shift, self.order[self.starts[c] + np.minimum(k + 1, n - 1)], partner)
+
+    def draw_other(self, anchors: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """A partner of another class: the class uniformly among the others, then an image inside it."""
+        c = self.pos[anchors]
+        other = rng.integers(0, len(self.classes) - 1, size=len(anchors))
+        other = other + (other >= c)
+        k = rng.integers(0, self.counts[other])
+        return self.order[self.starts[other] + k]
+
+
+def seed_pairs(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One epoch of the report's pairs: every image once as anchor (shuffled), a fair coin for same/different.
+
+    Returns ``(i, j, same)``: index arrays ``(N,)`` and ``same (N,)`` as int64 0/1.
+    """
+    rng = np.random.default_rng(seed)
+    index = _ClassIndex(labels)
+    anchors = rng.permutation(len(index.labels))
+    same = rng.integers(0, 2, size=len(anchors))
+    partners = np.where(same == 1, index.draw_same(anchors, rng), index.draw_other(anchors, rng))
+    return anchors, partners, same.astype(np.int64)
+
+
+def balanced_pairs(labels: np.ndarray, n_pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exactly ``n_pairs // 2`` same-class and ``n_pairs - n_pairs // 2`` different-class pairs, shuffled.
+
+    Anchors are drawn uniformly (with replacement when ``n_pairs`` exceeds the number of images).
+    """
+    rng = np.random.default_rng(seed)
+    index = _ClassIndex(labels)
+    n = len(index.labels)
+    anchors = rng.choice(n, size=n_pairs, replace=n_pairs > n)
+    same = np.zeros(n_pairs, dtype=np.int64)
+    same[: n_pairs // 2] = 1
+    rng.shuffle(same)
+    partners = np.where(same == 1, index.draw_same(anchors, rng), index.draw_other(anchors, rng))
+    return anchors, partners, same
+
+
+def balanced_triplets(labels: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` triplets ``(anchor, positive, negative)`` of index arrays, positives of the anchor's class."""
+    rng = np.random.default_rng(seed)
+    index = _ClassIndex(labels)
+    anchors = rng.choice(len(index.labels), size=n, replace=n > len(index.labels))
+    return anchors, index.draw_same(anchors, rng), index.draw_other(anchors, rng)

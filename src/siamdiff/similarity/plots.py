@@ -1,0 +1,137 @@
+"""Pictures people look at: pairs with their scores, the ROC curve, a 2-D map of embeddings with thumbnails."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..checkpoint import atomic_write
+from ..data.datasets import ImageSet, load_dataset
+from .api import SimilarityModel
+from .metrics import roc_auc, roc_curve
+from .pairs import balanced_pairs
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    _pyplot().close(fig)
+    return path
+
+
+def _show(ax, image: np.ndarray) -> None:
+    """Draw a ``(C, H, W)`` uint8 image."""
+    if image.shape[0] == 1:
+        ax.imshow(image[0], cmap="gray", vmin=0, vmax=255)
+    else:
+        ax.imshow(image.transpose(1, 2, 0))
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot_pairs(model: SimilarityModel, data: ImageSet, path: Path, pairs: tuple[np.ndarray, ...],
+               title: str = "") -> Path:
+    """A grid of pairs, each with the probability of "same category", the distance and whether it is right."""
+    plt = _pyplot()
+    i, j, same = pairs
+    emb = model.embed(data.images[np.concatenate([i, j])])
+    d = np.linalg.norm(emb[: len(i)] - emb[len(i):], axis=1)
+    p = model.probability(d)
+    cols = 4
+    rows = -(-len(i) // cols)
+    fig, axes = plt.subplots(rows, 2 * cols, figsize=(2.0 * cols * 1.25, rows * 1.6))
+    axes = np.atleast_2d(axes)
+    for k in range(rows * cols):
+        a, b = axes[k // cols, 2 * (k % cols)], axes[k // cols, 2 * (k % cols) + 1]
+        if k >= len(i):
+            a.axis("off")
+            b.axis("off")
+            continue
+        _show(a, data.images[i[k]].numpy())
+        _show(b, data.images[j[k]].numpy())
+        decided = d[k] <= model.calibration.threshold
+        ok = decided == bool(same[k])
+        names = (data.classes[int(data.labels[i[k]])], data.classes[int(data.labels[j[k]])])
+        a.set_title(f"p={p[k]:.2f} d={d[k]:.2f}", fontsize=8, loc="left", color="green" if ok else "red")
+        b.set_title(f"{names[0]}|{names[1]}", fontsize=7, loc="right")
+    fig.suptitle(title or "Pairs: calibrated probability of same category (green = decision right)", fontsize=9)
+    return _save(fig, path)
+
+
+def plot_roc(model: SimilarityModel, data: ImageSet, path: Path, n_pairs: int = 2000) -> Path:
+    plt = _pyplot()
+    i, j, same = balanced_pairs(data.labels.numpy(), n_pairs, seed=0)
+    emb = model.embed(data.images)
+    d = np.linalg.norm(emb[i] - emb[j], axis=1)
+    fpr, tpr, _ = roc_curve(-d, same.astype(bool))
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.plot(fpr, tpr, label=f"AUC {roc_auc(-d, same.astype(bool)):.4f}")
+    ax.plot([0, 1], [0, 1], ":", color="gray")
+    ax.set_xlabel("false accept rate")
+    ax.set_ylabel("true accept rate")
+    ax.set_title(f"ROC, {len(i)} balanced pairs of {data.name}", fontsize=9)
+    ax.legend(loc="lower right")
+    return _save(fig, path)
+
+
+def project_2d(emb: np.ndarray) -> np.ndarray:
+    """First two principal components ``(N, 2)`` (the embedding itself when it is already 2-d)."""
+    if emb.shape[1] <= 2:
+        return emb[:, :2]
+    centred = emb - emb.mean(0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    return centred @ vt[:2].T
+
+
+def plot_map(model: SimilarityModel, data: ImageSet, path: Path, thumbnails: int = 120) -> Path:
+    """Test embeddings projected to 2-D (PCA), coloured by class, with image thumbnails on a subset."""
+    from matplotlib.offsetbox import AnnotationBbox, OffsetImage
+
+    plt = _pyplot()
+    xy = project_2d(model.embed(data.images))
+    labels = data.labels.numpy()
+    fig, ax = plt.subplots(figsize=(8, 8))
+    cmap = plt.get_cmap("tab10")
+    for c in np.unique(labels):
+        m = labels == c
+        ax.scatter(xy[m, 0], xy[m, 1], s=6, color=cmap(c % 10), label=data.classes[c], alpha=0.6)
+    rng = np.random.default_rng(0)
+    for k in rng.choice(len(xy), size=min(thumbnails, len(xy)), replace=False):
+        img = data.images[k].numpy()
+        img = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
+        box = OffsetImage(img, zoom=0.7, cmap="gray" if img.ndim == 2 else None)
+        ax.add_artist(AnnotationBbox(box, xy[k], frameon=True, pad=0.05,
+                                     bboxprops={"edgecolor": cmap(labels[k] % 10), "linewidth": 1.2}))
+    ax.legend(fontsize=7, markerscale=2, loc="best")
+    ax.set_title(f"{data.name} embeddings, first two principal components", fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return _save(fig, path)
+
+
+def plot_all(model: SimilarityModel, dataset: str, out: str | os.PathLike, data_root: str | None = None,
+             download: bool = False) -> list[Path]:
+    """Write ``pairs.png``, ``roc.png`` and ``map.png`` for ``dataset``'s test split into ``out``."""
+    from .evaluate import _check_compatible, hard_pairs
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_dataset(dataset, "test", data_root, download)
+    _check_compatible(model, data)
+    i, j, same = balanced_pairs(data.labels.numpy(), 8, seed=3)
+    hi, hj, hs = hard_pairs(data.images, data.labels.numpy(), 4, seed=4)
+    return [plot_pairs(model, data, out / "pairs.png", (i, j, same), "Random pairs"),
+            plot_pairs(model, data, out / "hard_pairs.png", (hi, hj, hs),
+                       "Hard pairs: look-alikes of different classes (top), unlike members of one class (bottom)"),
+            plot_roc(model, data, out / "roc.png"),
+            plot_map(model, data, out / "map.png")]

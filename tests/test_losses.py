@@ -1,0 +1,112 @@
+"""Losses against hand computations and against pytorch-metric-learning as an oracle."""
+
+import math
+
+import pytest
+import torch
+
+from siamdiff.similarity.losses import (LossConfig, contrastive_loss, in_batch_contrastive, in_batch_triplet,
+                                        pair_terms, supcon_loss, triplet_loss)
+
+
+def test_contrastive_by_hand_both_forms():
+    # pairs at distances 3 (same), 1 (different), 4 (different), margin 2
+    a = torch.tensor([[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+    b = torch.tensor([[3.0, 0.0], [0.0, 1.0], [4.0, 0.0]])
+    same = torch.tensor([1, 0, 0])
+    # seed form: 3^2 = 9; max(0, 4 - 1) = 3; max(0, 4 - 16) = 0 -> mean 4
+    assert contrastive_loss(a, b, same, 2.0, "contrastive").item() == pytest.approx(4.0)
+    # Hadsell: 9; (2 - 1)^2 = 1; 0 -> mean 10/3
+    assert contrastive_loss(a, b, same, 2.0, "hadsell").item() == pytest.approx(10 / 3)
+
+
+def test_identical_positives_cost_nothing_and_far_negatives_too():
+    e = torch.randn(4, 8)
+    assert contrastive_loss(e, e.clone(), torch.ones(4), 1.0).item() == pytest.approx(0.0, abs=1e-10)
+    far = e + 100.0
+    assert contrastive_loss(e, far, torch.zeros(4), 1.0, "hadsell").item() == 0.0
+
+
+def test_gradient_is_finite_for_identical_embeddings():
+    e = torch.randn(3, 4, requires_grad=True)
+    loss = contrastive_loss(e, e.detach().clone(), torch.zeros(3), 1.0, "hadsell")
+    loss.backward()
+    assert torch.isfinite(e.grad).all()
+
+
+def test_unknown_form_is_refused():
+    with pytest.raises(ValueError):
+        pair_terms(torch.ones(1), torch.ones(1), 1.0, "nope")
+    with pytest.raises(ValueError):
+        LossConfig("nope").in_batch()
+
+
+def test_triplet_by_hand():
+    a = torch.tensor([[0.0, 0.0], [0.0, 0.0]])
+    p = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    n = torch.tensor([[0.0, 3.0], [0.0, 1.0]])
+    # max(0, 1 - 3 + 0.5) = 0; max(0, 2 - 1 + 0.5) = 1.5 -> mean 0.75
+    assert triplet_loss(a, p, n, 0.5).item() == pytest.approx(0.75)
+
+
+def test_in_batch_contrastive_equals_explicit_pairs():
+    torch.manual_seed(0)
+    e, y = torch.randn(7, 3), torch.tensor([0, 1, 0, 2, 1, 0, 2])
+    pos, neg = [], []
+    for i in range(7):
+        for j in range(i + 1, 7):
+            d = torch.dist(e[i], e[j])
+            (pos if y[i] == y[j] else neg).append(d ** 2 if y[i] == y[j] else max(0.0, 1.5 ** 2 - d.item() ** 2))
+    expected = sum(pos) / len(pos) + sum(neg) / len(neg)
+    assert in_batch_contrastive(e, y, 1.5).item() == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_supcon_by_hand_two_pairs():
+    # two classes, two unit embeddings each: z0=z1=(1,0), z2=z3=(0,1); tau=1
+    z = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    y = torch.tensor([0, 0, 1, 1])
+    # for anchor 0: logits to 1,2,3 = 1,0,0 -> -log(e / (e + 2))
+    expected = -math.log(math.e / (math.e + 2))
+    assert supcon_loss(z, y, temperature=1.0).item() == pytest.approx(expected, rel=1e-6)
+
+
+pml = pytest.importorskip("pytorch_metric_learning", reason="pytorch-metric-learning is the test oracle")
+
+
+def _pml_mean(loss_cls, **kw):
+    from pytorch_metric_learning.distances import LpDistance
+    from pytorch_metric_learning.reducers import MeanReducer
+
+    return loss_cls(distance=LpDistance(normalize_embeddings=False, p=2, power=kw.pop("power", 1)),
+                    reducer=MeanReducer(), **kw)
+
+
+def test_in_batch_contrastive_matches_pml():
+    from pytorch_metric_learning.losses import ContrastiveLoss
+
+    torch.manual_seed(1)
+    e, y = torch.randn(32, 6), torch.randint(0, 4, (32,))
+    m = 2.0
+    # PML with power-2 distances: pos d^2, neg relu(m^2 - d^2), each averaged over all pairs: our seed form.
+    oracle = _pml_mean(ContrastiveLoss, power=2, pos_margin=0.0, neg_margin=m ** 2)(e, y)
+    assert in_batch_contrastive(e, y, m, "contrastive").item() == pytest.approx(oracle.item(), rel=1e-5)
+
+
+def test_in_batch_triplet_matches_pml():
+    from pytorch_metric_learning.losses import TripletMarginLoss
+
+    torch.manual_seed(2)
+    e, y = torch.randn(24, 5), torch.randint(0, 3, (24,))
+    oracle = _pml_mean(TripletMarginLoss, margin=0.3, triplets_per_anchor="all")(e, y)
+    assert in_batch_triplet(e, y, 0.3).item() == pytest.approx(oracle.item(), rel=1e-5)
+
+
+def test_supcon_matches_pml():
+    from pytorch_metric_learning.losses import SupConLoss
+
+    torch.manual_seed(3)
+    e, y = torch.nn.functional.normalize(torch.randn(20, 8), dim=1), torch.randint(0, 4, (20,))
+    from pytorch_metric_learning.reducers import MeanReducer
+
+    oracle = SupConLoss(temperature=0.2, reducer=MeanReducer())(e, y)
+    assert supcon_loss(e, y, 0.2).item() == pytest.approx(oracle.item(), rel=1e-4)
