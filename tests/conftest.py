@@ -20,3 +20,33 @@ def data_root() -> str:
     if not (SHARED_DATA / "MNIST" / "raw").is_dir():
         pytest.skip(f"full datasets not found at {SHARED_DATA} (set SIAMDIFF_TEST_DATA)")
     return str(SHARED_DATA)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A tiny similarity model trained for one short epoch on the embedded MNIST sample."""
+    from siamdiff.data.datasets import load_sample
+    from siamdiff.similarity.train import SimilarityTask, recipe
+    from siamdiff.train import fit
+
+    data = load_sample("mnist")
+    idx = torch.arange(len(data))
+    r = recipe("tiny", "mnist", 1, 28, epochs=1, batch_size=50, device="cpu")
+    out = tmp_path_factory.mktemp("tiny_model")
+    fit(SimilarityTask(r, data.subset(idx[idx % 3 != 0]), data.subset(idx[idx % 3 == 0])), r.train, out)
+    return out / "model.safetensors"
+
+
+@pytest.fixture(scope="session")
+def digit_folder(tmp_path_factory) -> Path:
+    """A folder of 40 sample digits as PNG files in class sub-folders."""
+    from siamdiff.data.datasets import load_sample
+    from siamdiff.data.imageio import write_png_atomic
+
+    data = load_sample("mnist")
+    root = tmp_path_factory.mktemp("digits")
+    for k in range(0, 300, 7)[:40]:
+        cls = root / data.classes[int(data.labels[k])]
+        cls.mkdir(exist_ok=True)
+        write_png_atomic(data.images[k].numpy()[0], cls / f"{k:03d}.png")
+    return root

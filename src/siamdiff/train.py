@@ -93,12 +93,14 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
-    if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch,
-                                                   pct_start=0.25)
-    if cfg.schedule == "constant":
+    total = cfg.epochs * steps_per_epoch
+    if cfg.schedule not in ("onecycle", "constant"):
+        raise SiamdiffError(f"unknown schedule '{cfg.schedule}': use onecycle or constant")
+    if cfg.schedule == "constant" or total < 4:  # too few steps for a cycle: constant
         return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-    raise SiamdiffError(f"unknown schedule '{cfg.schedule}': use onecycle or constant")
+    # warm up over a quarter of the steps (at least 2), then anneal
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total,
+                                               pct_start=max(0.25, 2.0 / total))
 
 
 def _progress(total: int, desc: str):

@@ -74,7 +74,9 @@ class SimilarityTask:
 
     def __init__(self, recipe: SimilarityRecipe, train: ImageSet, val: ImageSet, command: str = "") -> None:
         self.recipe = recipe
-        self.model = EmbeddingNet(recipe.model)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(recipe.train.seed)  # seeded initial weights
+            self.model = EmbeddingNet(recipe.model)
         self.train_set, self.val_set = train, val
         self.command = command
         self.loss_fn = recipe.loss.in_batch()

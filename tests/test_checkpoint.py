@@ -1,0 +1,61 @@
+"""Model files: round trip gives identical outputs; damaged or foreign files give clear errors."""
+
+import json
+
+import pytest
+import torch
+
+from siamdiff.checkpoint import load_model, read_metadata, save_model
+from siamdiff.errors import CheckpointError, SiamdiffError
+from siamdiff.similarity.models import PRESETS, EmbedConfig, EmbeddingNet, preset
+
+
+@pytest.mark.parametrize("name", ["tiny-1", "tiny-3", "seed-mnist", "default-mnist"])
+def test_round_trip_identical_outputs(tmp_path, name):
+    torch.manual_seed(0)
+    net = EmbeddingNet(PRESETS[name]).eval()
+    x = torch.randint(0, 256, (5, net.config.in_channels, net.config.image_size, net.config.image_size),
+                      dtype=torch.uint8)
+    path = save_model(tmp_path / "m.safetensors", net, "similarity", net.config.to_dict(), {"note": "x"})
+    loaded, meta = load_model(path, kind="similarity")
+    assert meta["extra"] == {"note": "x"}
+    assert torch.equal(net(x), loaded(x))
+    assert not list(tmp_path.glob(".*tmp"))  # no temp file left behind
+
+
+def test_embeddings_are_unit_length_and_seed_is_2d():
+    x = torch.rand(3, 1, 28, 28)
+    z = EmbeddingNet(PRESETS["default-mnist"]).eval()(x)
+    assert z.shape == (3, 64) and torch.allclose(z.norm(dim=1), torch.ones(3), atol=1e-5)
+    assert EmbeddingNet(PRESETS["seed-mnist"]).eval()(x).shape == (3, 2)
+
+
+def test_wrong_kind_wrong_architecture_and_garbage(tmp_path):
+    net = EmbeddingNet(PRESETS["tiny-1"])
+    path = save_model(tmp_path / "m.safetensors", net, "similarity", net.config.to_dict())
+    with pytest.raises(CheckpointError, match="not a denoiser model"):
+        load_model(path, kind="denoiser")
+    # another architecture's weights under this config: shapes differ
+    other = EmbeddingNet(PRESETS["default-mnist"])
+    bad = save_model(tmp_path / "bad.safetensors", other, "similarity", net.config.to_dict())
+    with pytest.raises(CheckpointError, match="cannot load weights"):
+        load_model(bad)
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a model at all")
+    with pytest.raises(CheckpointError, match="not a safetensors model file"):
+        read_metadata(junk)
+    with pytest.raises(CheckpointError, match="no such file"):
+        load_model(tmp_path / "missing.safetensors")
+
+
+def test_save_into_missing_folder_is_clear(tmp_path):
+    net = EmbeddingNet(PRESETS["tiny-1"])
+    with pytest.raises(SiamdiffError, match="does not exist"):
+        save_model(tmp_path / "no" / "m.safetensors", net, "similarity", net.config.to_dict())
+
+
+def test_config_round_trips_through_json():
+    cfg = preset("default", "mnist", 1, 28)
+    assert EmbedConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    folder = preset("default", "folder:x", 3, 48)
+    assert folder.in_channels == 3 and folder.image_size == 48

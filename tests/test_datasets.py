@@ -1,0 +1,138 @@
+"""The data layer: official file layouts, leak-free splits, downloads checked by MD5, folders, the sample."""
+
+import gzip
+import hashlib
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from siamdiff.data import datasets as ds
+from siamdiff.data.augment import random_flip, random_translate
+from siamdiff.data.folder import folder_split_indices
+from siamdiff.errors import SiamdiffError
+
+
+def _write_idx(path, array):
+    header = struct.pack(">HBB", 0, 8, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def fake_mnist(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 6000), ("t10k", 100)):
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    return tmp_path
+
+
+def test_idx_splits_never_leak(fake_mnist):
+    train = ds.load_dataset("mnist", "train", fake_mnist)
+    val = ds.load_dataset("mnist", "val", fake_mnist)
+    both = ds.load_dataset("mnist", "train+val", fake_mnist)
+    test = ds.load_dataset("mnist", "test", fake_mnist)
+    assert (len(train), len(val), len(both), len(test)) == (1000, 5000, 6000, 100)
+    assert train.images.dtype == torch.uint8 and train.shape == (1, 28, 28)
+    val_idx, train_idx = ds._val_partition(6000)
+    assert not set(val_idx) & set(train_idx) and len(set(val_idx) | set(train_idx)) == 6000
+    assert torch.equal(both.images[torch.as_tensor(val_idx)], val.images)
+    # the same partition every time
+    assert torch.equal(ds.load_dataset("mnist", "val", fake_mnist).images, val.images)
+
+
+def test_missing_files_and_bad_names_are_clear(tmp_path, monkeypatch):
+    with pytest.raises(SiamdiffError, match="not found.*--download"):
+        ds.load_dataset("mnist", "test", tmp_path)
+    with pytest.raises(SiamdiffError, match="unknown dataset"):
+        ds.load_dataset("imagenet", "test", tmp_path)
+    with pytest.raises(SiamdiffError, match="unknown split"):
+        ds.load_dataset("mnist", "dev", tmp_path)
+    assert ds.canonical_name("FashionMNIST") == "fashion-mnist" and ds.canonical_name("CIFAR-10") == "cifar10"
+    monkeypatch.setenv(ds.DATA_ENV, str(tmp_path / "env"))
+    assert ds.data_dir() == tmp_path / "env"
+    assert ds.data_dir(tmp_path / "x") == tmp_path / "x"
+
+
+def test_corrupt_idx_is_reported(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for stem in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (raw / f"{stem}.gz").write_bytes(b"garbage")
+    with pytest.raises(SiamdiffError, match="cannot read IDX"):
+        ds.load_dataset("mnist", "test", tmp_path)
+
+
+def test_download_checks_md5_and_leaves_no_partial_file(tmp_path):
+    src = tmp_path / "mirror"
+    src.mkdir()
+    payload = b"hello dataset"
+    (src / "f.gz").write_bytes(payload)
+    good = hashlib.md5(payload).hexdigest()
+    dest = tmp_path / "dest"
+    path = ds._download((src.as_uri() + "/",), "f.gz", good, dest)
+    assert path.read_bytes() == payload
+    with pytest.raises(SiamdiffError, match="MD5 mismatch"):
+        ds._download((src.as_uri() + "/",), "f.gz", "0" * 32, tmp_path / "dest2")
+    assert list((tmp_path / "dest2").iterdir()) == []
+
+
+def test_cifar_batches_read_and_unsafe_pickles_refused(tmp_path):
+    base = tmp_path / "cifar-10-batches-py"
+    base.mkdir()
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 256, (10, 3072), dtype=np.uint8)
+    with open(base / "test_batch", "wb") as f:
+        pickle.dump({"data": data, "labels": list(range(10))}, f, protocol=2)
+    test = ds.load_dataset("cifar10", "test", tmp_path)
+    assert test.shape == (3, 32, 32) and torch.equal(test.images[3].reshape(-1), torch.from_numpy(data[3]))
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("owned",))
+
+    with open(base / "test_batch", "wb") as f:
+        pickle.dump({"data": Evil(), "labels": []}, f, protocol=2)
+    with pytest.raises(SiamdiffError, match="refusing to load"):
+        ds.load_dataset("cifar10", "test", tmp_path)
+
+
+def test_embedded_sample_is_small_and_balanced():
+    for name in ds.BUILTIN:
+        sample = ds.load_sample(name)
+        assert len(sample) == 300
+        assert np.bincount(sample.labels.numpy()).tolist() == [30] * 10
+    assert ds.load_dataset("sample:cifar10", "test").shape == (3, 32, 32)
+
+
+def test_folder_split_is_disjoint_and_stratified():
+    labels = np.repeat(np.arange(3), [20, 10, 2])
+    parts = {s: folder_split_indices(labels, s) for s in ("train", "val", "test")}
+    allidx = np.concatenate(list(parts.values()))
+    assert len(allidx) == len(set(allidx)) == len(labels)
+    assert set(labels[parts["test"]]) == {0, 1}  # the 2-image class stays in train
+    assert np.array_equal(folder_split_indices(labels, "train"), parts["train"])
+
+
+def test_augmentations_keep_shape_and_content():
+    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.uint8).reshape(2, 1, 4, 4)
+    g = torch.Generator().manual_seed(0)
+    flipped = random_flip(x, g)
+    assert all(torch.equal(f, o) or torch.equal(f, o.flip(-1)) for f, o in zip(flipped, x))
+    moved = random_translate(x, 1, g)
+    assert moved.shape == x.shape and moved.dtype == x.dtype
+    assert torch.equal(random_translate(x, 0, g), x)
+
+
+def test_real_mnist_and_cifar_counts(data_root):
+    test = ds.load_dataset("mnist", "test", data_root)
+    assert len(test) == 10_000 and np.bincount(test.labels.numpy())[1] == 1135
+    val = ds.load_dataset("fashion-mnist", "val", data_root)
+    assert len(val) == ds.VAL_SIZE
+    cifar = ds.load_dataset("cifar10", "test", data_root)
+    assert cifar.labels[:10].tolist() == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]

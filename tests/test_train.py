@@ -1,0 +1,107 @@
+"""The shared training loop on a tiny preset: files written, seeded runs bit-identical, resume exact, guards."""
+
+import json
+
+import pytest
+import torch
+
+from siamdiff.checkpoint import load_model
+from siamdiff.data.datasets import load_sample
+from siamdiff.errors import SiamdiffError
+from siamdiff.similarity.train import SimilarityTask, recipe
+from siamdiff.train import fit
+
+
+def _sets():
+    data = load_sample("mnist")
+    idx = torch.arange(len(data))
+    return data.subset(idx[idx % 3 != 0]), data.subset(idx[idx % 3 == 0])
+
+
+def _task(model="tiny", **kw):
+    train, val = _sets()
+    r = recipe(model, "mnist", 1, 28, epochs=2, batch_size=50, device="cpu", **kw)
+    return SimilarityTask(r, train, val), r
+
+
+def _weights(path):
+    net, _ = load_model(path)
+    return {k: v.clone() for k, v in net.state_dict().items()}
+
+
+def test_fit_writes_model_state_and_log(tmp_path):
+    task, r = _task()
+    history = fit(task, r.train, tmp_path)
+    assert [h["epoch"] for h in history] == [1, 2]
+    lines = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert lines == history
+    assert all(0.0 <= h["val_recall_at_1"] <= 1.0 for h in history)
+    net, meta = load_model(tmp_path / "model.safetensors", kind="similarity")
+    cal = meta["extra"]["calibration"]
+    assert cal["slope"] < 0  # larger distance, lower probability of "same"
+    assert meta["extra"]["classes"] == [str(i) for i in range(10)]
+
+
+def test_seeded_runs_are_bit_identical_on_cpu(tmp_path):
+    for name in ("a", "b"):
+        task, r = _task()
+        fit(task, r.train, tmp_path / name)
+    wa, wb = _weights(tmp_path / "a" / "model.safetensors"), _weights(tmp_path / "b" / "model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_resume_continues_exactly(tmp_path):
+    task, r = _task()
+    fit(task, r.train, tmp_path / "full")
+
+    class Killed(Exception):
+        pass
+
+    task2, _ = _task()
+    original = task2.batches
+
+    def dies_in_epoch_2(epoch, device):
+        if epoch == 1:
+            raise Killed
+        return original(epoch, device)
+
+    task2.batches = dies_in_epoch_2
+    with pytest.raises(Killed):
+        fit(task2, r.train, tmp_path / "cut")
+    assert len((tmp_path / "cut" / "log.jsonl").read_text().splitlines()) == 1
+    task3, _ = _task()
+    history = fit(task3, r.train, tmp_path / "cut", resume=True)
+    assert [h["epoch"] for h in history] == [1, 2]
+    wa, wb = _weights(tmp_path / "full" / "model.safetensors"), _weights(tmp_path / "cut" / "model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    task, r = _task()
+    fit(task, r.train, tmp_path)
+    task2, r2 = _task(lr=0.5)
+    with pytest.raises(SiamdiffError, match="other training settings"):
+        fit(task2, r2.train, tmp_path, resume=True)
+    with pytest.raises(SiamdiffError, match="does not exist"):
+        fit(task2, r2.train, tmp_path / "fresh", resume=True)
+
+
+def test_divergence_is_caught(tmp_path):
+    task, r = _task()
+    task.loss = lambda batch: torch.tensor(float("nan"), requires_grad=True)
+    with pytest.raises(SiamdiffError, match="diverged"):
+        fit(task, r.train, tmp_path)
+
+
+def test_seed_recipe_is_the_reports():
+    r = recipe("seed", "mnist", 1, 28)
+    assert (r.train.optimizer, r.train.lr, r.train.batch_size, r.train.epochs) == ("adam", 0.01, 100, 10)
+    assert (r.loss.name, r.loss.margin, r.pairs, r.flip) == ("contrastive", 5.0, "seed", True)
+    assert r.model.fc == (64, 32) and r.model.embed_dim == 2
+    assert recipe("seed", "cifar10", 3, 32).model.widths == (96, 192, 384)
+
+
+def test_seed_pairs_training_runs(tmp_path):
+    task, r = _task(model="seed", max_batches=3)
+    history = fit(task, r.train, tmp_path)
+    assert len(history) == 2 and history[-1]["loss"] > 0
