@@ -62,3 +62,13 @@ def test_score_is_symmetric_and_identity_is_closest(tiny_model, digit_folder):
     # colour and other sizes are converted the documented way
     rgb = np.repeat(np.zeros((56, 40, 1), np.uint8), 3, axis=2)
     assert model.prepare(rgb).shape == (1, 28, 28)
+
+
+def test_faiss_search_matches_exact():
+    pytest.importorskip("faiss", reason="faiss is the optional large-collection backend")
+    rng = np.random.default_rng(1)
+    g, q = rng.normal(size=(2000, 32)).astype(np.float32), rng.normal(size=(5, 32)).astype(np.float32)
+    d_exact, i_exact = nearest(g, q, 10)
+    d_faiss, i_faiss = nearest(g, q, 10, use_faiss=True)
+    assert np.array_equal(i_exact, i_faiss)
+    assert np.allclose(d_exact, d_faiss, atol=1e-3)

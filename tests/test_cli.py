@@ -1,0 +1,148 @@
+"""The command line: results on good input; one line, exit code 2 and nothing written on bad input."""
+
+import json
+import struct
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from siamdiff.cli import main
+from siamdiff.similarity.models import PRESETS, EmbeddingNet
+from siamdiff.checkpoint import save_model
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _png_header(width, height):
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bad")
+    good = d / "good.png"
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(good)
+    (d / "text.png").write_text("hello, I am text")
+    (d / "empty.png").write_bytes(b"")
+    (d / "truncated.png").write_bytes(good.read_bytes()[:40])
+    (d / "zero.png").write_bytes(_png_header(0, 10))
+    (d / "bomb.png").write_bytes(_png_header(30000, 30000))
+    (d / "emptydir").mkdir()
+    return d
+
+
+@pytest.mark.parametrize("name", ["missing.png", "text.png", "empty.png", "truncated.png", "zero.png", "bomb.png"])
+def test_similarity_bad_images(capsys, tiny_model, bad_files, name):
+    code, out, err = run(capsys, "similarity", bad_files / name, bad_files / "good.png", "--model", tiny_model)
+    assert code == 2 and out == ""
+    assert err.startswith("siamdiff: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert name in err
+
+
+def test_similarity_json_and_text(capsys, tiny_model, digit_folder):
+    a, b = sorted(digit_folder.rglob("*.png"))[:2]
+    code, out, _ = run(capsys, "similarity", a, b, "--model", tiny_model, "--json")
+    result = json.loads(out)
+    assert code == 0 and 0 <= result["probability"] <= 1 and result["distance"] >= 0
+    code, out, _ = run(capsys, "similarity", a, a, "--model", tiny_model)
+    assert code == 0 and "distance 0.000" in out
+
+
+def test_unknown_model_and_foreign_checkpoint(capsys, tmp_path, bad_files):
+    good = bad_files / "good.png"
+    code, _, err = run(capsys, "similarity", good, good, "--model", "imagenet")
+    assert code == 2 and "unknown model 'imagenet'" in err
+    other = EmbeddingNet(PRESETS["default-mnist"])
+    path = save_model(tmp_path / "other.safetensors", other, "similarity", PRESETS["tiny-1"].to_dict())
+    code, _, err = run(capsys, "similarity", good, good, "--model", path)
+    assert code == 2 and "cannot load weights" in err
+    foreign = tmp_path / "foreign.safetensors"
+    save_model(foreign, other, "denoiser", {})
+    code, _, err = run(capsys, "similarity", good, good, "--model", foreign)
+    assert code == 2 and "not a similarity model" in err
+
+
+def test_index_and_search(capsys, tiny_model, digit_folder, bad_files, tmp_path):
+    idx = tmp_path / "digits.safetensors"
+    code, out, _ = run(capsys, "index", digit_folder, "--out", idx, "--model", tiny_model)
+    assert code == 0 and "40 images" in out
+    query = sorted(digit_folder.rglob("*.png"))[3]
+    code, out, _ = run(capsys, "search", query, "--index", idx, "-k", 3, "--json")
+    hits = json.loads(out)["results"]
+    assert code == 0 and len(hits) == 3 and hits[0]["path"] == str(query.resolve())
+    for k in (0, -1):
+        code, _, err = run(capsys, "search", query, "--index", idx, "-k", k)
+        assert code == 2 and "-k must be a positive number" in err
+    code, _, err = run(capsys, "index", bad_files / "emptydir", "--out", tmp_path / "e.safetensors", "--model",
+                       tiny_model)
+    assert code == 2 and "no" in err and not (tmp_path / "e.safetensors").exists()
+    code, _, err = run(capsys, "search", query, "--index", bad_files / "text.png")
+    assert code == 2 and "cannot open index" in err
+
+
+def test_index_by_another_model_is_refused(capsys, tiny_model, digit_folder, tmp_path):
+    idx = tmp_path / "digits.safetensors"
+    assert run(capsys, "index", digit_folder, "--out", idx, "--model", tiny_model)[0] == 0
+    other = EmbeddingNet(PRESETS["tiny-1"])
+    other_path = save_model(tmp_path / "o.safetensors", other, "similarity", PRESETS["tiny-1"].to_dict(),
+                            {"calibration": {"intercept": 0, "slope": -1, "threshold": 1}})
+    before = idx.read_bytes()
+    code, _, err = run(capsys, "index", digit_folder, "--out", idx, "--model", other_path)
+    assert code == 2 and "another model" in err and idx.read_bytes() == before
+    code, _, err = run(capsys, "search", sorted(digit_folder.rglob("*.png"))[0], "--index", idx, "--model",
+                       other_path)
+    assert code == 2 and "another model" in err
+
+
+def test_train_eval_cli_on_folder_dataset(capsys, digit_folder, tmp_path):
+    out = tmp_path / "run"
+    code, text, err = run(capsys, "train", "similarity", "--dataset", f"folder:{digit_folder}", "--model", "tiny",
+                          "--epochs", 1, "--channels", 1, "--image-size", 28, "--out", out)
+    assert code == 0, err
+    assert (out / "model.safetensors").is_file() and (out / "log.jsonl").is_file()
+    code, text, err = run(capsys, "eval", "similarity", "--model", out, "--dataset", "sample:mnist", "--json",
+                          "--n-pairs", 200, "--hard", 20)
+    result = json.loads(text)
+    for key in ("verification_accuracy", "roc_auc", "eer", "recall_at_1", "recall_at_5", "map_at_r", "n_pairs",
+                "n_queries", "hard_accuracy", "hard_accuracy_ssim"):
+        assert key in result
+    assert code == 0 and result["n_pairs"] == 200 and result["n_queries"] == 300
+
+
+def _exit_code(argv):
+    try:
+        return main([str(a) for a in argv])
+    except SystemExit as exc:  # argparse's errors
+        return exc.code
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "similarity", "--dataset", "mnist", "--out", "{tmp}", "--epochs", "0"],
+    ["train", "similarity", "--dataset", "nope", "--out", "{tmp}/x", "--data-dir", "{tmp}"],
+    ["train", "similarity", "--dataset", "mnist", "--out", "{tmp}/y", "--data-dir", "{tmp}"],
+    ["eval", "similarity", "--dataset", "sample:mnist", "--n-pairs", "-3"],
+    ["search", "x.png", "--index", "{tmp}/none.safetensors", "-k", "abc"],
+    ["frobnicate"],
+])
+def test_bad_arguments_exit_2_with_one_line(capsys, tmp_path, argv):
+    code = _exit_code([a.replace("{tmp}", str(tmp_path)) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("siamdiff: error:") and err.count("\n") == 1, err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y" / "model.safetensors").exists()
+
+
+def test_python_dash_m_entry_point():
+    proc = subprocess.run([sys.executable, "-m", "siamdiff", "similarity", "nope.png", "nope2.png"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.startswith("siamdiff: error:") and "Traceback" not in proc.stderr
