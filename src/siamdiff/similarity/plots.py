@@ -84,20 +84,30 @@ def plot_roc(model: SimilarityModel, data: ImageSet, path: Path, n_pairs: int = 
     return _save(fig, path)
 
 
-def project_2d(emb: np.ndarray) -> np.ndarray:
-    """First two principal components ``(N, 2)`` (the embedding itself when it is already 2-d)."""
+def project_2d(emb: np.ndarray, method: str = "tsne") -> np.ndarray:
+    """A 2-D map ``(N, 2)`` of embeddings: t-SNE (scikit-learn, seed 0) or the first two principal components.
+
+    A 2-d embedding (the seed design's) is shown as it is.
+    """
     if emb.shape[1] <= 2:
         return emb[:, :2]
+    if method == "tsne" and len(emb) > 5:
+        from sklearn.manifold import TSNE
+
+        return TSNE(2, perplexity=min(30.0, (len(emb) - 1) / 3), init="pca", random_state=0).fit_transform(emb)
     centred = emb - emb.mean(0)
     _, _, vt = np.linalg.svd(centred, full_matrices=False)
     return centred @ vt[:2].T
 
 
-def plot_map(model: SimilarityModel, data: ImageSet, path: Path, thumbnails: int = 120) -> Path:
-    """Test embeddings projected to 2-D (PCA), coloured by class, with image thumbnails on a subset."""
+def plot_map(model: SimilarityModel, data: ImageSet, path: Path, thumbnails: int = 120,
+             max_points: int = 2000) -> Path:
+    """Test embeddings mapped to 2-D (t-SNE), coloured by class, with image thumbnails on a subset."""
     from matplotlib.offsetbox import AnnotationBbox, OffsetImage
 
     plt = _pyplot()
+    if len(data) > max_points:
+        data = data.subset(np.random.default_rng(0).choice(len(data), max_points, replace=False))
     xy = project_2d(model.embed(data.images))
     labels = data.labels.numpy()
     fig, ax = plt.subplots(figsize=(8, 8))
@@ -113,7 +123,7 @@ def plot_map(model: SimilarityModel, data: ImageSet, path: Path, thumbnails: int
         ax.add_artist(AnnotationBbox(box, xy[k], frameon=True, pad=0.05,
                                      bboxprops={"edgecolor": cmap(labels[k] % 10), "linewidth": 1.2}))
     ax.legend(fontsize=7, markerscale=2, loc="best")
-    ax.set_title(f"{data.name} embeddings, first two principal components", fontsize=9)
+    ax.set_title(f"{data.name} test embeddings, t-SNE map", fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
     return _save(fig, path)
