@@ -117,6 +117,10 @@ def test_train_eval_cli_on_folder_dataset(capsys, digit_folder, tmp_path):
                 "n_queries", "hard_accuracy", "hard_accuracy_ssim"):
         assert key in result
     assert code == 0 and result["n_pairs"] == 200 and result["n_queries"] == 300
+    code, text, err = run(capsys, "eval", "similarity", "--model", out, "--dataset", f"folder:{digit_folder}",
+                          "--json", "--n-pairs", 50, "--hard", 5)
+    assert code == 0, err
+    assert json.loads(text)["gallery"].startswith("train")
 
 
 def _exit_code(argv):

@@ -76,7 +76,8 @@ def evaluate(model: SimilarityModel, dataset: str, data_root: str | None = None,
              n_pairs: int = TEST_PAIRS, n_hard: int = 1000, gallery: str = "train") -> dict:
     """Run the whole protocol; returns one flat dict of metrics (see the module docstring)."""
     began = time.perf_counter()
-    test = load_dataset(dataset, "test", data_root, download)
+    size = {"image_size": model.image_size, "channels": model.channels}  # used by folder datasets only
+    test = load_dataset(dataset, "test", data_root, download, **size)
     _check_compatible(model, test)
     if model.calibration is None:
         raise SiamdiffError("model has no calibration; it cannot make verification decisions")
@@ -89,14 +90,15 @@ def evaluate(model: SimilarityModel, dataset: str, data_root: str | None = None,
                  "verification_accuracy": verification_accuracy(-d, same.astype(bool), -model.calibration.threshold),
                  "roc_auc": roc_auc(-d, same.astype(bool)), "eer": equal_error_rate(-d, same.astype(bool))}
     if gallery == "train" and not dataset.startswith("sample:"):
-        gal = load_dataset(dataset, "train", data_root, download)
+        gal = load_dataset(dataset, "train", data_root, download, **size)
         out.update(retrieval_metrics(test_emb, test_labels, model.embed(gal.images), gal.labels.numpy()))
         out["gallery"] = f"train ({len(gal)} images)"
     else:
         out.update(_leave_one_out(test_emb, test_labels))
         out["gallery"] = f"test, leave-one-out ({len(test)} images)"
     if n_hard > 0:
-        out.update(_hard_pair_test(model, dataset, data_root, download, test, test_emb, n_hard))
+        val = test if dataset.startswith("sample:") else load_dataset(dataset, "val", data_root, download, **size)
+        out.update(_hard_pair_test(model, val, test, test_emb, n_hard))
     out["seconds"] = round(time.perf_counter() - began, 2)
     return out
 
@@ -121,12 +123,10 @@ def _map_loo(query_labels: np.ndarray, neighbor_labels: np.ndarray, counts: np.n
     return float(ap.mean()) if ok.any() else float("nan")
 
 
-def _hard_pair_test(model: SimilarityModel, dataset: str, data_root: str | None, download: bool, test: ImageSet,
-                    test_emb: np.ndarray, n_hard: int) -> dict:
-    if dataset.startswith("sample:"):
-        val = test  # the embedded sample has no validation split: the SSIM threshold is fitted on the same pairs
-    else:
-        val = load_dataset(dataset, "val", data_root, download)
+def _hard_pair_test(model: SimilarityModel, val: ImageSet, test: ImageSet, test_emb: np.ndarray, n_hard: int
+                    ) -> dict:
+    """Hard pairs of ``test``; the SSIM threshold is fitted on hard pairs of ``val`` (the embedded sample has no
+    validation split, so there it is fitted on the sample itself)."""
     vi, vj, vsame = hard_pairs(val.images, val.labels.numpy(), n_hard, seed=HARD_SEED + 1)
     ssim_threshold = best_threshold(ssim_scores(val.images, vi, vj), vsame.astype(bool))
     i, j, same = hard_pairs(test.images, test.labels.numpy(), n_hard)
