@@ -1,0 +1,133 @@
+"""Denoising by diffusion, as pure functions of an ε-prediction model and a schedule.
+
+``model(x_t, t, labels) -> ε̂`` takes ``x_t (N, C, H, W)``, steps ``t (N,)`` int64 and ``labels (N,)`` int64 or
+``None`` (unconditional). A noisy image ``y`` with noise level σ ([0, 1] scale) enters the reverse chain at the
+step ``t*`` with ``(1 − ᾱ_t*) / ᾱ_t* ≈ (2σ)²`` as ``x_t* = √ᾱ_t* · (2y − 1)``; then:
+
+* ``tweedie`` — one network call, the posterior mean ``E[x_0 | x_t*]`` (Tweedie's formula): the MMSE estimate.
+* ``ddim`` — deterministic DDIM (Song et al. 2021, η = 0), K steps from ``t*`` to 0; K = 1 is ``tweedie``.
+* ``ancestral`` — the DDPM reverse chain (Ho et al. 2020) from ``t*``, as in the report: a sample of the
+  posterior, sharper, and by theory about 3 dB below the posterior mean in PSNR (a posterior sample's squared
+  error is twice the MMSE's).
+
+Classifier-free guidance (Ho & Salimans 2022) with weight ``w``: ``ε̂ = (1 + w)·ε̂(x, t, y) − w·ε̂(x, t, ∅)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .schedule import Schedule, step_for_sigma
+
+EpsModel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+METHODS = ("tweedie", "ddim", "ancestral")
+
+
+def predict_eps(model: EpsModel, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None,
+                guidance: float = 0.0) -> torch.Tensor:
+    """ε̂ with optional classifier-free guidance (``guidance`` = w; 0 is plain conditional or unconditional)."""
+    if labels is None or guidance == 0.0:
+        return model(x, t, labels)
+    conditional = model(x, t, labels)
+    unconditional = model(x, t, None)
+    return (1.0 + guidance) * conditional - guidance * unconditional
+
+
+def _ab(schedule: Schedule, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """ᾱ_t shaped ``(N, 1, 1, 1)``; ``t = -1`` means the clean image (ᾱ = 1)."""
+    ab = torch.cat([torch.ones(1, dtype=torch.float64), schedule.alpha_bar]).to(like.device)
+    return ab[t + 1].to(like.dtype).view(-1, 1, 1, 1)
+
+
+def x0_from_eps(schedule: Schedule, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """``(x_t − √(1 − ᾱ_t)·ε) / √ᾱ_t``."""
+    ab = _ab(schedule, t, x_t)
+    return (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
+
+
+def tweedie(model: EpsModel, schedule: Schedule, x_t: torch.Tensor, t: torch.Tensor,
+            labels: torch.Tensor | None = None, guidance: float = 0.0) -> torch.Tensor:
+    """Posterior mean of ``x_0`` given ``x_t`` from one network call."""
+    return x0_from_eps(schedule, x_t, t, predict_eps(model, x_t, t, labels, guidance))
+
+
+def ddim_steps(t_start: torch.Tensor, steps: int) -> list[torch.Tensor]:
+    """Per-image step sequences: ``steps`` evaluation points from ``t_start`` down, then -1 (clean)."""
+    if steps < 1:
+        raise ValueError("steps must be at least 1")
+    seq = [torch.round(t_start.double() * (1 - k / steps)).long() for k in range(steps)]
+    return seq + [torch.full_like(t_start, -1)]
+
+
+def ddim(model: EpsModel, schedule: Schedule, x_t: torch.Tensor, t_start: torch.Tensor, steps: int = 10,
+         labels: torch.Tensor | None = None, guidance: float = 0.0, clip: bool = True) -> torch.Tensor:
+    """Deterministic DDIM from ``t_start (N,)`` to a clean image in ``steps`` network calls."""
+    seq = ddim_steps(t_start, steps)
+    x = x_t
+    for now, nxt in zip(seq[:-1], seq[1:]):
+        eps = predict_eps(model, x, now, labels, guidance)
+        x0 = x0_from_eps(schedule, x, now, eps)
+        if clip:
+            x0 = x0.clamp(-1.0, 1.0)
+            eps = (x - _ab(schedule, now, x).sqrt() * x0) / (1 - _ab(schedule, now, x)).sqrt().clamp_min(1e-12)
+        ab_next = _ab(schedule, nxt, x)
+        x = ab_next.sqrt() * x0 + (1 - ab_next).sqrt() * eps
+    return x
+
+
+def ancestral(model: EpsModel, schedule: Schedule, x_t: torch.Tensor, t_start: torch.Tensor,
+              labels: torch.Tensor | None = None, guidance: float = 0.0, clip: bool = True,
+              generator: torch.Generator | None = None) -> torch.Tensor:
+    """DDPM ancestral sampling from ``t_start (N,)`` down to 0 (every step; images start at their own step).
+
+    Each step draws ``x_{t-1} ~ q(x_{t-1} | x_t, x̂_0)`` with ``x̂_0`` clipped to [−1, 1] when ``clip``.
+    """
+    betas = schedule.betas.to(x_t.device)
+    ab = schedule.alpha_bar.to(x_t.device)
+    ab_prev = torch.cat([torch.ones(1, dtype=ab.dtype, device=ab.device), ab[:-1]])
+    x = x_t.clone()
+    for s in range(int(t_start.max()), -1, -1):
+        active = t_start >= s
+        if not active.any():
+            continue
+        xa = x[active]
+        t = torch.full((xa.shape[0],), s, dtype=torch.long, device=x.device)
+        la = labels[active] if labels is not None else None
+        x0 = x0_from_eps(schedule, xa, t, predict_eps(model, xa, t, la, guidance))
+        if clip:
+            x0 = x0.clamp(-1.0, 1.0)
+        # posterior q(x_{s-1} | x_s, x_0): mean = c0·x0 + c1·x_s, variance β̃_s
+        c0 = (ab_prev[s].sqrt() * betas[s] / (1 - ab[s])).to(x.dtype)
+        c1 = ((1 - betas[s]).sqrt() * (1 - ab_prev[s]) / (1 - ab[s])).to(x.dtype)
+        mean = c0 * x0 + c1 * xa
+        if s > 0:
+            var = (betas[s] * (1 - ab_prev[s]) / (1 - ab[s])).to(x.dtype)
+            noise = torch.randn(xa.shape, generator=generator, device=x.device, dtype=x.dtype)
+            mean = mean + var.sqrt() * noise
+        x[active] = mean
+    return x
+
+
+def denoise(model: EpsModel, schedule: Schedule, y: torch.Tensor, sigma: torch.Tensor | float,
+            method: str = "tweedie", steps: int = 10, labels: torch.Tensor | None = None, guidance: float = 0.0,
+            generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Denoise ``y (N, C, H, W)`` in [0, 1] with noise level ``sigma`` (number or ``(N,)``).
+
+    Returns ``(clean estimate in [0, 1], t* (N,))``.
+    """
+    n = y.shape[0]
+    s = torch.as_tensor(sigma, dtype=torch.float64).expand(n) if torch.as_tensor(sigma).ndim == 0 else \
+        torch.as_tensor(sigma, dtype=torch.float64)
+    t_star = step_for_sigma(schedule, s).to(y.device)
+    x_t = _ab(schedule, t_star, y).sqrt() * (2 * y - 1)
+    if method == "tweedie":
+        x0 = tweedie(model, schedule, x_t, t_star, labels, guidance)
+    elif method == "ddim":
+        x0 = ddim(model, schedule, x_t, t_star, steps, labels, guidance)
+    elif method == "ancestral":
+        x0 = ancestral(model, schedule, x_t, t_star, labels, guidance, generator=generator)
+    else:
+        raise ValueError(f"unknown method '{method}': use one of {', '.join(METHODS)}")
+    return ((x0 + 1) / 2).clamp(0.0, 1.0), t_star
