@@ -26,6 +26,7 @@ FORMAT = "siamdiff/1"
 # kind -> "module:function" building an nn.Module from a config dict; imported lazily to keep the halves apart.
 BUILDERS: dict[str, str] = {
     "similarity": "siamdiff.similarity.models:build_from_config",
+    "diffusion": "siamdiff.reconstruction.models:build_from_config",
 }
 
 

@@ -66,6 +66,9 @@ class Task(Protocol):
     def save(self, path: Path, history: list[dict[str, Any]]) -> None:
         """Write the model file (weights + config + facts such as calibration)."""
 
+    # Optional: ``after_step()`` runs after each optimizer step (EMA updates); ``extra_state()`` and
+    # ``load_extra_state(state)`` carry task state (EMA weights) through ``--resume``.
+
 
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
@@ -139,6 +142,8 @@ def fit(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = False)
         sched.load_state_dict(state["scheduler"])
         history = list(state["history"])
         start = int(state["epoch"]) + 1
+        if hasattr(task, "load_extra_state"):
+            task.load_extra_state(state["task"])
         log.info("resuming at epoch %d", start + 1)
     amp = cfg.amp and device.type == "cuda"
     for epoch in range(start, cfg.epochs):
@@ -158,6 +163,8 @@ def fit(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = False)
             loss.backward()
             opt.step()
             sched.step()
+            if hasattr(task, "after_step"):
+                task.after_step()
             total += float(loss.detach())
             count += 1
             bar.update(1)
@@ -174,7 +181,8 @@ def fit(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = False)
         task.save(out / "model.safetensors", history)
         save_state(state_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
                                 "scheduler": sched.state_dict(), "epoch": epoch, "history": history,
-                                "train_config": cfg.to_dict()})
+                                "train_config": cfg.to_dict(),
+                                "task": task.extra_state() if hasattr(task, "extra_state") else {}})
         text = "".join(json.dumps(r) + "\n" for r in history)
         atomic_write(out / "log.jsonl", lambda tmp, text=text: tmp.write_text(text))
     return history
