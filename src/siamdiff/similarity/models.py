@@ -18,7 +18,8 @@ class EmbedConfig:
     """Everything needed to rebuild an embedding network; stored inside every checkpoint.
 
     arch: ``seed`` (the report's net, no nonlinearities, 2-d output) or ``embed`` (siamdiff's default).
-    widths: conv channels per stage; fc: hidden FC widths (seed only); residual: add a residual block per stage.
+    widths: conv channels per stage; fc: hidden FC widths (seed only); residual: add a residual block per stage;
+    depth: conv layers per stage.
     """
 
     arch: str
@@ -28,6 +29,7 @@ class EmbedConfig:
     embed_dim: int
     fc: tuple[int, ...] = ()
     residual: bool = False
+    depth: int = 1  # conv-BN-ReLU layers per stage (embed only)
     normalize: bool = True
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.5,)
@@ -54,7 +56,7 @@ PRESETS: dict[str, EmbedConfig] = {
     "seed-fashion-mnist": EmbedConfig("seed", 1, 28, (32, 64, 128), 2, fc=(64, 32), normalize=False,
                                       **_FASHION_STATS),
     "seed-cifar10": EmbedConfig("seed", 3, 32, (96, 192, 384), 2, fc=(126, 42), normalize=False, **_CIFAR_STATS),
-    "default-mnist": EmbedConfig("embed", 1, 28, (32, 64, 128), 64, **_MNIST_STATS),
+    "default-mnist": EmbedConfig("embed", 1, 28, (32, 64, 128), 64, depth=2, **_MNIST_STATS),
     "default-fashion-mnist": EmbedConfig("embed", 1, 28, (32, 64, 128), 64, **_FASHION_STATS),
     # Sized for CPU training (see docs/benchmarks/similarity.md); a GPU affords (64, 128, 256).
     "default-cifar10": EmbedConfig("embed", 3, 32, (32, 64, 128), 128, residual=True, **_CIFAR_STATS),
@@ -136,6 +138,8 @@ class EmbeddingNet(nn.Module):
         cin = c.widths[0]
         for i, w in enumerate(c.widths):
             layers += _conv_bn(cin, w)
+            for _ in range(c.depth - 1):
+                layers += _conv_bn(w, w)
             if i < len(c.widths) - 1 or c.residual:
                 layers.append(nn.MaxPool2d(2))
             if c.residual:
