@@ -3,7 +3,7 @@ protocol of docs/similarity.md, time pair scoring and index search, and write do
 
     python benchmarks/similarity.py --data-dir ../shared/data                # train what is missing, evaluate
     python benchmarks/similarity.py --data-dir ../shared/data --ship         # also copy default models into the package
-    python benchmarks/similarity.py --data-dir ../shared/data --only mnist:default --seed-epochs cifar10=2
+    python benchmarks/similarity.py --data-dir ../shared/data --only cifar10:seed --epochs cifar10:seed=2
 
 Each row records the exact training and evaluation commands, so it can be reproduced alone.
 """
@@ -75,9 +75,17 @@ def train_and_eval(dataset: str, model: str, args: argparse.Namespace) -> dict:
     exe = [sys.executable, "-m", "siamdiff"]
     log_path = out / "log.jsonl"
     if args.retrain or not log_path.is_file():
-        _, seconds = run(exe + cmd[1:])
+        _, seconds = run(exe + cmd[1:] + (["--overwrite"] if out.exists() else []))
         print(f"trained {dataset}:{model} in {seconds:.0f} s", flush=True)
     history = [json.loads(line) for line in log_path.read_text().splitlines()]
+    from siamdiff.checkpoint import read_metadata
+
+    planned = read_metadata(out / "model.safetensors")["extra"]["recipe"]["train"]["epochs"]
+    if epochs and int(epochs) != planned:
+        raise SystemExit(f"{out} was trained for {planned} epochs, not {epochs}: pass --retrain")
+    if len(history) < planned:  # an interrupted run: continue it
+        run(exe + cmd[1:] + ["--resume"])
+        history = [json.loads(line) for line in log_path.read_text().splitlines()]
     train_seconds = sum(h["seconds"] for h in history)
     ecmd = ["siamdiff", "eval", "similarity", "--model", str(out / "model.safetensors"), "--dataset", dataset,
             "--data-dir", args.data_dir, "--json"]

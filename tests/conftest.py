@@ -39,13 +39,13 @@ def tiny_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def digit_folder(tmp_path_factory) -> Path:
-    """A folder of 40 sample digits as PNG files in class sub-folders."""
+    """A folder of 80 sample digits (8 per class) as PNG files in class sub-folders."""
     from siamdiff.data.datasets import load_sample
     from siamdiff.data.imageio import write_png_atomic
 
     data = load_sample("mnist")
     root = tmp_path_factory.mktemp("digits")
-    for k in range(0, 300, 7)[:40]:
+    for k in range(0, 300, 3)[:80]:
         cls = root / data.classes[int(data.labels[k])]
         cls.mkdir(exist_ok=True)
         write_png_atomic(data.images[k].numpy()[0], cls / f"{k:03d}.png")

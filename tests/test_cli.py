@@ -75,7 +75,7 @@ def test_unknown_model_and_foreign_checkpoint(capsys, tmp_path, bad_files):
 def test_index_and_search(capsys, tiny_model, digit_folder, bad_files, tmp_path):
     idx = tmp_path / "digits.safetensors"
     code, out, _ = run(capsys, "index", digit_folder, "--out", idx, "--model", tiny_model)
-    assert code == 0 and "40 images" in out
+    assert code == 0 and "80 images" in out
     query = sorted(digit_folder.rglob("*.png"))[3]
     code, out, _ = run(capsys, "search", query, "--index", idx, "-k", 3, "--json")
     hits = json.loads(out)["results"]
@@ -146,7 +146,35 @@ def test_bad_arguments_exit_2_with_one_line(capsys, tmp_path, argv):
     assert not (tmp_path / "x").exists() and not (tmp_path / "y" / "model.safetensors").exists()
 
 
-def test_python_dash_m_entry_point():
-    proc = subprocess.run([sys.executable, "-m", "siamdiff", "similarity", "nope.png", "nope2.png"],
-                          capture_output=True, text=True)
-    assert proc.returncode == 2 and proc.stderr.startswith("siamdiff: error:") and "Traceback" not in proc.stderr
+def test_python_dash_m_entry_point(tiny_model, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "siamdiff", "similarity", tmp_path / "nope.png", "b.png",
+                           "--model", tiny_model], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("siamdiff: error:") and "nope.png" in proc.stderr and "no such file" in proc.stderr
+
+
+def test_plot_on_a_folder_and_into_a_file(capsys, tiny_model, digit_folder, tmp_path):
+    code, out, err = run(capsys, "plot", "similarity", "--model", tiny_model, "--dataset", f"folder:{digit_folder}",
+                         "--out", tmp_path / "plots")
+    assert code == 0, err
+    assert (tmp_path / "plots" / "roc.png").is_file()
+    (tmp_path / "afile").write_text("keep me")
+    code, _, err = run(capsys, "plot", "similarity", "--model", tiny_model, "--out", tmp_path / "afile")
+    assert code == 2 and err.count("\n") == 1 and (tmp_path / "afile").read_text() == "keep me"
+
+
+def test_sample_is_test_only_and_pairs_need_two(capsys, tiny_model, tmp_path):
+    code, _, err = run(capsys, "train", "similarity", "--dataset", "sample:mnist", "--out", tmp_path / "r")
+    assert code == 2 and "test split only" in err
+    code, _, err = run(capsys, "eval", "similarity", "--model", tiny_model, "--dataset", "sample:mnist",
+                       "--n-pairs", 1)
+    assert code == 2 and "at least 2" in err
+
+
+def test_train_refuses_to_replace_a_run(capsys, digit_folder, tmp_path):
+    args = ["train", "similarity", "--dataset", f"folder:{digit_folder}", "--model", "tiny", "--epochs", 1,
+            "--channels", 1, "--image-size", 28, "--out", tmp_path]
+    assert run(capsys, *args)[0] == 0
+    before = (tmp_path / "model.safetensors").read_bytes()
+    code, _, err = run(capsys, *args)
+    assert code == 2 and "--overwrite" in err and (tmp_path / "model.safetensors").read_bytes() == before

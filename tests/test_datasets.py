@@ -111,11 +111,12 @@ def test_embedded_sample_is_small_and_balanced():
 
 
 def test_folder_split_is_disjoint_and_stratified():
-    labels = np.repeat(np.arange(3), [20, 10, 2])
+    labels = np.repeat(np.arange(4), [30, 10, 4, 2])
     parts = {s: folder_split_indices(labels, s) for s in ("train", "val", "test")}
     allidx = np.concatenate(list(parts.values()))
     assert len(allidx) == len(set(allidx)) == len(labels)
-    assert set(labels[parts["test"]]) == {0, 1}  # the 2-image class stays in train
+    assert np.bincount(labels[parts["val"]], minlength=4).tolist() == [3, 2, 1, 0]  # 10%, at least 2 from 6 up
+    assert set(labels[parts["test"]]) == {0, 1, 2}  # the 2-image class stays in train
     assert np.array_equal(folder_split_indices(labels, "train"), parts["train"])
 
 
@@ -136,3 +137,16 @@ def test_real_mnist_and_cifar_counts(data_root):
     assert len(val) == ds.VAL_SIZE
     cifar = ds.load_dataset("cifar10", "test", data_root)
     assert cifar.labels[:10].tolist() == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]
+
+
+def test_folder_classes_are_first_level_folders(tmp_path):
+    from PIL import Image
+
+    from siamdiff.data.imageio import read_folder
+
+    for rel in ("cats/a.png", "cats/nested/b.png", "dogs/c.png", "stray.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((5, 5), np.uint8)).save(tmp_path / rel)
+    found = read_folder(tmp_path, 1, (5, 5), class_from_parent=True)
+    assert sorted(found.labels) == ["cats", "cats", "dogs"]
+    assert [(p.name, reason) for p, reason in found.skipped] == [("stray.png", "not inside a class folder")]

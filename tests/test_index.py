@@ -21,7 +21,7 @@ def test_index_build_update_and_search(tiny_model, digit_folder, tmp_path):
     model = SimilarityModel.load(tiny_model)
     out = tmp_path / "idx.safetensors"
     index, counts = build_index(digit_folder, model, out)
-    assert counts == {"added": 40, "kept": 0, "removed": 0, "skipped": 0}
+    assert counts == {"added": 80, "kept": 0, "removed": 0, "skipped": 0}
     # a second run embeds nothing new; a new file and a bad file are noticed
     (digit_folder / "0" / "bad.png").write_text("not an image")
     extra = sorted(digit_folder.rglob("*.png"))[0]
@@ -31,8 +31,8 @@ def test_index_build_update_and_search(tiny_model, digit_folder, tmp_path):
     finally:
         (digit_folder / "0" / "bad.png").unlink()
         (digit_folder / "new.png").unlink()
-    assert counts2 == {"added": 1, "kept": 40, "removed": 0, "skipped": 1}
-    assert np.array_equal(index2.embeddings[:40], index.embeddings)
+    assert counts2 == {"added": 1, "kept": 80, "removed": 0, "skipped": 1}
+    assert np.array_equal(index2.embeddings[:80], index.embeddings)
     hits = search(Index.load(out), model, extra, k=3)
     assert len(hits) == 3 and hits[0]["distance"] == pytest.approx(0.0, abs=1e-3)
     assert hits[0]["distance"] <= hits[1]["distance"] <= hits[2]["distance"]

@@ -105,3 +105,49 @@ def test_seed_pairs_training_runs(tmp_path):
     task, r = _task(model="seed", max_batches=3)
     history = fit(task, r.train, tmp_path)
     assert len(history) == 2 and history[-1]["loss"] > 0
+
+
+def test_loss_is_computed_in_float32_under_bf16_autocast():
+    task, _ = _task()
+    task.model.eval()  # fixed BatchNorm statistics: the two calls see the same network
+    batch = next(iter(task.batches(0, torch.device("cpu"))))
+    plain = task.loss(batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = task.loss(batch)
+    # only the network runs in bf16; the pair distances of unit vectors must not collapse
+    assert mixed.item() == pytest.approx(plain.item(), rel=0.05)
+
+
+def test_batches_without_pairs_of_a_kind_still_train():
+    from siamdiff.similarity.losses import in_batch_contrastive, in_batch_triplet, supcon_loss
+
+    e = torch.randn(4, 3, requires_grad=True)
+    one_class = torch.zeros(4, dtype=torch.long)
+    for loss in (in_batch_contrastive(e, one_class, 1.0), in_batch_triplet(e, one_class, 0.2),
+                 supcon_loss(e, torch.arange(4))):
+        loss.backward()
+    assert e.grad is not None and torch.isfinite(e.grad).all()
+
+
+def test_seed_recipe_refuses_non_pair_losses():
+    for loss in ("triplet", "supcon"):
+        with pytest.raises(SiamdiffError, match="seed recipe trains on pairs"):
+            recipe("seed", "mnist", 1, 28, loss=loss)
+
+
+def test_existing_run_needs_resume_or_overwrite(tmp_path):
+    task, r = _task()
+    fit(task, r.train, tmp_path)
+    with pytest.raises(SiamdiffError, match="already holds a training run"):
+        fit(_task()[0], r.train, tmp_path)
+    assert len(fit(_task()[0], r.train, tmp_path, overwrite=True)) == 2
+
+
+def test_resume_with_another_model_is_refused(tmp_path):
+    task, r = _task()
+    fit(task, r.train, tmp_path)
+    train, val = _sets()
+    other = recipe("default", "mnist", 1, 28, epochs=2, batch_size=50, device="cpu")
+    other = type(other)(**{**other.__dict__, "train": r.train})  # same training settings, other network
+    with pytest.raises(SiamdiffError, match="another model"):
+        fit(SimilarityTask(other, train, val), r.train, tmp_path, resume=True)

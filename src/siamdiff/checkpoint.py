@@ -106,7 +106,7 @@ def load_model(path: str | os.PathLike, kind: str | None = None,
     module, func = BUILDERS[meta["kind"]].split(":")
     try:
         model = getattr(importlib.import_module(module), func)(meta["config"])
-    except (TypeError, ValueError, KeyError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any config the builder cannot use is a damaged checkpoint
         raise CheckpointError(f"cannot rebuild model '{path}': {exc}") from None
     try:
         state = load_file(str(path), device=str(map_location))

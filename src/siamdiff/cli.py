@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--channels", type=int, choices=[1, 3], help="folder datasets: 1 or 3 (default 3)")
     t.add_argument("--out", required=True, help="run folder: model.safetensors, state.pt, log.jsonl")
     t.add_argument("--resume", action="store_true", help="continue from OUT/state.pt")
+    t.add_argument("--overwrite", action="store_true", help="replace a run already in OUT")
     _data_args(t)
 
     p = sub.add_parser("eval", help="evaluate a model")
@@ -129,7 +130,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                  if getattr(args, k) is not None}
     command = "siamdiff " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     history = train_similarity(args.dataset, args.out, model=args.model, data_root=args.data_dir,
-                               download=args.download, resume=args.resume, command=command, seed=args.seed,
+                               download=args.download, resume=args.resume, overwrite=args.overwrite,
+                               command=command, seed=args.seed,
                                device=args.device, image_size=args.image_size, channels=args.channels, **overrides)
     last = history[-1] if history else {}
     print(f"wrote {Path(args.out) / 'model.safetensors'} after {len(history)} epoch(s): "
@@ -232,3 +234,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MemoryError:
         print("siamdiff: error: out of memory", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 - a bug of ours: one line, the traceback only with --verbose
+        if args.verbose:
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"siamdiff: internal error: {type(exc).__name__}: {first} (run with -v for the traceback)",
+              file=sys.stderr)
+        return 1

@@ -18,7 +18,7 @@ from .data.imageio import write_png_atomic
 from .errors import SiamdiffError
 from .similarity.api import SHIPPED, SimilarityModel, shipped_path
 from .similarity.evaluate import evaluate
-from .similarity.index import build_index, search
+from .similarity.index import Index, build_index, search
 from .similarity.pairs import balanced_pairs
 from .similarity.plots import plot_all
 
@@ -52,7 +52,10 @@ def _section(name: str, out: Path) -> tuple[list[str], dict]:
                      f"{'same' if s else 'different'} | {r['probability']:.3f} | {r['distance']:.3f} | "
                      f"{'same' if r['same'] else 'different'} |")
     # Search: index the sample folder, query three images.
-    index, _ = build_index(out / "images" / name, model, out / f"index-{name}.safetensors")
+    index_path = out / f"index-{name}.safetensors"
+    if index_path.exists() and Index.load(index_path).fingerprint != model.fingerprint:
+        index_path.unlink()  # the demo's own index, made by earlier shipped weights
+    index, _ = build_index(out / "images" / name, model, index_path)
     lines += ["", "Search (5 nearest in the sample index; the query itself comes first):", ""]
     for q in (0, len(paths) // 2, len(paths) - 1):
         hits = search(index, model, paths[q], k=5)

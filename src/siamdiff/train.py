@@ -112,14 +112,20 @@ def _progress(total: int, desc: str):
     return tqdm(total=total, desc=desc, leave=False, disable=not sys.stderr.isatty(), dynamic_ncols=True)
 
 
-def fit(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> list[dict[str, Any]]:
+def fit(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
+        overwrite: bool = False) -> list[dict[str, Any]]:
     """Train ``task.model`` for ``cfg.epochs``; writes ``model.safetensors``, ``state.pt``, ``log.jsonl`` in out_dir.
 
+    An existing run in ``out_dir`` is continued with ``resume`` and replaced only with ``overwrite``.
     Returns the per-epoch history (the lines of ``log.jsonl``).
     """
     if cfg.epochs < 1:
         raise SiamdiffError("--epochs must be at least 1")
     out = Path(out_dir)
+    state_path = out / "state.pt"
+    if not resume and not overwrite and (state_path.exists() or (out / "model.safetensors").exists()):
+        raise SiamdiffError(f"'{out}' already holds a training run: pass --resume to continue it, --overwrite to "
+                            f"replace it, or another --out")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -132,18 +138,23 @@ def fit(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = False)
     sched = _scheduler(opt, cfg, steps)
     history: list[dict[str, Any]] = []
     start = 0
-    state_path = out / "state.pt"
+    signature = {k: list(v.shape) for k, v in model.state_dict().items()}
     if resume:
         state = load_state(state_path)
         if state.get("train_config") != cfg.to_dict():
             raise SiamdiffError(f"cannot resume: '{state_path}' was written with other training settings")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        history = list(state["history"])
-        start = int(state["epoch"]) + 1
-        if hasattr(task, "load_extra_state"):
-            task.load_extra_state(state["task"])
+        if state.get("signature") != signature:
+            raise SiamdiffError(f"cannot resume: '{state_path}' was written for another model or image size")
+        try:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            history = list(state["history"])
+            start = int(state["epoch"]) + 1
+            if hasattr(task, "load_extra_state"):
+                task.load_extra_state(state["task"])
+        except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+            raise SiamdiffError(f"cannot resume from damaged '{state_path}': {exc}") from None
         log.info("resuming at epoch %d", start + 1)
     amp = cfg.amp and device.type == "cuda"
     for epoch in range(start, cfg.epochs):
@@ -181,7 +192,7 @@ def fit(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = False)
         task.save(out / "model.safetensors", history)
         save_state(state_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
                                 "scheduler": sched.state_dict(), "epoch": epoch, "history": history,
-                                "train_config": cfg.to_dict(),
+                                "train_config": cfg.to_dict(), "signature": signature,
                                 "task": task.extra_state() if hasattr(task, "extra_state") else {}})
         text = "".join(json.dumps(r) + "\n" for r in history)
         atomic_write(out / "log.jsonl", lambda tmp, text=text: tmp.write_text(text))

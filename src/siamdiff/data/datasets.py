@@ -18,6 +18,7 @@ import shutil
 import struct
 import tarfile
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -129,6 +130,8 @@ def load_dataset(name: str, split: str, root: str | os.PathLike | None = None, d
     if split not in SPLITS:
         raise SiamdiffError(f"unknown split '{split}': use one of {', '.join(SPLITS)}")
     if name.startswith("sample:"):
+        if split != "test":
+            raise SiamdiffError("the embedded sample has a test split only; train on the full dataset or a folder")
         return load_sample(canonical_name(name[len("sample:"):]))
     name = canonical_name(name)
     if name.startswith("folder:"):
@@ -194,7 +197,7 @@ def _read_idx(path: Path, expect_dims: int) -> np.ndarray:
         shape = struct.unpack(f">{dims}I", data[4:4 + 4 * dims])
         array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims)
         return array.reshape(shape).copy()
-    except (OSError, ValueError, struct.error, EOFError) as exc:
+    except (OSError, ValueError, struct.error, EOFError, zlib.error) as exc:
         raise SiamdiffError(f"cannot read IDX file '{path}': {exc}") from None
 
 

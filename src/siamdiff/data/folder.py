@@ -1,4 +1,4 @@
-"""``folder:PATH`` datasets: ``PATH/<class>/<images>`` read safely, split 80/10/10 per class with a fixed seed."""
+"""``folder:PATH`` datasets: ``PATH/<class>/<images>`` read safely, split about 80/10/10 per class (fixed seed)."""
 
 from __future__ import annotations
 
@@ -13,24 +13,24 @@ from .imageio import read_folder
 log = logging.getLogger(__name__)
 
 FOLDER_SEED = 20261
-FRACTIONS = {"train": 0.8, "val": 0.1}
+FRACTIONS = {"val": 0.1, "test": 0.1}
 
 
 def folder_split_indices(labels: np.ndarray, split: str, seed: int = FOLDER_SEED) -> np.ndarray:
-    """Indices of ``split`` for a labelled folder: per class, a seeded permutation cut 80/10/10 (train/val/test).
+    """Indices of ``split`` for a labelled folder, from a seeded permutation of each class.
 
-    Classes with fewer than 3 images go to train only, so test and val never hold an unseen class alone.
+    A class of 6+ images gives 10% (at least 2, so same-class pairs exist) to validation and as many to test;
+    a class of 3 to 5 images gives one to each; smaller classes stay in train.
     """
     rng = np.random.default_rng(seed)
     out = []
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
         idx = idx[rng.permutation(len(idx))]
-        n_train = len(idx) if len(idx) < 3 else max(1, int(round(FRACTIONS["train"] * len(idx))))
-        n_val = 0 if len(idx) < 3 else max(1, int(round(FRACTIONS["val"] * len(idx))))
-        n_train = min(n_train, len(idx) - n_val - (1 if len(idx) >= 3 else 0))
-        parts = {"train": idx[:n_train], "val": idx[n_train:n_train + n_val], "test": idx[n_train + n_val:],
-                 "train+val": idx[:n_train + n_val]}
+        held = max(2, int(round(FRACTIONS["val"] * len(idx)))) if len(idx) >= 6 else int(len(idx) >= 3)
+        n_train = len(idx) - 2 * held
+        parts = {"train": idx[:n_train], "val": idx[n_train:n_train + held], "test": idx[n_train + held:],
+                 "train+val": idx[:n_train + held]}
         out.append(parts[split])
     return np.sort(np.concatenate(out)) if out else np.zeros(0, dtype=np.int64)
 
@@ -46,7 +46,8 @@ def load_folder_split(path: str, split: str, image_size: int, channels: int):
         raise SiamdiffError(f"folder '{path}' needs at least two class sub-folders (PATH/<class>/<images>)")
     labels = np.array([classes.index(c) for c in found.labels], dtype=np.int64)
     idx = folder_split_indices(labels, split)
-    if len(idx) == 0:
-        raise SiamdiffError(f"folder '{path}' has too few images for a '{split}' split")
+    if len(np.unique(labels[idx])) < 2:
+        raise SiamdiffError(f"folder '{path}' has too few images: its {split} split holds fewer than two classes "
+                            f"(validation and test each take 10%, at least 2, of every class of 6 or more images)")
     return ImageSet(f"folder:{path}", split, torch.from_numpy(found.images[idx]),
                     torch.from_numpy(labels[idx]), classes)

@@ -426,6 +426,11 @@ def read_folder(
     labels: list[str] = []
     skipped: list[tuple[Path, str]] = []
     for file in files:
+        relative = file.relative_to(root)
+        if class_from_parent and len(relative.parts) < 2:
+            logger.warning("skipping %s: not inside a class folder", file)
+            skipped.append((file, "not inside a class folder"))
+            continue
         try:
             array = read_image(file, channels)
         except ImageReadError as exc:
@@ -436,7 +441,7 @@ def read_folder(
         batch[len(paths)] = fit_to(array, channels, (height, width)).transpose(2, 0, 1)
         paths.append(file)
         if class_from_parent:
-            labels.append(file.parent.relative_to(root).as_posix())
+            labels.append(relative.parts[0])  # the class is the first folder under the root
 
     if not paths:
         raise ImageReadError(

@@ -79,7 +79,8 @@ class SimilarityModel:
         """Load a shipped model by name (``mnist``, ``fashion-mnist``, ``cifar10``) or a model file / run folder."""
         path = resolve_model_path("similarity", name_or_path)
         net, meta = load_model(path, kind="similarity")
-        return cls(net, meta, str(name_or_path))
+        shipped = path == shipped_path("similarity", path.stem.removeprefix("similarity-"))
+        return cls(net, meta, path.stem.removeprefix("similarity-") if shipped else str(path.resolve()))
 
     @property
     def channels(self) -> int:

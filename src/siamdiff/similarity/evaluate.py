@@ -36,7 +36,11 @@ def hard_pairs(images: torch.Tensor, labels: np.ndarray, n: int, seed: int = HAR
     Hard negative: nearest image of another class in pixel L2; hard positive: farthest image of the same class.
     """
     rng = np.random.default_rng(seed)
-    anchors = rng.choice(len(labels), size=min(n, len(labels)), replace=False)
+    counts = np.bincount(labels)
+    eligible = np.flatnonzero(counts[labels] > 1)  # an anchor needs another image of its class
+    if len(eligible) == 0 or len(counts[counts > 0]) < 2:
+        raise SiamdiffError("hard pairs need two classes and a class with two images")
+    anchors = rng.choice(eligible, size=min(n, len(eligible)), replace=False)
     flat = images.reshape(len(images), -1).float() / 255.0
     sq = flat.pow(2).sum(1)
     lab = torch.as_tensor(labels)
@@ -81,6 +85,8 @@ def evaluate(model: SimilarityModel, dataset: str, data_root: str | None = None,
     _check_compatible(model, test)
     if model.calibration is None:
         raise SiamdiffError("model has no calibration; it cannot make verification decisions")
+    if n_pairs < 2:
+        raise SiamdiffError("--n-pairs must be at least 2 (half same-class, half different)")
     test_emb = model.embed(test.images)
     test_labels = test.labels.numpy()
     i, j, same = balanced_pairs(test_labels, n_pairs, TEST_PAIR_SEED)

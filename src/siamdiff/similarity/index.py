@@ -2,7 +2,7 @@
 
 ``build_index`` embeds only files that are new (or changed: size or modification time) when the index exists;
 ``search`` returns the k nearest images. Search is exact (one matrix product) by default; with ``use_faiss`` and
-faiss installed, a flat inner-product faiss index is used instead (same results on unit-length embeddings).
+faiss installed, an exact flat L2 faiss index is used instead (same neighbours).
 """
 
 from __future__ import annotations

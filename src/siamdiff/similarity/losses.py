@@ -64,7 +64,7 @@ def in_batch_contrastive(emb: torch.Tensor, labels: torch.Tensor, margin: float,
     d = _pairwise(emb)
     pos, neg = _masks(labels)
     terms = pair_terms(d, pos.to(d.dtype), margin, form)
-    total = emb.new_zeros(())
+    total = emb.sum() * 0.0  # keeps the graph when a batch has no pair of a kind
     if pos.any():
         total = total + terms[pos].mean()
     if neg.any():
@@ -85,7 +85,7 @@ def in_batch_triplet(emb: torch.Tensor, labels: torch.Tensor, margin: float) -> 
     eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
     valid = (same & ~eye)[:, :, None] & (~same)[:, None, :]  # [a, p, n]
     if not valid.any():
-        return emb.new_zeros(())
+        return emb.sum() * 0.0
     return F.relu(d[:, :, None] - d[:, None, :] + margin)[valid].mean()
 
 
@@ -100,7 +100,7 @@ def supcon_loss(emb: torch.Tensor, labels: torch.Tensor, temperature: float = 0.
     n_pos = pos.sum(dim=1)
     has = n_pos > 0
     if not has.any():
-        return emb.new_zeros(())
+        return emb.sum() * 0.0
     mean_log_prob = log_prob.masked_fill(~pos, 0.0).sum(dim=1)[has] / n_pos[has]
     return -mean_log_prob.mean()
 

@@ -27,8 +27,12 @@ class _ClassIndex:
         if len(self.classes) < 2:
             raise ValueError("pairs need at least two classes")
 
+    def has_partner(self, anchors: np.ndarray) -> np.ndarray:
+        """Whether each anchor's class has another image (a same-class pair is possible)."""
+        return self.counts[self.pos[anchors]] > 1
+
     def draw_same(self, anchors: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """A partner of the anchor's class, never the anchor itself unless the class has one image."""
+        """A partner of the anchor's class, never the anchor itself (anchors of one-image classes: itself)."""
         c = self.pos[anchors]
         n = self.counts[c]
         k = rng.integers(0, np.maximum(n - 1, 1))
@@ -56,7 +60,7 @@ def seed_pairs(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, n
     rng = np.random.default_rng(seed)
     index = _ClassIndex(labels)
     anchors = rng.permutation(len(index.labels))
-    same = rng.integers(0, 2, size=len(anchors))
+    same = rng.integers(0, 2, size=len(anchors)) * index.has_partner(anchors)  # one-image classes: different
     partners = np.where(same == 1, index.draw_same(anchors, rng), index.draw_other(anchors, rng))
     return anchors, partners, same.astype(np.int64)
 
@@ -64,22 +68,34 @@ def seed_pairs(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, n
 def balanced_pairs(labels: np.ndarray, n_pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Exactly ``n_pairs // 2`` same-class and ``n_pairs - n_pairs // 2`` different-class pairs, shuffled.
 
-    Anchors are drawn uniformly (with replacement when ``n_pairs`` exceeds the number of images).
+    Anchors are drawn uniformly (with replacement when needed); anchors of same-class pairs come from classes with
+    at least two images, so a pair is never an image with itself.
     """
+    if n_pairs < 2:
+        raise ValueError("balanced pairs need at least 2 pairs")
     rng = np.random.default_rng(seed)
     index = _ClassIndex(labels)
     n = len(index.labels)
-    anchors = rng.choice(n, size=n_pairs, replace=n_pairs > n)
+    eligible = np.flatnonzero(index.has_partner(np.arange(n)))
+    if len(eligible) == 0:
+        raise ValueError("no class has two images: no same-class pair exists")
+    n_same = n_pairs // 2
     same = np.zeros(n_pairs, dtype=np.int64)
-    same[: n_pairs // 2] = 1
-    rng.shuffle(same)
+    same[:n_same] = 1
+    anchors = np.concatenate([rng.choice(eligible, size=n_same, replace=n_same > len(eligible)),
+                              rng.choice(n, size=n_pairs - n_same, replace=n_pairs - n_same > n)])
+    order = rng.permutation(n_pairs)
+    anchors, same = anchors[order], same[order]
     partners = np.where(same == 1, index.draw_same(anchors, rng), index.draw_other(anchors, rng))
     return anchors, partners, same
 
 
 def balanced_triplets(labels: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``n`` triplets ``(anchor, positive, negative)`` of index arrays, positives of the anchor's class."""
+    """``n`` triplets ``(anchor, positive, negative)`` of index arrays; anchors from classes of 2+ images."""
     rng = np.random.default_rng(seed)
     index = _ClassIndex(labels)
-    anchors = rng.choice(len(index.labels), size=n, replace=n > len(index.labels))
+    eligible = np.flatnonzero(index.has_partner(np.arange(len(index.labels))))
+    if len(eligible) == 0:
+        raise ValueError("no class has two images: no triplet exists")
+    anchors = rng.choice(eligible, size=n, replace=n > len(eligible))
     return anchors, index.draw_same(anchors, rng), index.draw_other(anchors, rng)

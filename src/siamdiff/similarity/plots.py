@@ -9,6 +9,7 @@ import numpy as np
 
 from ..checkpoint import atomic_write
 from ..data.datasets import ImageSet, load_dataset
+from ..errors import SiamdiffError
 from .api import SimilarityModel
 from .metrics import roc_auc, roc_curve
 from .pairs import balanced_pairs
@@ -135,8 +136,11 @@ def plot_all(model: SimilarityModel, dataset: str, out: str | os.PathLike, data_
     from .evaluate import _check_compatible, hard_pairs
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    data = load_dataset(dataset, "test", data_root, download)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SiamdiffError(f"cannot create folder '{out}': {exc.strerror}") from None
+    data = load_dataset(dataset, "test", data_root, download, image_size=model.image_size, channels=model.channels)
     _check_compatible(model, data)
     i, j, same = balanced_pairs(data.labels.numpy(), 8, seed=3)
     hi, hj, hs = hard_pairs(data.images, data.labels.numpy(), 4, seed=4)

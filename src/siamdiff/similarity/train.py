@@ -18,7 +18,8 @@ from ..data.datasets import ImageSet, load_dataset
 from ..train import TrainConfig, fit
 from .calibration import calibrate
 from .embed import embed
-from .losses import LossConfig, contrastive_loss
+from ..errors import SiamdiffError
+from .losses import PAIR_FORMS, LossConfig, contrastive_loss
 from .metrics import knn_search, recall_at_k, roc_auc
 from .models import EmbedConfig, EmbeddingNet, preset
 from .pairs import balanced_pairs, seed_pairs
@@ -55,6 +56,8 @@ def recipe(model: str, dataset: str, in_channels: int, image_size: int, loss: st
     """The recipe for ``--model seed|default|tiny`` on a dataset, with any explicitly given setting overriding it."""
     net = preset(model, dataset, in_channels, image_size)
     if model == "seed":
+        if loss not in (None, *PAIR_FORMS):
+            raise SiamdiffError(f"the seed recipe trains on pairs: --loss contrastive or hadsell, not {loss}")
         base_epochs = 20 if in_channels == 3 else 10
         loss_cfg = LossConfig(loss or "contrastive", margin if margin is not None else 5.0)
         train = TrainConfig(epochs or base_epochs, batch_size or 100, lr or 0.01, 0.0, "adam", "constant", seed,
@@ -82,8 +85,10 @@ class SimilarityTask:
         self.loss_fn = recipe.loss.in_batch()
         self._device_images: torch.Tensor | None = None
         self._device_labels: torch.Tensor | None = None
-        val_labels = val.labels.numpy()
-        self.val_pairs = balanced_pairs(val_labels, VAL_PAIRS, VAL_PAIR_SEED)
+        try:
+            self.val_pairs = balanced_pairs(val.labels.numpy(), VAL_PAIRS, VAL_PAIR_SEED)
+        except ValueError as exc:
+            raise SiamdiffError(f"validation split of '{val.name}' cannot calibrate the model: {exc}") from None
         self.calibration: dict[str, float] | None = None
         self._val_metrics: dict[str, float] = {}
 
@@ -105,22 +110,24 @@ class SimilarityTask:
         r = self.recipe
         if r.pairs == "seed":
             i, j, same = (torch.from_numpy(a).to(device) for a in seed_pairs(self.train_set.labels.numpy(), seed))
-            for s in range(0, len(i), bs):
+            for s in range(0, len(i) - 1, bs):  # a last batch of one pair is dropped (BatchNorm needs two)
                 x = torch.cat([images[i[s:s + bs]], images[j[s:s + bs]]])
                 yield augment(x, r.flip, r.translate, gen), same[s:s + bs]
         else:
             order = torch.randperm(len(labels), generator=gen, device=device)
-            for s in range(0, len(order), bs):
+            for s in range(0, len(order) - 1, bs):  # a last batch of one image is dropped
                 idx = order[s:s + bs]
                 yield augment(images[idx], r.flip, r.translate, gen), labels[idx]
 
     def loss(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         x, y = batch
         emb = self.model(x).float()
-        if self.recipe.pairs == "seed":
-            a, b = emb.chunk(2)
-            return contrastive_loss(a, b, y, self.recipe.loss.margin, self.recipe.loss.name)
-        return self.loss_fn(emb, y)
+        # distances in float32 even under bfloat16 autocast: ||a||² + ||b||² − 2ab cancels badly in bf16
+        with torch.autocast(emb.device.type, enabled=False):
+            if self.recipe.pairs == "seed":
+                a, b = emb.chunk(2)
+                return contrastive_loss(a, b, y, self.recipe.loss.margin, self.recipe.loss.name)
+            return self.loss_fn(emb, y)
 
     def evaluate(self, device: torch.device) -> dict[str, float]:
         emb = embed(self.model, self.val_set.images, device=device)
@@ -144,7 +151,7 @@ class SimilarityTask:
 
 
 def train_similarity(dataset: str, out_dir: str | Path, model: str = "default", data_root: str | None = None,
-                     download: bool = False, resume: bool = False, command: str = "",
+                     download: bool = False, resume: bool = False, overwrite: bool = False, command: str = "",
                      image_size: int | None = None, channels: int | None = None,
                      **overrides: Any) -> list[dict[str, Any]]:
     """Train an embedding on ``dataset`` (``train`` split; validation on ``val``) and write it to ``out_dir``."""
@@ -153,4 +160,4 @@ def train_similarity(dataset: str, out_dir: str | Path, model: str = "default", 
     c, h, _ = train.shape
     r = recipe(model, train.name, c, h, **overrides)
     task = SimilarityTask(r, train, val, command)
-    return fit(task, r.train, out_dir, resume)
+    return fit(task, r.train, out_dir, resume, overwrite)
