@@ -57,7 +57,9 @@ def test_in_batch_contrastive_equals_explicit_pairs():
         for j in range(i + 1, 7):
             d = torch.dist(e[i], e[j])
             (pos if y[i] == y[j] else neg).append(d ** 2 if y[i] == y[j] else max(0.0, 1.5 ** 2 - d.item() ** 2))
-    expected = sum(pos) / len(pos) + sum(neg) / len(neg)
+    active = [n for n in neg if n > 0]  # only negatives inside the margin are averaged
+    assert 0 < len(active) < len(neg)
+    expected = sum(pos) / len(pos) + sum(active) / len(active)
     assert in_batch_contrastive(e, y, 1.5).item() == pytest.approx(float(expected), rel=1e-5)
 
 
@@ -73,12 +75,11 @@ def test_supcon_by_hand_two_pairs():
 pml = pytest.importorskip("pytorch_metric_learning", reason="pytorch-metric-learning is the test oracle")
 
 
-def _pml_mean(loss_cls, **kw):
+def _pml(loss_cls, **kw):
+    """A PML loss on raw Euclidean distances with its default reducer (AvgNonZeroReducer)."""
     from pytorch_metric_learning.distances import LpDistance
-    from pytorch_metric_learning.reducers import MeanReducer
 
-    return loss_cls(distance=LpDistance(normalize_embeddings=False, p=2, power=kw.pop("power", 1)),
-                    reducer=MeanReducer(), **kw)
+    return loss_cls(distance=LpDistance(normalize_embeddings=False, p=2, power=kw.pop("power", 1)), **kw)
 
 
 def test_in_batch_contrastive_matches_pml():
@@ -87,8 +88,8 @@ def test_in_batch_contrastive_matches_pml():
     torch.manual_seed(1)
     e, y = torch.randn(32, 6), torch.randint(0, 4, (32,))
     m = 2.0
-    # PML with power-2 distances: pos d^2, neg relu(m^2 - d^2), each averaged over all pairs: our seed form.
-    oracle = _pml_mean(ContrastiveLoss, power=2, pos_margin=0.0, neg_margin=m ** 2)(e, y)
+    # PML with power-2 distances: pos d^2, neg relu(m^2 - d^2), each averaged over its non-zero terms: our form.
+    oracle = _pml(ContrastiveLoss, power=2, pos_margin=0.0, neg_margin=m ** 2)(e, y)
     assert in_batch_contrastive(e, y, m, "contrastive").item() == pytest.approx(oracle.item(), rel=1e-5)
 
 
@@ -97,7 +98,7 @@ def test_in_batch_triplet_matches_pml():
 
     torch.manual_seed(2)
     e, y = torch.randn(24, 5), torch.randint(0, 3, (24,))
-    oracle = _pml_mean(TripletMarginLoss, margin=0.3, triplets_per_anchor="all")(e, y)
+    oracle = _pml(TripletMarginLoss, margin=0.3, triplets_per_anchor="all")(e, y)
     assert in_batch_triplet(e, y, 0.3).item() == pytest.approx(oracle.item(), rel=1e-5)
 
 

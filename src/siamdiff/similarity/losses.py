@@ -8,7 +8,8 @@ Distances are Euclidean. ``same`` is 1 for a pair of one category (the report's 
 * ``supcon`` (Khosla et al. 2020), on unit-length embeddings with temperature τ.
 
 The ``in_batch`` forms use every pair (or triplet) inside a batch and weight positives and negatives equally:
-``mean over positive pairs + mean over negative pairs``, the same balance as the report's 50/50 pair builder.
+``mean over positive pairs + mean over negative pairs``, the same balance as the report's 50/50 pair builder, each
+mean taken over the pairs that still cost something (non-zero terms), as pytorch-metric-learning does by default.
 """
 
 from __future__ import annotations
@@ -58,18 +59,24 @@ def _masks(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return same & upper, ~same & upper
 
 
+def _mean_nonzero(terms: torch.Tensor) -> torch.Tensor:
+    """Mean over the terms that are not zero (0 when none): easy pairs do not dilute the hard ones."""
+    active = terms > 0
+    return terms[active].mean() if active.any() else terms.sum() * 0.0
+
+
 def in_batch_contrastive(emb: torch.Tensor, labels: torch.Tensor, margin: float,
                          form: str = "contrastive") -> torch.Tensor:
-    """Every pair of a batch: mean of positive terms + mean of negative terms. ``emb (B, D)``, ``labels (B,)``."""
+    """Every pair of a batch: mean of the active positive terms + mean of the active negative terms.
+
+    ``emb (B, D)``, ``labels (B,)``. "Active" terms are those above zero (pytorch-metric-learning's
+    ``AvgNonZeroReducer``): most negative pairs of a batch are already beyond the margin, and averaging their zeros
+    in would shrink the pull of the few hard negatives that matter.
+    """
     d = _pairwise(emb)
     pos, neg = _masks(labels)
     terms = pair_terms(d, pos.to(d.dtype), margin, form)
-    total = emb.sum() * 0.0  # keeps the graph when a batch has no pair of a kind
-    if pos.any():
-        total = total + terms[pos].mean()
-    if neg.any():
-        total = total + terms[neg].mean()
-    return total
+    return _mean_nonzero(terms[pos]) + _mean_nonzero(terms[neg])
 
 
 def triplet_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor,
@@ -79,14 +86,12 @@ def triplet_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.T
 
 
 def in_batch_triplet(emb: torch.Tensor, labels: torch.Tensor, margin: float) -> torch.Tensor:
-    """Mean triplet loss over every valid (anchor, positive, negative) triplet of a batch."""
+    """Triplet loss over every valid (anchor, positive, negative) triplet of a batch, averaged over active ones."""
     d = _pairwise(emb)
     same = labels[:, None] == labels[None, :]
     eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
     valid = (same & ~eye)[:, :, None] & (~same)[:, None, :]  # [a, p, n]
-    if not valid.any():
-        return emb.sum() * 0.0
-    return F.relu(d[:, :, None] - d[:, None, :] + margin)[valid].mean()
+    return _mean_nonzero(F.relu(d[:, :, None] - d[:, None, :] + margin)[valid])
 
 
 def supcon_loss(emb: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
