@@ -79,6 +79,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from OUT/state.pt")
     t.add_argument("--overwrite", action="store_true", help="replace a run already in OUT")
     _data_args(t)
+    d = what.add_parser("ddpm", help="train a diffusion model (epsilon prediction, EMA, label dropout)")
+    d.add_argument("--dataset", required=True, help="mnist, fashion-mnist, cifar10 or folder:PATH")
+    d.add_argument("--model", default="unet", choices=["unet", "seed", "tiny"])
+    d.add_argument("--epochs", type=_positive_int)
+    d.add_argument("--batch-size", type=_positive_int)
+    d.add_argument("--lr", type=_positive_float)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    d.add_argument("--max-batches", type=_positive_int, help="cap batches per epoch (smoke runs)")
+    d.add_argument("--image-size", type=_positive_int, help="folder datasets: square size (default 32)")
+    d.add_argument("--channels", type=int, choices=[1, 3], help="folder datasets: 1 or 3 (default 3)")
+    d.add_argument("--out", required=True)
+    d.add_argument("--resume", action="store_true")
+    d.add_argument("--overwrite", action="store_true")
+    _data_args(d)
 
     p = sub.add_parser("eval", help="evaluate a model")
     what = p.add_subparsers(dest="what", required=True, parser_class=_Parser)
@@ -109,6 +124,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--faiss", action="store_true", help="search with faiss (pip install 'siamdiff[faiss]')")
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("denoise", help="clean noisy images with a diffusion model")
+    p.add_argument("inputs", nargs="+", metavar="INPUT")
+    p.add_argument("--out", required=True, help="a .png file for one input, else a folder")
+    p.add_argument("--model", required=True, help="a diffusion model file or run folder")
+    p.add_argument("--method", default="tweedie", choices=["tweedie", "ddim", "ancestral"])
+    p.add_argument("--sigma", default="auto", help="noise level on the [0, 1] scale, or auto (default)")
+    p.add_argument("--steps", type=int, default=10, help="DDIM steps")
+    p.add_argument("--label", type=int, help="keep this class (class-conditional models)")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance weight with --label")
+    p.add_argument("--seed", type=int, default=0, help="seed of the ancestral chain")
+    p.add_argument("--json", action="store_true", help="one JSON object per file")
+
     p = sub.add_parser("plot", help="pictures: pairs with scores, ROC curve, 2-D map of embeddings")
     what = p.add_subparsers(dest="what", required=True, parser_class=_Parser)
     q = what.add_parser("similarity")
@@ -124,11 +151,22 @@ def _print_json(obj: object) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    command = "siamdiff " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    if args.what == "ddpm":
+        from .reconstruction.train import train_diffusion
+
+        overrides = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "max_batches")
+                     if getattr(args, k) is not None}
+        history = train_diffusion(args.dataset, args.out, args.model, args.data_dir, args.download, args.resume,
+                                  args.overwrite, command, image_size=args.image_size, channels=args.channels,
+                                  seed=args.seed, device=args.device, **overrides)
+        print(f"wrote {Path(args.out) / 'model.safetensors'} after {len(history)} epoch(s): "
+              f"val_eps_mse={history[-1]['val_eps_mse']:.4f}")
+        return 0
     from .similarity.train import train_similarity
 
     overrides = {k: getattr(args, k) for k in ("loss", "margin", "epochs", "batch_size", "lr", "max_batches")
                  if getattr(args, k) is not None}
-    command = "siamdiff " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     history = train_similarity(args.dataset, args.out, model=args.model, data_root=args.data_dir,
                                download=args.download, resume=args.resume, overwrite=args.overwrite,
                                command=command, seed=args.seed,
@@ -195,6 +233,50 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_denoise(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from .data.imageio import write_png_atomic
+    from .reconstruction.api import Denoiser, output_paths
+
+    if args.sigma != "auto":
+        try:
+            sigma = float(args.sigma)
+        except ValueError:
+            raise SiamdiffError(f"--sigma must be 'auto' or a number, got '{args.sigma}'") from None
+        if not np.isfinite(sigma) or sigma < 0:
+            raise SiamdiffError(f"--sigma must be 'auto' or a number of 0 or more, got '{args.sigma}'")
+    else:
+        sigma = "auto"
+    if args.steps < 1:
+        raise SiamdiffError(f"--steps must be at least 1, got {args.steps}")
+    inputs = [Path(p) for p in args.inputs]
+    out = Path(args.out)
+    targets = output_paths(inputs, out)
+    model = Denoiser.load(args.model)
+    images = torch.stack([model.prepare(p) for p in inputs])  # every input read before anything is written
+    clean, info = model.denoise(images, sigma, args.method, args.steps, args.label,
+                                args.guidance if args.label is not None else 0.0, args.seed)
+    folder = targets[0].parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SiamdiffError(f"cannot create output folder '{folder}': {exc.strerror or exc}") from None
+    if not os.access(folder, os.W_OK):
+        raise SiamdiffError(f"output folder '{folder}' is not writable")
+    for k, (src, dst) in enumerate(zip(inputs, targets)):
+        array = torch.round(clean[k] * 255).to(torch.uint8).numpy().transpose(1, 2, 0)
+        write_png_atomic(array, dst)
+        if args.json:
+            _print_json({"input": str(src), "output": str(dst), "sigma": info.sigma[k],
+                         "sigma_estimated": info.sigma_estimated[k], "t_start": info.t_start[k],
+                         "method": info.method})
+        else:
+            print(f"{dst}  (sigma {info.sigma[k]:.3f}, t* {info.t_start[k]}, {info.method})")
+    return 0
+
+
 def _cmd_plot(args: argparse.Namespace) -> int:
     from .similarity.api import SimilarityModel
     from .similarity.plots import plot_all
@@ -214,7 +296,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "similarity": _cmd_similarity, "index": _cmd_index,
-            "search": _cmd_search, "plot": _cmd_plot, "demo": _cmd_demo}
+            "search": _cmd_search, "plot": _cmd_plot, "demo": _cmd_demo, "denoise": _cmd_denoise}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

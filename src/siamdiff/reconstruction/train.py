@@ -87,7 +87,7 @@ class DiffusionTask:
     def after_step(self) -> None:
         """Update the EMA weights (decay warms up as (1 + n) / (10 + n), capped at ``recipe.ema``)."""
         self._steps += 1
-        decay = min(self.recipe.ema, (1 + self._steps) / (10 + self._steps))
+        decay = min(self.recipe.ema, (1 + self._steps) / (10 + self._steps))  # ema 0: plain weights
         for e, p in zip(self.ema.parameters(), self.model.parameters()):
             e.lerp_(p.detach().to(e.device), 1 - decay)
         for e, b in zip(self.ema.buffers(), self.model.buffers()):
@@ -124,3 +124,48 @@ class DiffusionTask:
 
 
 __all__ = ["DiffusionRecipe", "DiffusionTask", "to_model_range"]
+
+
+def diffusion_recipe(model: str, in_channels: int, image_size: int, epochs: int | None = None,
+                     batch_size: int | None = None, lr: float | None = None, seed: int = 0, device: str = "auto",
+                     max_batches: int | None = None) -> DiffusionRecipe:
+    """``unet`` (siamdiff's), ``seed`` (the report's design: T=300 linear, L1, Adam 1e-3, batch 128, 19 epochs,
+    32×32, no classes) or ``tiny`` (tests)."""
+    from ..errors import SiamdiffError
+    from .models import PRESETS
+
+    if model == "seed":
+        cfg = UNetConfig(**{**PRESETS["seed"].to_dict(), "in_channels": in_channels, "channels": (32, 64, 128, 256,
+                                                                                                  512)})
+        train = TrainConfig(epochs or 19, batch_size or 128, lr or 1e-3, 0.0, "adam", "constant", seed, device,
+                            max_batches=max_batches)
+        return DiffusionRecipe(cfg, Schedule("linear", 300), train, loss="l1", label_dropout=0.0, ema=0.0)
+    if model == "unet":
+        base = PRESETS["unet-cifar10" if in_channels == 3 else "unet-mnist"]
+    elif model == "tiny":
+        base = PRESETS["tiny"]
+    else:
+        raise SiamdiffError(f"unknown diffusion model '{model}': use unet, seed or tiny")
+    cfg = UNetConfig(**{**base.to_dict(), "in_channels": in_channels, "image_size": image_size,
+                        "num_classes": 10 if model == "unet" else base.num_classes})
+    train = TrainConfig(epochs or (2 if model == "tiny" else 20), batch_size or 128, lr or 1e-3, 0.0, "adamw",
+                        "onecycle", seed, device, max_batches=max_batches)
+    return DiffusionRecipe(cfg, Schedule("cosine", 1000), train, flip=in_channels == 3)
+
+
+def train_diffusion(dataset: str, out_dir: str | Path, model: str = "unet", data_root: str | None = None,
+                    download: bool = False, resume: bool = False, overwrite: bool = False, command: str = "",
+                    image_size: int | None = None, channels: int | None = None,
+                    **overrides: Any) -> list[dict[str, Any]]:
+    """Train a DDPM on ``dataset`` (``train`` split, validation ε-MSE on ``val``) and write it to ``out_dir``."""
+    from ..data.datasets import load_dataset
+    from ..train import fit
+
+    train = load_dataset(dataset, "train", data_root, download, image_size=image_size, channels=channels)
+    val = load_dataset(dataset, "val", data_root, download, image_size=image_size, channels=channels)
+    c, h, _ = train.shape
+    r = diffusion_recipe(model, c, 32 if model == "seed" else h, **overrides)
+    if r.model.num_classes and len(train.classes) != r.model.num_classes:
+        r = DiffusionRecipe(UNetConfig(**{**r.model.to_dict(), "num_classes": len(train.classes)}), r.schedule,
+                            r.train, r.loss, r.label_dropout, r.ema, r.flip)
+    return fit(DiffusionTask(r, train, val, command), r.train, out_dir, resume, overwrite)

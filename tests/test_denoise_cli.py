@@ -1,0 +1,86 @@
+"""`siamdiff train ddpm` and `siamdiff denoise` on a tiny model: outputs, JSON fields, and bad input."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from siamdiff.cli import main
+
+
+def run(capsys, *argv):
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def tiny_ddpm(tmp_path_factory, digit_folder):
+    out = tmp_path_factory.mktemp("ddpm")
+    code = main(["train", "ddpm", "--dataset", f"folder:{digit_folder}", "--model", "tiny", "--epochs", "1",
+                 "--channels", "1", "--image-size", "28", "--out", str(out), "--overwrite"])
+    assert code == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def noisy_pngs(tmp_path_factory, digit_folder):
+    d = tmp_path_factory.mktemp("noisy")
+    rng = np.random.default_rng(0)
+    paths = []
+    for k, src in enumerate(sorted(digit_folder.rglob("*.png"))[:3]):
+        clean = np.asarray(Image.open(src).convert("L"), dtype=np.float64) / 255
+        noisy = np.clip(clean + 0.2 * rng.normal(size=clean.shape), 0, 1)
+        Image.fromarray((noisy * 255).round().astype(np.uint8)).save(d / f"n{k}.png")
+        paths.append(d / f"n{k}.png")
+    return paths
+
+
+def test_denoise_writes_pngs_and_json(capsys, tiny_ddpm, noisy_pngs, tmp_path):
+    code, out, err = run(capsys, "denoise", *noisy_pngs, "--out", tmp_path / "clean", "--model", tiny_ddpm,
+                         "--json")
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert len(rows) == 3
+    for row, src in zip(rows, noisy_pngs):
+        assert row["input"] == str(src) and row["method"] == "tweedie"
+        assert row["sigma"] == row["sigma_estimated"] and 0.05 < row["sigma"] < 0.5
+        assert row["t_start"] > 0
+        with Image.open(row["output"]) as im:
+            assert im.size == (28, 28)
+    code, out, err = run(capsys, "denoise", noisy_pngs[0], "--out", tmp_path / "one.png", "--model", tiny_ddpm,
+                         "--sigma", "0.2", "--method", "ddim", "--steps", "3", "--label", "4", "--json")
+    row = json.loads(out)
+    assert code == 0 and row["sigma"] == 0.2 and row["sigma_estimated"] is None
+    assert (tmp_path / "one.png").is_file()
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--sigma", "-0.1"], "--sigma"), (["--sigma", "abc"], "--sigma"), (["--steps", "0"], "--steps"),
+    (["--label", "12"], "--label"),
+])
+def test_denoise_bad_arguments(capsys, tiny_ddpm, noisy_pngs, tmp_path, extra, message):
+    code, _, err = run(capsys, "denoise", noisy_pngs[0], "--out", tmp_path / "x.png", "--model", tiny_ddpm, *extra)
+    assert code == 2 and message in err and err.count("\n") == 1
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_denoise_never_overwrites_its_input(capsys, tiny_ddpm, noisy_pngs):
+    before = noisy_pngs[0].read_bytes()
+    code, _, err = run(capsys, "denoise", noisy_pngs[0], "--out", noisy_pngs[0], "--model", tiny_ddpm)
+    assert code == 2 and "overwrite the input" in err and noisy_pngs[0].read_bytes() == before
+    code, _, err = run(capsys, "denoise", *noisy_pngs, "--out", noisy_pngs[0].parent, "--model", tiny_ddpm)
+    assert code == 2 and "overwrite the input" in err and noisy_pngs[0].read_bytes() == before
+
+
+def test_denoise_refuses_other_sizes_and_similarity_models(capsys, tiny_ddpm, tiny_model, tmp_path):
+    big = tmp_path / "big.png"
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(big)
+    code, _, err = run(capsys, "denoise", big, "--out", tmp_path / "o.png", "--model", tiny_ddpm)
+    assert code == 2 and "28x28" in err
+    code, _, err = run(capsys, "denoise", big, "--out", tmp_path / "o.png", "--model", tiny_model)
+    assert code == 2 and "not a diffusion model" in err
