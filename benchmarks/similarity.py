@@ -156,11 +156,11 @@ def markdown(result: dict) -> str:
              "retrieval of every test image against the train split; hard pairs from 1,000 test anchors, "
              "SSIM threshold fitted on validation hard pairs.", "",
              "| dataset | model | epochs | train s | R@1 | R@5 | MAP@R | verif. acc | ROC-AUC | EER | hard acc | "
-             "hard acc SSIM |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "hard acc SSIM | code |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         m = r["metrics"]
         lines.append(f"| {r['dataset']} | {r['model']} | {r['epochs']} | {r['train_seconds']:.0f} | "
-                     + " | ".join(f"{m[k]:.4f}" for k in METRICS) + " |")
+                     + " | ".join(f"{m[k]:.4f}" for k in METRICS) + f" | `{r['code_version']}` |")
     lines += ["", "Commands per row (train, then evaluate):", ""]
     for r in result["rows"]:
         lines += [f"- {r['dataset']} / {r['model']}: `{r['train_command']}` then `{r['eval_command']}`"]
@@ -187,6 +187,8 @@ def main() -> None:
     parser.add_argument("--epochs", nargs="*", default=[], help="dataset:model=N overrides")
     parser.add_argument("--retrain", action="store_true")
     parser.add_argument("--ship", action="store_true", help="copy default models and cards into the package")
+    parser.add_argument("--ship-only", action="store_true",
+                        help="only copy the default models already in the JSON (no training or evaluation)")
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks"))
     args = parser.parse_args()
     args.epochs = dict(e.split("=") for e in args.epochs)
@@ -195,6 +197,12 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / "similarity.json"
     previous = json.loads(json_path.read_text()) if json_path.is_file() else {"rows": []}
+    if args.ship_only:
+        for r in previous["rows"]:
+            if r["model"] == "default":
+                write_card(r, r["hardware"], r["code_version"], ROOT / "src" / "siamdiff" / "weights")
+                print(f"shipped {r['dataset']}")
+        return
     rows = {(r["dataset"], r["model"]): r for r in previous["rows"]}
     hw, version = hardware(), code_version()
     for dataset, model in wanted:
