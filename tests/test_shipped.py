@@ -7,6 +7,7 @@ import pytest
 from siamdiff.demo import run_demo
 from siamdiff.similarity.api import SHIPPED, SimilarityModel, shipped_path
 from siamdiff.similarity.evaluate import evaluate
+from siamdiff.similarity.models import EmbedConfig
 
 CARD_FIELDS = ("command", "data", "train_seconds", "hardware", "metrics", "config", "calibration")
 
@@ -20,10 +21,8 @@ def test_shipped_model_has_card_and_loads(name):
     assert card["command"].startswith("siamdiff train similarity --dataset " + name)
     model = SimilarityModel.load(name)
     assert model.dataset == name and len(model.classes) == 10
-    assert card["config"] == model.net.config.to_dict() | {"widths": list(model.net.config.widths),
-                                                            "fc": list(model.net.config.fc),
-                                                            "mean": list(model.net.config.mean),
-                                                            "std": list(model.net.config.std)}
+    assert EmbedConfig.from_dict(card["config"]) == model.net.config
+    assert card["calibration"] == model.meta["extra"]["calibration"]
 
 
 @pytest.mark.parametrize("name,floor", [("mnist", 0.95), ("fashion-mnist", 0.7), ("cifar10", 0.5)])
