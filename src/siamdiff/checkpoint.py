@@ -27,6 +27,10 @@ FORMAT = "siamdiff/1"
 BUILDERS: dict[str, str] = {
     "similarity": "siamdiff.similarity.models:build_from_config",
     "diffusion": "siamdiff.reconstruction.models:build_from_config",
+    "denoiser": "siamdiff.reconstruction.models:build_from_config",
+    "vae": "siamdiff.reconstruction.vae:build_from_config",
+    "classifier": "siamdiff.similarity.models:build_from_config",
+    "sigma": "siamdiff.reconstruction.estimate:build_from_config",
 }
 
 

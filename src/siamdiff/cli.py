@@ -79,6 +79,24 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from OUT/state.pt")
     t.add_argument("--overwrite", action="store_true", help="replace a run already in OUT")
     _data_args(t)
+    for kind, text in (("vae", "a VAE (--model seed: the report's 784-400-20 MLP; default: convolutional)"),
+                       ("denoiser", "the supervised direct denoiser (U-Net, MSE, sigma in [0.01, 1.2])"),
+                       ("classifier", "the classifier that checks classes of denoised images"),
+                       ("noise-estimator", "the CNN that estimates the noise level")):
+        k = what.add_parser(kind, help=f"train {text}")
+        k.add_argument("--dataset", required=True, help="mnist, fashion-mnist, cifar10 or folder:PATH")
+        k.add_argument("--model", default="default", choices=["default", "seed", "tiny"] if kind == "vae"
+                       else ["default", "tiny"])
+        for flag in ("--epochs", "--batch-size", "--max-batches", "--image-size"):
+            k.add_argument(flag, type=_positive_int)
+        k.add_argument("--lr", type=_positive_float)
+        k.add_argument("--seed", type=int, default=0)
+        k.add_argument("--device", default="auto")
+        k.add_argument("--channels", type=int, choices=[1, 3])
+        k.add_argument("--out", required=True)
+        k.add_argument("--resume", action="store_true")
+        k.add_argument("--overwrite", action="store_true")
+        _data_args(k)
     d = what.add_parser("ddpm", help="train a diffusion model (epsilon prediction, EMA, label dropout)")
     d.add_argument("--dataset", required=True, help="mnist, fashion-mnist, cifar10 or folder:PATH")
     d.add_argument("--model", default="unet", choices=["unet", "seed", "tiny"])
@@ -152,6 +170,16 @@ def _print_json(obj: object) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     command = "siamdiff " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    if args.what in ("vae", "denoiser", "classifier", "noise-estimator"):
+        from .reconstruction.tasks import train_reconstruction
+
+        history = train_reconstruction(args.what, args.dataset, args.out, args.model, args.data_dir, args.download,
+                                       args.resume, args.overwrite, command, args.epochs, args.batch_size, args.lr,
+                                       args.seed, args.device, args.max_batches, args.image_size, args.channels)
+        last = history[-1] if history else {}
+        print(f"wrote {Path(args.out) / 'model.safetensors'} after {len(history)} epoch(s): "
+              + ", ".join(f"{k}={v:.4f}" for k, v in last.items() if k.startswith("val_")))
+        return 0
     if args.what == "ddpm":
         from .reconstruction.train import train_diffusion
 

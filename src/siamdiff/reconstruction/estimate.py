@@ -62,3 +62,8 @@ def relative_error(estimate: np.ndarray | torch.Tensor, truth: np.ndarray | torc
     """``|σ̂ − σ| / σ`` per image."""
     est, tru = np.asarray(estimate, dtype=np.float64), np.asarray(truth, dtype=np.float64)
     return np.abs(est - tru) / tru
+
+
+def build_from_config(config: dict) -> SigmaNet:
+    """Checkpoint builder for kind ``sigma``."""
+    return SigmaNet(SigmaNetConfig(int(config["in_channels"]), tuple(config["widths"])))
