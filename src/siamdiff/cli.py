@@ -123,6 +123,35 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print one JSON object")
     _data_args(e)
 
+    e = what.add_parser("denoise", help="PSNR, SSIM, class accuracy and sigma error of a denoising method")
+    e.add_argument("--dataset", required=True)
+    e.add_argument("--method", required=True, choices=["noisy", "tweedie", "ddim", "ancestral", "direct", "vae",
+                                                       "nlm", "wavelet"])
+    e.add_argument("--model", help="the method's model: diffusion (tweedie/ddim/ancestral), denoiser, vae")
+    e.add_argument("--sigmas", default="0.1,0.3", help="comma-separated noise levels, [0, 1] scale")
+    e.add_argument("--n", type=_positive_int, default=1000, help="first N test images")
+    e.add_argument("--clip", action="store_true", help="noisy images as files: clipped to [0, 1], 8-bit")
+    e.add_argument("--sigma-mode", default="auto", choices=["auto", "true"], help="estimated or true sigma")
+    e.add_argument("--estimator", help="learned noise estimator (default: wavelet-MAD)")
+    e.add_argument("--classifier", help="classifier for class_accuracy")
+    e.add_argument("--labels", default="none", choices=["none", "true", "predicted"], help="guidance labels")
+    e.add_argument("--guidance", type=float, default=1.0)
+    e.add_argument("--steps", type=_positive_int, default=10)
+    e.add_argument("--image-size", type=_positive_int, help="folder datasets (default: the model's, else 32)")
+    e.add_argument("--channels", type=int, choices=[1, 3], help="folder datasets (default: the model's, else 3)")
+    e.add_argument("--json", action="store_true")
+    _data_args(e)
+
+    p = sub.add_parser("sample", help="draw new images from a diffusion model (DDPM or DDIM)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--n", type=_positive_int, default=16)
+    p.add_argument("--method", default="ddim", choices=["ddim", "ddpm"])
+    p.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps (DDPM uses every step)")
+    p.add_argument("--label", type=int)
+    p.add_argument("--guidance", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="PNG grid")
+
     p = sub.add_parser("similarity", help="how similar are two images (probability of same category)")
     p.add_argument("a")
     p.add_argument("b")
@@ -206,6 +235,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    if args.what == "denoise":
+        from .reconstruction.evaluate import evaluate_denoise
+
+        try:
+            sigmas = [float(s) for s in args.sigmas.split(",") if s.strip()]
+        except ValueError:
+            raise SiamdiffError(f"--sigmas must be comma-separated numbers, got '{args.sigmas}'") from None
+        rows = evaluate_denoise(args.dataset, sigmas, args.method, args.model, args.n, args.clip, args.sigma_mode,
+                                args.estimator, args.classifier, args.labels, args.guidance, args.steps,
+                                args.data_dir, args.download, image_size=args.image_size, channels=args.channels)
+        if args.json:
+            _print_json({"results": rows})
+        else:
+            for r in rows:
+                acc = "" if r["class_accuracy"] is None else f"  class acc {r['class_accuracy']:.4f}"
+                print(f"sigma {r['sigma']:<5} {r['method']:9s} PSNR {r['psnr']:.2f} dB  SSIM {r['ssim']:.4f}{acc}")
+        return 0
     from .similarity.api import SimilarityModel
     from .similarity.evaluate import evaluate
 
@@ -305,6 +351,16 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from .reconstruction.api import Denoiser
+    from .reconstruction.sample import save_grid, sample
+
+    model = Denoiser.load(args.model)
+    images = sample(model, args.n, args.method, args.steps, args.label, args.guidance, args.seed)
+    print(save_grid(images, Path(args.out)))
+    return 0
+
+
 def _cmd_plot(args: argparse.Namespace) -> int:
     from .similarity.api import SimilarityModel
     from .similarity.plots import plot_all
@@ -324,7 +380,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "similarity": _cmd_similarity, "index": _cmd_index,
-            "search": _cmd_search, "plot": _cmd_plot, "demo": _cmd_demo, "denoise": _cmd_denoise}
+            "search": _cmd_search, "plot": _cmd_plot, "demo": _cmd_demo, "denoise": _cmd_denoise,
+            "sample": _cmd_sample}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
