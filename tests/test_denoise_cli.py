@@ -117,3 +117,27 @@ def test_sample_writes_a_grid(capsys, tiny_ddpm, tmp_path):
     assert code == 0, err
     with Image.open(tmp_path / "g.png") as im:
         assert im.size == (5 * 30, 30)
+
+
+def test_reconstruction_pictures(tiny_ddpm, tmp_path):
+    import torch
+
+    from siamdiff.data.datasets import load_sample
+    from siamdiff.reconstruction.api import Denoiser
+    from siamdiff.reconstruction.noise import gaussian
+    from siamdiff.reconstruction.plots import plot_chain, plot_flips, plot_psnr_curves, plot_vae_grid
+    from siamdiff.reconstruction.vae import PRESETS, VAE
+
+    data = load_sample("mnist")
+    clean = data.images[:6].float() / 255
+    noisy = gaussian(clean, 0.3, torch.Generator().manual_seed(0))
+    den = Denoiser.load(tiny_ddpm)
+    paths = [plot_vae_grid(VAE(PRESETS["tiny"]).eval(), clean, noisy, tmp_path / "vae.png"),
+             plot_chain(den.net, den.schedule, noisy[:1], 0.3, tmp_path / "chain.png", label=3),
+             plot_psnr_curves([{"name": "a", "sigma": 0.1, "psnr": 30}, {"name": "a", "sigma": 0.3, "psnr": 25}],
+                              tmp_path / "curves.png"),
+             plot_flips(clean, noisy, {"x": clean}, data.labels[:6], {"x": torch.tensor([7, 2, 1, 0, 4, 5])},
+                        data.classes, tmp_path / "flips.png")]
+    for p in paths:
+        with Image.open(p) as im:
+            assert im.size[0] > 100 and np.asarray(im.convert("L")).std() > 5

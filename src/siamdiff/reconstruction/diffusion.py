@@ -84,30 +84,33 @@ def ancestral(model: EpsModel, schedule: Schedule, x_t: torch.Tensor, t_start: t
 
     Each step draws ``x_{t-1} ~ q(x_{t-1} | x_t, x̂_0)`` with ``x̂_0`` clipped to [−1, 1] when ``clip``.
     """
-    betas = schedule.betas.to(x_t.device)
-    ab = schedule.alpha_bar.to(x_t.device)
-    ab_prev = torch.cat([torch.ones(1, dtype=ab.dtype, device=ab.device), ab[:-1]])
     x = x_t.clone()
     for s in range(int(t_start.max()), -1, -1):
         active = t_start >= s
-        if not active.any():
-            continue
-        xa = x[active]
-        t = torch.full((xa.shape[0],), s, dtype=torch.long, device=x.device)
-        la = labels[active] if labels is not None else None
-        x0 = x0_from_eps(schedule, xa, t, predict_eps(model, xa, t, la, guidance))
-        if clip:
-            x0 = x0.clamp(-1.0, 1.0)
-        # posterior q(x_{s-1} | x_s, x_0): mean = c0·x0 + c1·x_s, variance β̃_s
-        c0 = (ab_prev[s].sqrt() * betas[s] / (1 - ab[s])).to(x.dtype)
-        c1 = ((1 - betas[s]).sqrt() * (1 - ab_prev[s]) / (1 - ab[s])).to(x.dtype)
-        mean = c0 * x0 + c1 * xa
-        if s > 0:
-            var = (betas[s] * (1 - ab_prev[s]) / (1 - ab[s])).to(x.dtype)
-            noise = torch.randn(xa.shape, generator=generator, device=x.device, dtype=x.dtype)
-            mean = mean + var.sqrt() * noise
-        x[active] = mean
+        if active.any():
+            la = labels[active] if labels is not None else None
+            x[active] = ancestral_step(model, schedule, x[active], s, la, guidance, clip, generator)
     return x
+
+
+def ancestral_step(model: EpsModel, schedule: Schedule, x: torch.Tensor, s: int,
+                   labels: torch.Tensor | None = None, guidance: float = 0.0, clip: bool = True,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """One DDPM step from ``x_s`` (every image at step ``s``) to a draw of ``x_{s-1}`` (the mean at ``s = 0``)."""
+    betas, ab = schedule.betas, schedule.alpha_bar
+    ab_prev = ab[s - 1] if s > 0 else torch.ones((), dtype=ab.dtype)
+    t = torch.full((x.shape[0],), s, dtype=torch.long, device=x.device)
+    x0 = x0_from_eps(schedule, x, t, predict_eps(model, x, t, labels, guidance))
+    if clip:
+        x0 = x0.clamp(-1.0, 1.0)
+    # posterior q(x_{s-1} | x_s, x_0): mean = c0·x0 + c1·x_s, variance β̃_s
+    c0 = float(ab_prev.sqrt() * betas[s] / (1 - ab[s]))
+    c1 = float((1 - betas[s]).sqrt() * (1 - ab_prev) / (1 - ab[s]))
+    mean = c0 * x0 + c1 * x
+    if s == 0:
+        return mean
+    var = float(betas[s] * (1 - ab_prev) / (1 - ab[s]))
+    return mean + var ** 0.5 * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
 def denoise(model: EpsModel, schedule: Schedule, y: torch.Tensor, sigma: torch.Tensor | float,

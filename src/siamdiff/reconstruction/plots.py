@@ -1,0 +1,92 @@
+"""The report's figures, done properly: the VAE four-row grid, the reverse chain as a strip, PSNR-versus-σ curves,
+and a grid of denoised images with class flips marked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..similarity.plots import _pyplot, _save, _show
+from .diffusion import _ab, predict_eps, x0_from_eps
+from .schedule import step_for_sigma
+
+
+def _row(axes, images: torch.Tensor, label: str) -> None:
+    for ax, img in zip(axes, images):
+        _show(ax, (img.clamp(0, 1) * 255).round().to(torch.uint8).numpy())
+    axes[0].set_ylabel(label, fontsize=8)
+
+
+def plot_vae_grid(vae, clean: torch.Tensor, noisy: torch.Tensor, path: Path) -> Path:
+    """Four rows as in the report: originals, VAE reconstructions, noisy versions, VAE reconstructions of those."""
+    plt = _pyplot()
+    n = len(clean)
+    fig, axes = plt.subplots(4, n, figsize=(n * 0.9, 4 * 0.95))
+    rows = [(clean, "original"), (vae.reconstruct(clean), "VAE(original)"), (noisy.clamp(0, 1), "noisy"),
+            (vae.reconstruct(noisy.clamp(0, 1)), "VAE(noisy)")]
+    for axes_row, (images, label) in zip(axes, rows):
+        _row(axes_row, images, label)
+    fig.suptitle("VAE: reconstructions of clean and of noisy inputs", fontsize=9)
+    return _save(fig, path)
+
+
+@torch.no_grad()
+def plot_chain(net, schedule, noisy: torch.Tensor, sigma: float, path: Path, frames: int = 8,
+               label: int | None = None, generator: torch.Generator | None = None) -> Path:
+    """One image's ancestral reverse chain from t* to 0: x_t (top) and the current x̂_0 estimate (bottom)."""
+    from .diffusion import ancestral_step
+
+    plt = _pyplot()
+    t_star = int(step_for_sigma(schedule, sigma))
+    x = _ab(schedule, torch.tensor([t_star]), noisy).sqrt() * (noisy * 2 - 1)
+    labels = torch.tensor([label]) if label is not None else None
+    shown = sorted(set(np.linspace(t_star, 0, frames).round().astype(int).tolist()), reverse=True)
+    states, estimates = [], []
+    for t in range(t_star, -1, -1):
+        tt = torch.tensor([t])
+        if t in shown:
+            eps = predict_eps(net, x, tt, labels, 1.0 if labels is not None else 0.0)
+            states.append((x / _ab(schedule, tt, x).sqrt() + 1) / 2)
+            estimates.append((x0_from_eps(schedule, x, tt, eps).clamp(-1, 1) + 1) / 2)
+        x = ancestral_step(net, schedule, x, t, labels, 1.0 if labels is not None else 0.0, generator=generator)
+    fig, axes = plt.subplots(2, len(shown) + 1, figsize=((len(shown) + 1) * 0.95, 2.1))
+    _row(axes[0], torch.cat([*states, (x + 1) / 2]), "x_t / sqrt(ab)")
+    _row(axes[1], torch.cat([*estimates, (x + 1) / 2]), "estimate of x_0")
+    for ax, t in zip(axes[0], [*shown, "out"]):
+        ax.set_title(f"t={t}", fontsize=7)
+    fig.suptitle(f"Reverse chain from t*={t_star} (sigma {sigma})", fontsize=9)
+    return _save(fig, path)
+
+
+def plot_psnr_curves(rows: list[dict], path: Path, title: str = "") -> Path:
+    """PSNR against σ, one line per method, from benchmark rows ``{"name", "sigma", "psnr"}``."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name in dict.fromkeys(r["name"] for r in rows):
+        pts = sorted((r["sigma"], r["psnr"]) for r in rows if r["name"] == name)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("noise sigma ([0, 1] scale)")
+    ax.set_ylabel("PSNR (dB)")
+    ax.set_title(title or "PSNR versus noise level", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_flips(clean: torch.Tensor, noisy: torch.Tensor, outputs: dict[str, torch.Tensor], truth: torch.Tensor,
+               predicted: dict[str, torch.Tensor], classes: list[str], path: Path) -> Path:
+    """Rows: clean, noisy, then each method's output; a red title marks an output whose class flipped."""
+    plt = _pyplot()
+    n = len(clean)
+    fig, axes = plt.subplots(2 + len(outputs), n, figsize=(n * 0.95, (2 + len(outputs)) * 1.05))
+    _row(axes[0], clean, "clean")
+    _row(axes[1], noisy.clamp(0, 1), "noisy")
+    for axes_row, (name, images) in zip(axes[2:], outputs.items()):
+        _row(axes_row, images, name)
+        for ax, p, t in zip(axes_row, predicted[name], truth):
+            ax.set_title(classes[int(p)], fontsize=7, color="red" if p != t else "black")
+    fig.suptitle("Denoised outputs; red: the classifier sees another class than the clean image's", fontsize=9)
+    return _save(fig, path)
