@@ -51,22 +51,11 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--download", action="store_true", help="download missing dataset files (checked by MD5)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="siamdiff", description="Image similarity with Siamese networks, and denoising.")
-    parser.add_argument("--version", action="version", version=f"siamdiff {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    p = sub.add_parser("demo", help="offline demo on the embedded sample with the shipped weights")
-    p.add_argument("--out", default="siamdiff-demo", help="folder for the pictures and report")
-
-    p = sub.add_parser("train", help="train a model")
-    what = p.add_subparsers(dest="what", required=True, parser_class=_Parser)
-    t = what.add_parser("similarity", help="train a Siamese embedding with a contrastive loss")
+def _train_parser(sub, name: str, text: str, models: list[str]) -> argparse.ArgumentParser:
+    """The options every ``train`` sub-command shares."""
+    t = sub.add_parser(name, help=f"train {text}")
     t.add_argument("--dataset", required=True, help="mnist, fashion-mnist, cifar10 or folder:PATH")
-    t.add_argument("--model", default="default", choices=["default", "seed", "tiny"])
-    t.add_argument("--loss", choices=["contrastive", "hadsell", "triplet", "supcon"])
-    t.add_argument("--margin", type=_positive_float)
+    t.add_argument("--model", default=models[0], choices=models)
     t.add_argument("--epochs", type=_positive_int)
     t.add_argument("--batch-size", type=_positive_int)
     t.add_argument("--lr", type=_positive_float)
@@ -79,39 +68,30 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from OUT/state.pt")
     t.add_argument("--overwrite", action="store_true", help="replace a run already in OUT")
     _data_args(t)
-    for kind, text in (("vae", "a VAE (--model seed: the report's 784-400-20 MLP; default: convolutional)"),
-                       ("denoiser", "the supervised direct denoiser (U-Net, MSE, sigma in [0.01, 1.2])"),
-                       ("classifier", "the classifier that checks classes of denoised images"),
-                       ("noise-estimator", "the CNN that estimates the noise level")):
-        k = what.add_parser(kind, help=f"train {text}")
-        k.add_argument("--dataset", required=True, help="mnist, fashion-mnist, cifar10 or folder:PATH")
-        k.add_argument("--model", default="default", choices=["default", "seed", "tiny"] if kind == "vae"
-                       else ["default", "tiny"])
-        for flag in ("--epochs", "--batch-size", "--max-batches", "--image-size"):
-            k.add_argument(flag, type=_positive_int)
-        k.add_argument("--lr", type=_positive_float)
-        k.add_argument("--seed", type=int, default=0)
-        k.add_argument("--device", default="auto")
-        k.add_argument("--channels", type=int, choices=[1, 3])
-        k.add_argument("--out", required=True)
-        k.add_argument("--resume", action="store_true")
-        k.add_argument("--overwrite", action="store_true")
-        _data_args(k)
-    d = what.add_parser("ddpm", help="train a diffusion model (epsilon prediction, EMA, label dropout)")
-    d.add_argument("--dataset", required=True, help="mnist, fashion-mnist, cifar10 or folder:PATH")
-    d.add_argument("--model", default="unet", choices=["unet", "seed", "tiny"])
-    d.add_argument("--epochs", type=_positive_int)
-    d.add_argument("--batch-size", type=_positive_int)
-    d.add_argument("--lr", type=_positive_float)
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    d.add_argument("--max-batches", type=_positive_int, help="cap batches per epoch (smoke runs)")
-    d.add_argument("--image-size", type=_positive_int, help="folder datasets: square size (default 32)")
-    d.add_argument("--channels", type=int, choices=[1, 3], help="folder datasets: 1 or 3 (default 3)")
-    d.add_argument("--out", required=True)
-    d.add_argument("--resume", action="store_true")
-    d.add_argument("--overwrite", action="store_true")
-    _data_args(d)
+    return t
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="siamdiff", description="Image similarity with Siamese networks, and denoising.")
+    parser.add_argument("--version", action="version", version=f"siamdiff {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("demo", help="offline demo on the embedded sample with the shipped weights")
+    p.add_argument("--out", default="siamdiff-demo", help="folder for the pictures and report")
+
+    p = sub.add_parser("train", help="train a model")
+    what = p.add_subparsers(dest="what", required=True, parser_class=_Parser)
+    t = _train_parser(what, "similarity", "a Siamese embedding with a contrastive loss", ["default", "seed", "tiny"])
+    t.add_argument("--loss", choices=["contrastive", "hadsell", "triplet", "supcon"])
+    t.add_argument("--margin", type=_positive_float)
+    _train_parser(what, "ddpm", "a diffusion model (epsilon prediction, EMA, label dropout)", ["unet", "seed", "tiny"])
+    _train_parser(what, "vae", "a VAE (--model seed: the report's 784-400-20 MLP; default: convolutional)",
+                  ["default", "seed", "tiny"])
+    _train_parser(what, "denoiser", "the supervised direct denoiser (U-Net, MSE, sigma in [0.01, 1.2])",
+                  ["default", "tiny"])
+    _train_parser(what, "classifier", "the classifier that checks classes of denoised images", ["default", "tiny"])
+    _train_parser(what, "noise-estimator", "the CNN that estimates the noise level", ["default", "tiny"])
 
     p = sub.add_parser("eval", help="evaluate a model")
     what = p.add_subparsers(dest="what", required=True, parser_class=_Parser)
