@@ -50,7 +50,8 @@ def main() -> None:
         model = SimilarityModel.load(out / "model.safetensors")
         retrieval = retrieval_metrics(model.embed(test.images), test.labels.numpy(), model.embed(train.images),
                                       train.labels.numpy())
-        rows.append({"loss": loss, **kw, "epochs": args.epochs, "seconds": round(seconds, 1), **history[-1],
+        last = {f"final_{k}" if k in ("loss", "seconds", "epoch", "lr") else k: v for k, v in history[-1].items()}
+        rows.append({**last, "loss": loss, **kw, "epochs": args.epochs, "seconds": round(seconds, 1),
                      "test_recall_at_1": retrieval["recall_at_1"], "test_map_at_r": retrieval["map_at_r"]})
         print(json.dumps(rows[-1]), flush=True)
     result = {"command": "python " + shlex.join(["benchmarks/losses.py", *sys.argv[1:]]), "dataset": args.dataset,
