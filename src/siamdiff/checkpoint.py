@@ -11,15 +11,14 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .errors import CheckpointError, SiamdiffError
+from .errors import CheckpointError
+from .files import atomic_write
 
 FORMAT = "siamdiff/1"
 
@@ -32,35 +31,6 @@ BUILDERS: dict[str, str] = {
     "classifier": "siamdiff.similarity.models:build_from_config",
     "sigma": "siamdiff.reconstruction.estimate:build_from_config",
 }
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temp file beside ``path``, fsync it and ``os.replace`` it into place."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise SiamdiffError(f"cannot write '{path}': folder '{path.parent}' does not exist")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise SiamdiffError(f"cannot write '{path}': {exc.strerror}") from None
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        write(tmp_path)
-        with open(tmp_path, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp_path, path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def save_model(path: str | os.PathLike, model: nn.Module, kind: str, config: dict[str, Any],

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 
-from .checkpoint import atomic_write
+from .files import atomic_write
 from .data.datasets import load_sample
 from .data.imageio import write_png_atomic
 from .errors import SiamdiffError

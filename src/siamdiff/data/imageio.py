@@ -20,7 +20,6 @@ import logging
 import os
 import re
 import struct
-import tempfile
 import threading
 import warnings
 import zlib
@@ -31,7 +30,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from ..errors import ImageReadError, SiamdiffError
+from ..errors import ImageReadError
+from ..files import atomic_write
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -481,54 +481,7 @@ def write_png_atomic(array: np.ndarray, path: str | os.PathLike[str]) -> None:
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise ValueError(f"cannot write an empty image of shape {array.shape}")
 
-    dest = Path(path)
-    parent = dest.parent
-    if not parent.is_dir():
-        raise SiamdiffError(f"cannot write '{dest}': folder '{parent}' does not exist")
-    if dest.is_dir():
-        raise SiamdiffError(f"cannot write '{dest}': is a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise SiamdiffError(f"cannot write '{dest}': folder '{parent}' is not writable")
-
     image = Image.fromarray(np.ascontiguousarray(array))  # L, RGB or RGBA from the shape
-    try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=parent)
-    except OSError as exc:
-        raise SiamdiffError(f"cannot write '{dest}': {_os_reason(exc)}") from None
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format="PNG")
-            handle.flush()
-            os.fsync(handle.fileno())
-        # mkstemp creates the file 0600; give it the permissions of the file it
-        # replaces, or ordinary ones for a new file.
-        try:
-            file_mode = dest.stat().st_mode & 0o777
-        except OSError:
-            file_mode = 0o644
-        os.chmod(tmp, file_mode)
-        os.replace(tmp, dest)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise SiamdiffError(f"cannot write '{dest}': {_os_reason(exc)}") from None
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_directory(parent)
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
-def _fsync_directory(folder: Path) -> None:
-    """Best effort: persist the rename itself (not possible on every OS/filesystem)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

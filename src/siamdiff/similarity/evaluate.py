@@ -110,23 +110,15 @@ def evaluate(model: SimilarityModel, dataset: str, data_root: str | None = None,
 
 
 def _leave_one_out(emb: np.ndarray, labels: np.ndarray) -> dict:
-    from .metrics import knn_search, map_at_r, recall_at_k
+    """Retrieval of every image against all the others: R of a query is its class size minus itself."""
+    from .metrics import _ap_at_r, knn_search, recall_at_k
 
-    r_max = int(np.bincount(labels).max()) - 1
-    _, idx = knn_search(emb, emb, max(5, r_max), exclude_self=True)
+    r = np.bincount(labels)[labels] - 1
+    _, idx = knn_search(emb, emb, max(5, int(r.max())), exclude_self=True)
     rec = recall_at_k(labels, labels[idx], ks=(1, 5))
-    ap = _map_loo(labels, labels[idx], np.bincount(labels))
-    return {"recall_at_1": rec[1], "recall_at_5": rec[5], "map_at_r": ap, "n_queries": len(labels)}
-
-
-def _map_loo(query_labels: np.ndarray, neighbor_labels: np.ndarray, counts: np.ndarray) -> float:
-    r = counts[query_labels] - 1
-    rel = neighbor_labels == query_labels[:, None]
-    prec = np.cumsum(rel, axis=1) / np.arange(1, rel.shape[1] + 1)
-    within = np.arange(rel.shape[1])[None, :] < r[:, None]
     ok = r > 0
-    ap = (prec * rel * within).sum(1)[ok] / r[ok]
-    return float(ap.mean()) if ok.any() else float("nan")
+    ap = float(_ap_at_r(labels[ok], labels[idx][ok], r[ok]).mean()) if ok.any() else float("nan")
+    return {"recall_at_1": rec[1], "recall_at_5": rec[5], "map_at_r": ap, "n_queries": len(labels)}
 
 
 def _hard_pair_test(model: SimilarityModel, val: ImageSet, test: ImageSet, test_emb: np.ndarray, n_hard: int

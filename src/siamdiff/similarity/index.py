@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from ..checkpoint import atomic_write
+from ..files import atomic_write
 from ..data.imageio import list_images
 from ..errors import ImageReadError, SiamdiffError
 from .api import ImageLike, SimilarityModel
+from .metrics import knn_search
 
 log = logging.getLogger(__name__)
 INDEX_FORMAT = "siamdiff-index/1"
@@ -145,11 +145,7 @@ def nearest(gallery: np.ndarray, queries: np.ndarray, k: int, use_faiss: bool = 
         flat.add(np.ascontiguousarray(gallery, dtype=np.float32))
         d2, idx = flat.search(np.ascontiguousarray(queries, dtype=np.float32), k)
         return np.sqrt(np.maximum(d2, 0)), idx
-    g = torch.from_numpy(np.ascontiguousarray(gallery, dtype=np.float32))
-    q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
-    d2 = (q.pow(2).sum(1, keepdim=True) - 2 * q @ g.T + g.pow(2).sum(1)[None, :]).clamp_min(0)
-    d2, idx = torch.topk(d2, k, dim=1, largest=False)
-    return d2.sqrt().numpy(), idx.numpy()
+    return knn_search(queries, gallery, k)
 
 
 __all__ = ["Index", "build_index", "nearest", "search"]

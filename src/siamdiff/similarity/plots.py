@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import atomic_write
+from ..files import atomic_write
 from ..data.datasets import ImageSet, load_dataset
 from ..errors import SiamdiffError
 from .api import SimilarityModel

@@ -1,0 +1,72 @@
+"""Writing files so that a crash or a full disk never leaves half a file: the one mechanism every writer uses."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from .errors import SiamdiffError
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror.lower() if exc.strerror else str(exc)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temp file beside ``path``, fsync it and ``os.replace`` it into place.
+
+    A crash leaves the old file or the complete new one. The new file keeps the permissions of the file it replaces
+    (0644 for a new one, not mkstemp's 0600). A missing or unwritable folder, a directory at ``path`` and any
+    ``OSError`` while writing (a full disk) become one-line ``SiamdiffError``s; the temp file is always removed.
+    """
+    dest = Path(path)
+    parent = dest.parent
+    if not parent.is_dir():
+        raise SiamdiffError(f"cannot write '{dest}': folder '{parent}' does not exist")
+    if dest.is_dir():
+        raise SiamdiffError(f"cannot write '{dest}': is a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise SiamdiffError(f"cannot write '{dest}': folder '{parent}' is not writable")
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=parent)
+    except OSError as exc:
+        raise SiamdiffError(f"cannot write '{dest}': {_reason(exc)}") from None
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        try:
+            mode = dest.stat().st_mode & 0o777
+        except OSError:
+            mode = 0o644
+        os.chmod(tmp, mode)
+        os.replace(tmp, dest)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise SiamdiffError(f"cannot write '{dest}': {_reason(exc)}") from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_directory(parent)
+    return dest
+
+
+def _fsync_directory(folder: Path) -> None:
+    """Best effort: persist the rename itself (not possible on every OS/filesystem)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
