@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from similarity import code_version, hardware  # noqa: E402
+from similarity import code_version, hardware, run as run_timed  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SIGMAS = (0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
@@ -30,10 +29,8 @@ MODELS = {"ddpm": ("ddpm", "unet"), "ddpm-seed": ("ddpm", "seed"), "denoiser": (
 
 
 def run(cmd: list[str]) -> str:
-    proc = subprocess.run([sys.executable, "-m", "siamdiff", *cmd[1:]], cwd=ROOT, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"command failed ({proc.returncode}): {shlex.join(cmd)}\n{proc.stderr[-2000:]}")
-    return proc.stdout
+    """Run a ``siamdiff ...`` command line with this Python; its stdout."""
+    return run_timed([sys.executable, "-m", "siamdiff", *cmd[1:]])[0]
 
 
 def train(dataset: str, name: str, args: argparse.Namespace) -> Path:

@@ -50,3 +50,31 @@ def digit_folder(tmp_path_factory) -> Path:
         cls.mkdir(exist_ok=True)
         write_png_atomic(data.images[k].numpy()[0], cls / f"{k:03d}.png")
     return root
+
+
+def fit_killed_after_first_epoch(task, cfg, out) -> None:
+    """Run ``fit`` and kill it as the second epoch starts, as a stopped job would be; asserts it was cut there."""
+    from siamdiff.train import fit
+
+    class Killed(Exception):
+        pass
+
+    original = task.batches
+
+    def dies_in_epoch_2(epoch, device):
+        if epoch == 1:
+            raise Killed
+        return original(epoch, device)
+
+    task.batches = dies_in_epoch_2
+    with pytest.raises(Killed):
+        fit(task, cfg, out)
+    assert len((Path(out) / "log.jsonl").read_text().splitlines()) == 1
+
+
+def same_weights(path_a, path_b) -> bool:
+    """Whether two model files hold bit-identical weights."""
+    from siamdiff.checkpoint import load_model
+
+    a, b = load_model(path_a)[0].state_dict(), load_model(path_b)[0].state_dict()
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

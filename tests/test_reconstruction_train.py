@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import fit_killed_after_first_epoch, same_weights
 
 from siamdiff.checkpoint import load_model
 from siamdiff.data.datasets import ImageSet
@@ -51,25 +52,9 @@ def test_ddpm_training_writes_ema_model_and_resumes_exactly(tmp_path):
     net, meta = load_model(tmp_path / "full" / "model.safetensors", kind="diffusion")
     assert meta["extra"]["weights"] == "ema" and meta["extra"]["schedule"]["kind"] == "cosine"
 
-    class Killed(Exception):
-        pass
-
-    task = DiffusionTask(_recipe(), data, data)
-    original = task.batches
-
-    def dies(epoch, device):
-        if epoch == 1:
-            raise Killed
-        return original(epoch, device)
-
-    task.batches = dies
-    with pytest.raises(Killed):
-        fit(task, _recipe().train, tmp_path / "cut")
+    fit_killed_after_first_epoch(DiffusionTask(_recipe(), data, data), _recipe().train, tmp_path / "cut")
     fit(DiffusionTask(_recipe(), data, data), _recipe().train, tmp_path / "cut", resume=True)
-    a, _ = load_model(tmp_path / "full" / "model.safetensors")
-    b, _ = load_model(tmp_path / "cut" / "model.safetensors")
-    sa, sb = a.state_dict(), b.state_dict()
-    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert same_weights(tmp_path / "full" / "model.safetensors", tmp_path / "cut" / "model.safetensors")
 
 
 def test_trained_tiny_model_plugs_into_denoise(tmp_path):

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from conftest import fit_killed_after_first_epoch, same_weights
 
 from siamdiff.checkpoint import load_model
 from siamdiff.data.datasets import load_sample
@@ -24,11 +25,6 @@ def _task(model="tiny", **kw):
     return SimilarityTask(r, train, val), r
 
 
-def _weights(path):
-    net, _ = load_model(path)
-    return {k: v.clone() for k, v in net.state_dict().items()}
-
-
 def test_fit_writes_model_state_and_log(tmp_path):
     task, r = _task()
     history = fit(task, r.train, tmp_path)
@@ -46,34 +42,17 @@ def test_seeded_runs_are_bit_identical_on_cpu(tmp_path):
     for name in ("a", "b"):
         task, r = _task()
         fit(task, r.train, tmp_path / name)
-    wa, wb = _weights(tmp_path / "a" / "model.safetensors"), _weights(tmp_path / "b" / "model.safetensors")
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert same_weights(tmp_path / "a" / "model.safetensors", tmp_path / "b" / "model.safetensors")
 
 
 def test_resume_continues_exactly(tmp_path):
     task, r = _task()
     fit(task, r.train, tmp_path / "full")
 
-    class Killed(Exception):
-        pass
-
-    task2, _ = _task()
-    original = task2.batches
-
-    def dies_in_epoch_2(epoch, device):
-        if epoch == 1:
-            raise Killed
-        return original(epoch, device)
-
-    task2.batches = dies_in_epoch_2
-    with pytest.raises(Killed):
-        fit(task2, r.train, tmp_path / "cut")
-    assert len((tmp_path / "cut" / "log.jsonl").read_text().splitlines()) == 1
-    task3, _ = _task()
-    history = fit(task3, r.train, tmp_path / "cut", resume=True)
+    fit_killed_after_first_epoch(_task()[0], r.train, tmp_path / "cut")
+    history = fit(_task()[0], r.train, tmp_path / "cut", resume=True)
     assert [h["epoch"] for h in history] == [1, 2]
-    wa, wb = _weights(tmp_path / "full" / "model.safetensors"), _weights(tmp_path / "cut" / "model.safetensors")
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert same_weights(tmp_path / "full" / "model.safetensors", tmp_path / "cut" / "model.safetensors")
 
 
 def test_resume_with_other_settings_is_refused(tmp_path):

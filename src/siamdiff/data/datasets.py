@@ -127,28 +127,40 @@ def load_dataset(name: str, split: str, root: str | os.PathLike | None = None, d
     or ``folder:PATH`` (``PATH/<class>/<images>``; needs ``image_size`` and ``channels``, defaults 32 and 3).
     split: ``train`` (official train minus validation), ``val``, ``test`` or ``train+val``.
     """
-    if split not in SPLITS:
-        raise SiamdiffError(f"unknown split '{split}': use one of {', '.join(SPLITS)}")
+    return load_splits(name, (split,), root, download, image_size, channels)[0]
+
+
+def load_splits(name: str, splits: tuple[str, ...], root: str | os.PathLike | None = None, download: bool = False,
+                image_size: int | None = None, channels: int | None = None) -> list[ImageSet]:
+    """Several splits of one dataset (see :func:`load_dataset`), reading each source once: ``train`` and ``val``
+    come from the same official training files, and a folder is read from disk a single time."""
+    for split in splits:
+        if split not in SPLITS:
+            raise SiamdiffError(f"unknown split '{split}': use one of {', '.join(SPLITS)}")
     if name.startswith("sample:"):
-        if split != "test":
+        if set(splits) != {"test"}:
             raise SiamdiffError("the embedded sample has a test split only; train on the full dataset or a folder")
-        return load_sample(canonical_name(name[len("sample:"):]))
+        return [load_sample(canonical_name(name[len("sample:"):]))] * len(splits)
     name = canonical_name(name)
     if name.startswith("folder:"):
-        from .folder import load_folder_split
-        return load_folder_split(name[len("folder:"):], split, image_size or 32, channels or 3)
+        from .folder import load_folder_splits
+        return load_folder_splits(name[len("folder:"):], splits, image_size or 32, channels or 3)
     folder = data_dir(root)
-    official = "test" if split == "test" else "train"
-    if name == "cifar10":
-        images, labels = _load_cifar(folder, official, download)
-    else:
-        images, labels = _load_idx(folder, _IDX_SPECS[name], official, download)
-    if split != "test":
-        val_idx, train_idx = _val_partition(len(labels))
-        keep = {"train": train_idx, "val": val_idx, "train+val": np.arange(len(labels))}[split]
-        images, labels = images[keep], labels[keep]
-    return ImageSet(name, split, torch.from_numpy(np.ascontiguousarray(images)),
-                    torch.from_numpy(labels.astype(np.int64)), classes_of(name))
+    sources: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    out = []
+    for split in splits:
+        official = "test" if split == "test" else "train"
+        if official not in sources:
+            sources[official] = _load_cifar(folder, official, download) if name == "cifar10" else \
+                _load_idx(folder, _IDX_SPECS[name], official, download)
+        images, labels = sources[official]
+        if split != "test":
+            val_idx, train_idx = _val_partition(len(labels))
+            keep = {"train": train_idx, "val": val_idx, "train+val": np.arange(len(labels))}[split]
+            images, labels = images[keep], labels[keep]
+        out.append(ImageSet(name, split, torch.from_numpy(np.ascontiguousarray(images)),
+                            torch.from_numpy(labels.astype(np.int64)), classes_of(name)))
+    return out
 
 
 def _val_partition(n: int, size: int = VAL_SIZE, seed: int = VAL_SEED) -> tuple[np.ndarray, np.ndarray]:

@@ -35,7 +35,8 @@ def folder_split_indices(labels: np.ndarray, split: str, seed: int = FOLDER_SEED
     return np.sort(np.concatenate(out)) if out else np.zeros(0, dtype=np.int64)
 
 
-def load_folder_split(path: str, split: str, image_size: int, channels: int):
+def load_folder_splits(path: str, splits: tuple[str, ...], image_size: int, channels: int) -> list:
+    """The requested splits of ``PATH/<class>/<images>``, reading the folder once."""
     from .datasets import ImageSet
 
     found = read_folder(path, channels=channels, size=(image_size, image_size), class_from_parent=True)
@@ -45,9 +46,13 @@ def load_folder_split(path: str, split: str, image_size: int, channels: int):
     if len(classes) < 2:
         raise SiamdiffError(f"folder '{path}' needs at least two class sub-folders (PATH/<class>/<images>)")
     labels = np.array([classes.index(c) for c in found.labels], dtype=np.int64)
-    idx = folder_split_indices(labels, split)
-    if len(np.unique(labels[idx])) < 2:
-        raise SiamdiffError(f"folder '{path}' has too few images: its {split} split holds fewer than two classes "
-                            f"(validation and test each take 10%, at least 2, of every class of 6 or more images)")
-    return ImageSet(f"folder:{path}", split, torch.from_numpy(found.images[idx]),
-                    torch.from_numpy(labels[idx]), classes)
+    out = []
+    for split in splits:
+        idx = folder_split_indices(labels, split)
+        if len(np.unique(labels[idx])) < 2:
+            raise SiamdiffError(f"folder '{path}' has too few images: its {split} split holds fewer than two "
+                                f"classes (validation and test each take 10%, at least 2, of every class of 6 or "
+                                f"more images)")
+        out.append(ImageSet(f"folder:{path}", split, torch.from_numpy(found.images[idx]),
+                            torch.from_numpy(labels[idx]), classes))
+    return out

@@ -73,6 +73,17 @@ class Denoiser:
         array = fit_to(array, self.channels, (self.image_size, self.image_size))
         return torch.from_numpy(array.transpose(2, 0, 1).copy()).float() / 255.0
 
+    def class_labels(self, label: int | None, n: int) -> torch.Tensor | None:
+        """``label`` repeated for ``n`` images (``None`` stays unconditional); refuses a class the model lacks."""
+        if label is None:
+            return None
+        n_classes = self.net.config.num_classes
+        if not n_classes:
+            raise SiamdiffError("this model has no classes: --label needs a class-conditional model")
+        if not 0 <= label < n_classes:
+            raise SiamdiffError(f"--label must be between 0 and {n_classes - 1}, got {label}")
+        return torch.full((n,), label, dtype=torch.long)
+
     def estimate_sigma(self, images: torch.Tensor) -> np.ndarray:
         """Noise level per image ``(N,)`` (wavelet-MAD estimate)."""
         return wavelet_sigma(images)
@@ -95,14 +106,7 @@ class Denoiser:
             if not np.isfinite(value) or value < 0:
                 raise SiamdiffError(f"--sigma must be 'auto' or a number of 0 or more, got {sigma}")
             sig = torch.full((len(images),), value, dtype=torch.float64)
-        labels = None
-        if label is not None:
-            n_classes = self.net.config.num_classes
-            if not n_classes:
-                raise SiamdiffError("this model has no classes: --label needs a class-conditional model")
-            if not 0 <= label < n_classes:
-                raise SiamdiffError(f"--label must be between 0 and {n_classes - 1}, got {label}")
-            labels = torch.full((len(images),), label, dtype=torch.long)
+        labels = self.class_labels(label, len(images))
         gen = torch.Generator().manual_seed(seed)
         out, t_star = denoise(self.net, self.schedule, images.float(), sig, method, steps, labels, guidance, gen)
         info = DenoiseInfo([float(s) for s in sig], estimated, [int(t) for t in t_star], method)

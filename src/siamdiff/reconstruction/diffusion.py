@@ -120,9 +120,7 @@ def denoise(model: EpsModel, schedule: Schedule, y: torch.Tensor, sigma: torch.T
 
     Returns ``(clean estimate in [0, 1], t* (N,))``.
     """
-    n = y.shape[0]
-    s = torch.as_tensor(sigma, dtype=torch.float64).expand(n) if torch.as_tensor(sigma).ndim == 0 else \
-        torch.as_tensor(sigma, dtype=torch.float64)
+    s = torch.as_tensor(sigma, dtype=torch.float64).expand(y.shape[0])
     t_star = step_for_sigma(schedule, s).to(y.device)
     x_t = _ab(schedule, t_star, y).sqrt() * (2 * y - 1)
     if method == "tweedie":

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
+
+from ..config import JsonConfig
 
 
 def wavelet_sigma(images: torch.Tensor) -> np.ndarray:
@@ -23,12 +25,9 @@ def wavelet_sigma(images: torch.Tensor) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class SigmaNetConfig:
+class SigmaNetConfig(JsonConfig):
     in_channels: int
     widths: tuple[int, ...] = (32, 64, 64)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class SigmaNet(nn.Module):
@@ -66,4 +65,4 @@ def relative_error(estimate: np.ndarray | torch.Tensor, truth: np.ndarray | torc
 
 def build_from_config(config: dict) -> SigmaNet:
     """Checkpoint builder for kind ``sigma``."""
-    return SigmaNet(SigmaNetConfig(int(config["in_channels"]), tuple(config["widths"])))
+    return SigmaNet(SigmaNetConfig.from_dict(config))

@@ -130,7 +130,7 @@ def evaluate_denoise(dataset: str, sigmas: list[float], method: str, model: str 
                         else wavelet_sigma(noisy)
                 else:
                     sig = np.full(len(noisy), sigma)
-                predicted = clf(noisy.clamp(0, 1)).argmax(1) if clf is not None else None
+                predicted = clf(noisy.clamp(0, 1)).argmax(1) if labels == "predicted" else None
             began = time.perf_counter()
             outs.append(runner(noisy, sig, test.labels[s:s + batch_size], predicted))
             seconds += time.perf_counter() - began

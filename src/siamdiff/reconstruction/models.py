@@ -9,15 +9,17 @@ image, is the supervised direct denoiser.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import JsonConfig
+
 
 @dataclass(frozen=True)
-class UNetConfig:
+class UNetConfig(JsonConfig):
     """arch: ``unet`` (GroupNorm, residual blocks) or ``seed`` (the report's: BatchNorm, plain blocks)."""
 
     arch: str
@@ -28,13 +30,6 @@ class UNetConfig:
     time_dim: int = 128
     num_classes: int = 0
     groups: int = 8
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> UNetConfig:
-        return cls(**{**d, "channels": tuple(d["channels"])})
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:

@@ -21,11 +21,7 @@ def sample(model, n: int, method: str = "ddim", steps: int = 50, label: int | No
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn((n, c, s, s), generator=gen)
     t = torch.full((n,), schedule.steps - 1, dtype=torch.long)
-    labels = None
-    if label is not None:
-        if not 0 <= label < max(net.config.num_classes, 0) or not net.config.num_classes:
-            raise SiamdiffError(f"--label {label} is not a class of this model")
-        labels = torch.full((n,), label, dtype=torch.long)
+    labels = model.class_labels(label, n)
     w = guidance if labels is not None else 0.0
     if method == "ddim":
         x0 = ddim(net, schedule, x, t, steps, labels, w)

@@ -20,9 +20,9 @@ from torch import nn
 from .. import __version__
 from ..checkpoint import save_model
 from ..data.augment import augment
-from ..data.datasets import ImageSet, load_dataset
+from ..data.datasets import ImageSet, load_splits
 from ..errors import SiamdiffError
-from ..train import TrainConfig, fit
+from ..train import TrainConfig, epoch_generator, fit, shuffled_batches
 from .estimate import SigmaNet, SigmaNetConfig
 from .metrics import psnr
 from .models import UNetConfig, build_from_config as build_unet
@@ -47,11 +47,9 @@ class ImageTask:
         return -(-len(self.train_set) // self.cfg.batch_size)
 
     def batches(self, epoch: int, device: torch.device) -> Iterator[tuple[torch.Tensor, ...]]:
-        gen = torch.Generator(device=device).manual_seed(self.cfg.seed * 1_000_003 + epoch)
+        gen = epoch_generator(self.cfg.seed, epoch, device)
         images, labels = self.train_set.images.to(device), self.train_set.labels.to(device)
-        order = torch.randperm(len(labels), generator=gen, device=device)
-        for s in range(0, len(order) - 1, self.cfg.batch_size):
-            idx = order[s:s + self.cfg.batch_size]
+        for idx in shuffled_batches(len(labels), self.cfg.batch_size, gen, device):
             yield augment(images[idx], self.flip, self.translate, gen).float() / 255.0, labels[idx]
 
     def val_batches(self, device: torch.device, size: int = 512) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -177,8 +175,7 @@ def train_reconstruction(what: str, dataset: str, out_dir: str | Path, model: st
     from .models import PRESETS as UNETS
     from .vae import PRESETS as VAES
 
-    train = load_dataset(dataset, "train", data_root, download, image_size=image_size, channels=channels)
-    val = load_dataset(dataset, "val", data_root, download, image_size=image_size, channels=channels)
+    train, val = load_splits(dataset, ("train", "val"), data_root, download, image_size, channels)
     c, h, _ = train.shape
     tiny = model == "tiny"
     with torch.random.fork_rng(devices=[]):

@@ -15,7 +15,7 @@ from .. import __version__
 from ..checkpoint import save_model
 from ..data.augment import augment
 from ..data.datasets import ImageSet
-from ..train import TrainConfig
+from ..train import TrainConfig, epoch_generator, shuffled_batches
 from .models import UNetConfig, build_from_config
 from .schedule import Schedule, add_noise
 
@@ -64,11 +64,9 @@ class DiffusionTask:
 
     def batches(self, epoch: int, device: torch.device) -> Iterator[tuple[torch.Tensor, ...]]:
         r = self.recipe
-        gen = torch.Generator(device=device).manual_seed(r.train.seed * 1_000_003 + epoch)
+        gen = epoch_generator(r.train.seed, epoch, device)
         images, labels = self.train_set.images.to(device), self.train_set.labels.to(device)
-        order = torch.randperm(len(labels), generator=gen, device=device)
-        for s in range(0, len(order), r.train.batch_size):
-            idx = order[s:s + r.train.batch_size]
+        for idx in shuffled_batches(len(labels), r.train.batch_size, gen, device):
             x0 = to_model_range(augment(images[idx], r.flip, 0, gen), r.model.image_size)
             t = torch.randint(0, r.schedule.steps, (len(idx),), generator=gen, device=device)
             eps = torch.randn(x0.shape, generator=gen, device=device)
@@ -158,11 +156,10 @@ def train_diffusion(dataset: str, out_dir: str | Path, model: str = "unet", data
                     image_size: int | None = None, channels: int | None = None,
                     **overrides: Any) -> list[dict[str, Any]]:
     """Train a DDPM on ``dataset`` (``train`` split, validation ε-MSE on ``val``) and write it to ``out_dir``."""
-    from ..data.datasets import load_dataset
+    from ..data.datasets import load_splits
     from ..train import fit
 
-    train = load_dataset(dataset, "train", data_root, download, image_size=image_size, channels=channels)
-    val = load_dataset(dataset, "val", data_root, download, image_size=image_size, channels=channels)
+    train, val = load_splits(dataset, ("train", "val"), data_root, download, image_size, channels)
     c, h, _ = train.shape
     r = diffusion_recipe(model, c, 32 if model == "seed" else h, **overrides)
     if r.model.num_classes and len(train.classes) != r.model.num_classes:

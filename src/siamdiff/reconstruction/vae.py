@@ -6,15 +6,17 @@ Both map images in [0, 1] ``(N, C, H, W)`` to ``(reconstruction logits, mu, logv
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import JsonConfig
+
 
 @dataclass(frozen=True)
-class VAEConfig:
+class VAEConfig(JsonConfig):
     """arch: ``mlp`` (hidden = widths[0]) or ``conv`` (conv widths); latent: size of z."""
 
     arch: str
@@ -22,13 +24,6 @@ class VAEConfig:
     image_size: int
     widths: tuple[int, ...]
     latent: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> VAEConfig:
-        return cls(**{**d, "widths": tuple(d["widths"])})
 
 
 PRESETS = {

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import torch
 
-from ..data.datasets import ImageSet, load_dataset
+from ..data.datasets import ImageSet, load_splits
 from ..errors import SiamdiffError
 from .api import SimilarityModel
 from .metrics import (equal_error_rate, best_threshold, retrieval_metrics, roc_auc, verification_accuracy)
@@ -80,8 +80,13 @@ def evaluate(model: SimilarityModel, dataset: str, data_root: str | None = None,
              n_pairs: int = TEST_PAIRS, n_hard: int = 1000, gallery: str = "train") -> dict:
     """Run the whole protocol; returns one flat dict of metrics (see the module docstring)."""
     began = time.perf_counter()
-    size = {"image_size": model.image_size, "channels": model.channels}  # used by folder datasets only
-    test = load_dataset(dataset, "test", data_root, download, **size)
+    sample = dataset.startswith("sample:")
+    use_train = gallery == "train" and not sample
+    use_val = n_hard > 0 and not sample  # the sample has no validation split: hard pairs fit SSIM on test
+    splits = ("test",) + (("train",) if use_train else ()) + (("val",) if use_val else ())
+    # folder datasets are read at the model's size; each source file is read once for all splits
+    loaded = dict(zip(splits, load_splits(dataset, splits, data_root, download, model.image_size, model.channels)))
+    test = loaded["test"]
     _check_compatible(model, test)
     if model.calibration is None:
         raise SiamdiffError("model has no calibration; it cannot make verification decisions")
@@ -95,16 +100,15 @@ def evaluate(model: SimilarityModel, dataset: str, data_root: str | None = None,
                  "threshold": model.calibration.threshold,
                  "verification_accuracy": verification_accuracy(-d, same.astype(bool), -model.calibration.threshold),
                  "roc_auc": roc_auc(-d, same.astype(bool)), "eer": equal_error_rate(-d, same.astype(bool))}
-    if gallery == "train" and not dataset.startswith("sample:"):
-        gal = load_dataset(dataset, "train", data_root, download, **size)
+    if use_train:
+        gal = loaded["train"]
         out.update(retrieval_metrics(test_emb, test_labels, model.embed(gal.images), gal.labels.numpy()))
         out["gallery"] = f"train ({len(gal)} images)"
     else:
         out.update(_leave_one_out(test_emb, test_labels))
         out["gallery"] = f"test, leave-one-out ({len(test)} images)"
     if n_hard > 0:
-        val = test if dataset.startswith("sample:") else load_dataset(dataset, "val", data_root, download, **size)
-        out.update(_hard_pair_test(model, val, test, test_emb, n_hard))
+        out.update(_hard_pair_test(model, loaded.get("val", test), test, test_emb, n_hard))
     out["seconds"] = round(time.perf_counter() - began, 2)
     return out
 

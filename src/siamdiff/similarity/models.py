@@ -6,15 +6,17 @@ A Siamese network is one of these applied to both images of a pair (shared weigh
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import JsonConfig
+
 
 @dataclass(frozen=True)
-class EmbedConfig:
+class EmbedConfig(JsonConfig):
     """Everything needed to rebuild an embedding network; stored inside every checkpoint.
 
     arch: ``seed`` (the report's net, no nonlinearities, 2-d output) or ``embed`` (siamdiff's default).
@@ -33,17 +35,6 @@ class EmbedConfig:
     normalize: bool = True
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.5,)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> EmbedConfig:
-        fields = dict(d)
-        for key in ("widths", "fc", "mean", "std"):
-            if key in fields:
-                fields[key] = tuple(fields[key])
-        return cls(**fields)
 
 
 _MNIST_STATS = dict(mean=(0.1307,), std=(0.3081,))

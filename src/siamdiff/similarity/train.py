@@ -14,8 +14,8 @@ import torch
 from .. import __version__
 from ..checkpoint import save_model
 from ..data.augment import augment
-from ..data.datasets import ImageSet, load_dataset
-from ..train import TrainConfig, fit
+from ..data.datasets import ImageSet, load_splits
+from ..train import TrainConfig, epoch_generator, fit, shuffled_batches
 from .calibration import calibrate
 from .embed import embed
 from ..errors import SiamdiffError
@@ -104,19 +104,17 @@ class SimilarityTask:
 
     def batches(self, epoch: int, device: torch.device) -> Iterator[tuple[torch.Tensor, ...]]:
         images, labels = self._on_device(device)
-        seed = self.recipe.train.seed * 1_000_003 + epoch
-        gen = torch.Generator(device=device).manual_seed(seed)
-        bs = self.recipe.train.batch_size
         r = self.recipe
+        bs = r.train.batch_size
+        gen = epoch_generator(r.train.seed, epoch, device)
         if r.pairs == "seed":
-            i, j, same = (torch.from_numpy(a).to(device) for a in seed_pairs(self.train_set.labels.numpy(), seed))
+            pairs = seed_pairs(self.train_set.labels.numpy(), gen.initial_seed())
+            i, j, same = (torch.from_numpy(a).to(device) for a in pairs)
             for s in range(0, len(i) - 1, bs):  # a last batch of one pair is dropped (BatchNorm needs two)
                 x = torch.cat([images[i[s:s + bs]], images[j[s:s + bs]]])
                 yield augment(x, r.flip, r.translate, gen), same[s:s + bs]
         else:
-            order = torch.randperm(len(labels), generator=gen, device=device)
-            for s in range(0, len(order) - 1, bs):  # a last batch of one image is dropped
-                idx = order[s:s + bs]
+            for idx in shuffled_batches(len(labels), bs, gen, device):
                 yield augment(images[idx], r.flip, r.translate, gen), labels[idx]
 
     def loss(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -155,8 +153,7 @@ def train_similarity(dataset: str, out_dir: str | Path, model: str = "default", 
                      image_size: int | None = None, channels: int | None = None,
                      **overrides: Any) -> list[dict[str, Any]]:
     """Train an embedding on ``dataset`` (``train`` split; validation on ``val``) and write it to ``out_dir``."""
-    train = load_dataset(dataset, "train", data_root, download, image_size=image_size, channels=channels)
-    val = load_dataset(dataset, "val", data_root, download, image_size=image_size, channels=channels)
+    train, val = load_splits(dataset, ("train", "val"), data_root, download, image_size, channels)
     c, h, _ = train.shape
     r = recipe(model, train.name, c, h, **overrides)
     task = SimilarityTask(r, train, val, command)

@@ -1,0 +1,19 @@
+"""The JSON round trip shared by every model config (stored as checkpoint metadata)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any, TypeVar
+
+T = TypeVar("T", bound="JsonConfig")
+
+
+class JsonConfig:
+    """Mixin for frozen dataclass configs: ``to_dict`` for JSON, ``from_dict`` turns JSON lists back into tuples."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[T], d: dict[str, Any]) -> T:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
