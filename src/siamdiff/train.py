@@ -127,6 +127,17 @@ def _progress(total: int, desc: str):
     return tqdm(total=total, desc=desc, leave=False, disable=not sys.stderr.isatty(), dynamic_ncols=True)
 
 
+CHECK_EVERY = 25  # batches between finite-loss checks (each one synchronises with the GPU)
+
+
+def _check_finite(total: torch.Tensor, epoch: int, batch: int, out: Path) -> None:
+    """The finite-loss guard: a NaN or infinite loss anywhere in the epoch so far makes the running sum non-finite;
+    the weights of the failed epoch are never saved."""
+    if not torch.isfinite(total):
+        raise SiamdiffError(f"training diverged: loss is {total.item()} by epoch {epoch + 1}, batch {batch + 1}; "
+                            f"lower --lr (last good checkpoint kept in '{out}')")
+
+
 def fit(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
         overwrite: bool = False) -> list[dict[str, Any]]:
     """Train ``task.model`` for ``cfg.epochs``; writes ``model.safetensors``, ``state.pt``, ``log.jsonl`` in out_dir.
@@ -175,32 +186,34 @@ def fit(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
     for epoch in range(start, cfg.epochs):
         model.train()
         torch.manual_seed(cfg.seed * 100_003 + epoch)
-        began, total, count = time.perf_counter(), 0.0, 0
+        began, count = time.perf_counter(), 0
+        total = torch.zeros((), device=device)
         bar = _progress(steps, f"epoch {epoch + 1}/{cfg.epochs}")
         for i, batch in enumerate(task.batches(epoch, device)):
             if i >= steps:
                 break
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 loss = task.loss(batch)
-            if not torch.isfinite(loss):
-                raise SiamdiffError(f"training diverged: loss is {loss.item()} at epoch {epoch + 1}, batch {i + 1};"
-                                    f" lower --lr (last good checkpoint kept in '{out}')")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             if hasattr(task, "after_step"):
                 task.after_step()
-            total += float(loss.detach())
+            total += loss.detach().float()
             count += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{total / count:.4f}")
+            # reading the loss waits for the GPU: only every CHECK_EVERY batches and at the end of the epoch
+            if count % CHECK_EVERY == 0 or i + 1 == steps:
+                _check_finite(total, epoch, i, out)
+                bar.set_postfix(loss=f"{total.item() / count:.4f}")
+        _check_finite(total, epoch, count - 1, out)
         bar.close()
         seconds = time.perf_counter() - began
         model.eval()
         with torch.no_grad():
             metrics = task.evaluate(device)
-        row = {"epoch": epoch + 1, "loss": total / max(count, 1), "lr": opt.param_groups[0]["lr"],
+        row = {"epoch": epoch + 1, "loss": total.item() / max(count, 1), "lr": opt.param_groups[0]["lr"],
                "seconds": round(seconds, 2), **metrics}
         history.append(row)
         log.info("epoch %d: %s", epoch + 1, json.dumps(row))

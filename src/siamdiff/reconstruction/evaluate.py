@@ -57,14 +57,24 @@ def _skimage(noisy: torch.Tensor, sigma: np.ndarray, method: str) -> torch.Tenso
     return torch.from_numpy(np.stack(out)).float().clamp(0, 1)
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 class _Runner:
     """Applies one method to a batch of noisy images given per-image σ."""
 
-    def __init__(self, method: str, model: str | Path | None, steps: int, guidance: float, labels: str) -> None:
+    def __init__(self, method: str, model: str | Path | None, steps: int, guidance: float, labels: str,
+                 device: torch.device) -> None:
         if method not in METHODS:
             raise SiamdiffError(f"unknown method '{method}': use one of {', '.join(METHODS)}")
         self.method, self.steps, self.guidance, self.labels = method, steps, guidance, labels
+        self.device = device
         self.net, self.meta = _load(MODEL_KIND[method], model) if method in MODEL_KIND else (None, {})
+        if self.net is not None:
+            self.net.to(device)
+        self.generator = torch.Generator(device=device).manual_seed(0)
 
     @torch.no_grad()
     def __call__(self, noisy: torch.Tensor, sigma: np.ndarray, true_labels: torch.Tensor,
@@ -73,7 +83,7 @@ class _Runner:
         if m == "noisy":
             return noisy.clamp(0, 1)
         if m in ("nlm", "wavelet"):
-            return _skimage(noisy, sigma, m)
+            return _skimage(noisy.cpu(), sigma, m).to(noisy.device)
         if m == "vae":
             return self.net.reconstruct(noisy.clamp(0, 1))
         size = self.net.config.image_size
@@ -89,7 +99,7 @@ class _Runner:
             if labels is not None and not self.net.config.num_classes:
                 raise SiamdiffError("guidance needs a class-conditional diffusion model")
             out, _ = denoise(self.net, schedule, x, torch.as_tensor(sigma), m, self.steps, labels,
-                             self.guidance if labels is not None else 0.0, torch.Generator().manual_seed(0))
+                             self.guidance if labels is not None else 0.0, self.generator)
         if size != native:
             out = torch.nn.functional.interpolate(out, size=(native, native), mode="bilinear", align_corners=False)
         return out.clamp(0, 1)
@@ -100,20 +110,25 @@ def evaluate_denoise(dataset: str, sigmas: list[float], method: str, model: str 
                      classifier: str | Path | None = None, labels: str = "none", guidance: float = 1.0,
                      steps: int = 10, data_root: str | None = None, download: bool = False,
                      batch_size: int = 250, image_size: int | None = None,
-                     channels: int | None = None) -> list[dict[str, Any]]:
-    """One row per σ: ``{"sigma", "method", "psnr", "ssim", "class_accuracy", "sigma_rel_error", "n", ...}``."""
+                     channels: int | None = None, device: str = "auto") -> list[dict[str, Any]]:
+    """One row per σ: ``{"sigma", "method", "psnr", "ssim", "class_accuracy", "sigma_rel_error", "n", ...}``.
+
+    The noisy images are drawn on the CPU (the same on every machine); networks run on ``device``."""
+    from ..train import resolve_device
+
+    dev = resolve_device(device)
     if any(not np.isfinite(s) or s <= 0 for s in sigmas):
         raise SiamdiffError("every --sigmas value must be a positive number")
     if n < 1 or steps < 1:
         raise SiamdiffError("--n and --steps must be at least 1")
-    runner = _Runner(method, model, steps, guidance, labels)
+    runner = _Runner(method, model, steps, guidance, labels, dev)
     if runner.net is not None:  # folder datasets are read at the model's size unless told otherwise
         image_size = image_size or runner.net.config.image_size
         channels = channels or runner.net.config.in_channels
     test = load_dataset(dataset, "test", data_root, download, image_size=image_size, channels=channels)
     test = test.subset(np.arange(min(n, len(test))))
-    clf = _load("classifier", classifier)[0] if classifier else None
-    est = _load("sigma", estimator)[0] if estimator else None
+    clf = _load("classifier", classifier)[0].to(dev) if classifier else None
+    est = _load("sigma", estimator)[0].to(dev) if estimator else None
     if labels == "predicted" and clf is None:
         raise SiamdiffError("--labels predicted needs --classifier")
     clean_all = test.images.float() / 255.0
@@ -123,28 +138,34 @@ def evaluate_denoise(dataset: str, sigmas: list[float], method: str, model: str 
         noisy_all = gaussian(clean_all, sigma, gen, clip=clip)
         outs, estimates, seconds = [], [], 0.0
         for s in range(0, len(test), batch_size):
-            noisy = noisy_all[s:s + batch_size]
+            noisy = noisy_all[s:s + batch_size].to(dev)
             with torch.no_grad():
                 if sigma_mode == "auto":
-                    sig = est(noisy.clamp(0, 1) if clip else noisy).double().numpy() if est is not None \
-                        else wavelet_sigma(noisy)
+                    sig = est(noisy.clamp(0, 1) if clip else noisy).double().cpu().numpy() if est is not None \
+                        else wavelet_sigma(noisy.cpu())
                 else:
                     sig = np.full(len(noisy), sigma)
                 predicted = clf(noisy.clamp(0, 1)).argmax(1) if labels == "predicted" else None
+            _sync(dev)
             began = time.perf_counter()
-            outs.append(runner(noisy, sig, test.labels[s:s + batch_size], predicted))
+            out = runner(noisy, sig, test.labels[s:s + batch_size].to(dev), predicted)
+            _sync(dev)
             seconds += time.perf_counter() - began
+            outs.append(out.cpu())
             estimates.append(sig)
         out = torch.cat(outs)
         est_all = np.concatenate(estimates)
         row = {"sigma": sigma, "method": method, "clip": clip, "sigma_mode": sigma_mode, "labels": labels,
+               "device": str(dev),
                "psnr": float(psnr(out, clean_all).mean()), "ssim": float(ssim(out, clean_all).mean()),
                "class_accuracy": None, "sigma_rel_error": float(np.median(relative_error(est_all, sigma)))
                if sigma_mode == "auto" else None, "n": len(test),
                "seconds_per_image": seconds / len(test)}
         if clf is not None:
             with torch.no_grad():
-                row["class_accuracy"] = float((clf(out).argmax(1) == test.labels).float().mean())
+                pred = torch.cat([clf(out[s:s + batch_size].to(dev)).argmax(1).cpu()
+                                  for s in range(0, len(out), batch_size)])
+                row["class_accuracy"] = float((pred == test.labels).float().mean())
         rows.append(row)
     return rows
 
