@@ -20,6 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from similarity import code_version, hardware, run as run_timed  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
 ROOT = Path(__file__).resolve().parents[1]
 SIGMAS = (0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
 # name -> (train sub-command, --model value); the seed VAE only exists for 28x28 grayscale data
@@ -39,6 +41,8 @@ def train(dataset: str, name: str, args: argparse.Namespace) -> Path:
         model = "tiny" if name != "ddpm-seed" else "seed"
     out = Path(args.runs) / f"{dataset}-{name}"
     if not (out / "log.jsonl").is_file():
+        if args.no_train:
+            raise SystemExit(f"{out} holds no trained model (and --no-train was given)")
         cmd = ["siamdiff", "train", sub, "--dataset", dataset, "--model", model, "--out", str(out),
                "--data-dir", args.data_dir]
         epochs = args.epochs.get(f"{dataset}:{name}") or (1 if args.preset == "tiny" else None)
@@ -53,48 +57,84 @@ def train(dataset: str, name: str, args: argparse.Namespace) -> Path:
 
 def evaluate(dataset: str, method: str, model: Path | None, models: dict, args: argparse.Namespace,
              clip: bool, sigmas: tuple[float, ...], n: int, sigma_mode: str = "auto", labels: str = "none",
-             tag: str = "") -> list[dict]:
+             tag: str = "", estimator: bool = True) -> list[dict]:
+    """Rows of ``siamdiff eval denoise`` with these settings, run in this process; each row keeps the command."""
+    from siamdiff.reconstruction.evaluate import evaluate_denoise
+
+    est = models.get("estimator") if sigma_mode == "auto" and estimator else None
     cmd = ["siamdiff", "eval", "denoise", "--dataset", dataset, "--method", method,
            "--sigmas", ",".join(str(s) for s in sigmas), "--n", str(n), "--sigma-mode", sigma_mode,
-           "--classifier", str(models["classifier"]), "--labels", labels, "--data-dir", args.data_dir, "--json"]
-    if sigma_mode == "auto" and "estimator" in models:
-        cmd += ["--estimator", str(models["estimator"])]
-    if model is not None:
-        cmd += ["--model", str(model)]
-    if clip:
-        cmd.append("--clip")
-    rows = json.loads(run(cmd))["results"]
+           "--classifier", str(models["classifier"]), "--labels", labels, "--data-dir", args.data_dir,
+           "--device", args.device, "--batch-size", str(args.batch_size), "--json"]
+    cmd += ["--estimator", str(est)] if est else []
+    cmd += ["--model", str(model)] if model is not None else []
+    cmd += ["--clip"] if clip else []
+    rows = evaluate_denoise(dataset, list(sigmas), method, model, n, clip, sigma_mode, est, models["classifier"],
+                            labels, data_root=args.data_dir, device=args.device, batch_size=args.batch_size)
+    hw = hardware()
     for r in rows:
-        r.update({"dataset": dataset, "name": tag or method, "command": shlex.join(cmd)})
+        r.update({"dataset": dataset, "name": tag or method, "command": shlex.join(cmd),
+                  "hardware": hw["gpu"] if r["device"].startswith("cuda") else f"{hw['cpu']} ({hw['cores']} cores)"})
     print(f"{dataset} {tag or method} clip={clip}: "
           + ", ".join(f"{r['sigma']}: {r['psnr']:.2f} dB" for r in rows), flush=True)
     return rows
 
 
 def benchmark_dataset(dataset: str, args: argparse.Namespace) -> list[dict]:
+    """``--part net``: every method that runs a network (fit for a GPU); ``--part cpu``: scikit-image baselines and
+    the wavelet-MAD sigma row; ``--part all``: both."""
     names = [m for m in MODELS if not (m == "vae-seed" and dataset == "cifar10")]
+    if args.part == "cpu":
+        names = ["classifier", "estimator"]
     models = {m: train(dataset, m, args) for m in names}
     rows: list[dict] = []
+    net, cpu = args.part in ("net", "all"), args.part in ("cpu", "all")
     for clip in (False, True):
-        for method, model, tag in (("noisy", None, "noisy"), ("tweedie", models["ddpm"], "tweedie"),
-                                   ("ddim", models["ddpm"], "ddim"), ("direct", models["denoiser"], "direct"),
-                                   ("nlm", None, "nlm"), ("wavelet", None, "wavelet"),
-                                   ("vae", models.get("vae-seed"), "vae-seed"), ("vae", models["vae-conv"], "vae-conv"),
-                                   ("tweedie", models["ddpm-seed"], "seed-tweedie")):
-            if model is None and method == "vae":
+        specs = [("noisy", None, "noisy"), ("tweedie", models.get("ddpm"), "tweedie"),
+                 ("ddim", models.get("ddpm"), "ddim"), ("direct", models.get("denoiser"), "direct"),
+                 ("vae", models.get("vae-seed"), "vae-seed"), ("vae", models.get("vae-conv"), "vae-conv"),
+                 ("tweedie", models.get("ddpm-seed"), "seed-tweedie")] if net else []
+        specs += [("nlm", None, "nlm"), ("wavelet", None, "wavelet")] if cpu else []
+        for method, model, tag in specs:
+            if model is None and method in ("vae", "tweedie", "ddim", "direct"):
                 continue
             rows += evaluate(dataset, method, model, models, args, clip, args.sigmas, args.n, tag=tag)
-        # the chains are costly on a CPU: fewer images, stated in each row's n
-        rows += evaluate(dataset, "ancestral", models["ddpm"], models, args, clip, args.sigmas, args.n_chain,
-                         tag="ancestral")
-        rows += evaluate(dataset, "ancestral", models["ddpm-seed"], models, args, clip, args.sigmas, args.n_chain,
-                         sigma_mode="true", tag="seed-ancestral (true sigma)")
-    for labels in ("none", "predicted", "true"):  # guidance keeps the class at high noise
-        rows += evaluate(dataset, "ddim", models["ddpm"], models, args, False, (0.5, 1.0), args.n,
-                         labels=labels, tag=f"ddim, labels {labels}")
-    rows += evaluate(dataset, "noisy", None, {"classifier": models["classifier"]}, args, False, args.sigmas,
-                     args.n, tag="sigma by wavelet-MAD")
+        if net:  # the chains: fewer images on a CPU, stated in each row's n
+            rows += evaluate(dataset, "ancestral", models["ddpm"], models, args, clip, args.sigmas, args.n_chain,
+                             tag="ancestral")
+            rows += evaluate(dataset, "ancestral", models["ddpm-seed"], models, args, clip, args.sigmas,
+                             args.n_chain, sigma_mode="true", tag="seed-ancestral (true sigma)")
+    if net:
+        for labels in ("none", "predicted", "true"):  # guidance keeps the class at high noise
+            for method in ("tweedie", "ddim"):
+                rows += evaluate(dataset, method, models["ddpm"], models, args, False, (0.5, 1.0), args.n,
+                                 labels=labels, tag=f"{method}, labels {labels}")
+    if cpu:
+        rows += evaluate(dataset, "noisy", None, models, args, False, args.sigmas, args.n,
+                         tag="sigma by wavelet-MAD", estimator=False)
+        rows += evaluate(dataset, "noisy", None, models, args, True, args.sigmas, args.n,
+                         tag="sigma by wavelet-MAD", estimator=False)
     return rows
+
+
+def clean_accuracy(dataset: str, args: argparse.Namespace) -> dict:
+    """The fixed classifier's accuracy on the first n clean test images (the ceiling for class accuracy rows)."""
+    import torch
+
+    from siamdiff.checkpoint import load_model
+    from siamdiff.data.datasets import load_dataset
+
+    clf, meta = load_model(Path(args.runs) / f"{dataset}-classifier" / "model.safetensors", kind="classifier")
+    test = load_dataset(dataset, "test", args.data_dir)
+    with torch.no_grad():
+        pred = torch.cat([clf(test.images[s:s + 500].float() / 255).argmax(1) for s in range(0, len(test), 500)])
+    correct = (pred == test.labels)
+    return {"first_n": float(correct[:args.n].float().mean()), "n": min(args.n, len(test)),
+            "full_test": float(correct.float().mean()), "n_test": len(test)}
+
+
+def row_key(r: dict) -> tuple:
+    return r["dataset"], r["name"], r["clip"], r["sigma"]
 
 
 def markdown(result: dict) -> str:
@@ -102,23 +142,28 @@ def markdown(result: dict) -> str:
     lines = ["# Denoising benchmark", "",
              f"Code version `{result['code_version']}`; {hw['cpu']}, {hw['cores']} cores"
              f"{', GPU ' + hw['gpu'] if hw['gpu'] else ', no GPU'}; torch {hw['torch']}. "
-             f"Generated by `{result['command']}`.", "",
+             "Generated by " + " then ".join(f"`{c}`" for c in result.get("commands", [result["command"]])) + ".",
+             "Each row's device and hardware are in denoise.json.", "",
              "Protocol (docs/reconstruction.md): first N test images at native resolution, Gaussian noise with a "
              "fixed seed per sigma; blind rows use the learned sigma estimate; class accuracy by the project's "
              "classifier.", ""]
     for dataset in dict.fromkeys(r["dataset"] for r in result["rows"]):
+        acc = result.get("classifier_clean_accuracy", {}).get(dataset)
+        if acc:
+            lines += [f"{dataset}: the classifier's accuracy on clean test images is {acc['first_n']:.4f} on the "
+                      f"first {acc['n']} and {acc['full_test']:.4f} on all {acc['n_test']}.", ""]
         for clip in (False, True):
             rows = [r for r in result["rows"] if r["dataset"] == dataset and r["clip"] == clip]
             if not rows:
                 continue
             lines += [f"## {dataset}, {'as a file (clipped, 8-bit)' if clip else 'unclipped'}", "",
-                      "| method | sigma | PSNR dB | SSIM | class acc | sigma rel. err | ms/image | n |",
-                      "|---|---|---|---|---|---|---|---|"]
+                      "| method | sigma | PSNR dB | SSIM | class acc | sigma rel. err | ms/image | device | n |",
+                      "|---|---|---|---|---|---|---|---|---|"]
             for r in rows:
                 acc = "" if r["class_accuracy"] is None else f"{r['class_accuracy']:.4f}"
                 err = "" if r["sigma_rel_error"] is None else f"{r['sigma_rel_error']:.3f}"
                 lines.append(f"| {r['name']} | {r['sigma']} | {r['psnr']:.2f} | {r['ssim']:.4f} | {acc} | {err} | "
-                             f"{1000 * r['seconds_per_image']:.2f} | {r['n']} |")
+                             f"{1000 * r['seconds_per_image']:.2f} | {r.get('device', 'cpu')} | {r['n']} |")
             lines.append("")
     lines += ["Each row's exact command is in denoise.json (`command`)."]
     return "\n".join(lines) + "\n"
@@ -133,20 +178,34 @@ def main() -> None:
     parser.add_argument("--n-chain", type=int, default=200, help="images for the ancestral chains")
     parser.add_argument("--epochs", nargs="*", default=[], help="dataset:model=N, e.g. mnist:ddpm=30")
     parser.add_argument("--preset", choices=["full", "tiny"], default="full")
+    parser.add_argument("--part", choices=["all", "net", "cpu"], default="all",
+                        help="net: methods that run networks; cpu: scikit-image baselines and wavelet-MAD")
+    parser.add_argument("--device", default="auto", help="where the networks run")
+    parser.add_argument("--batch-size", type=int, default=250, help="images per network batch")
+    parser.add_argument("--no-train", action="store_true", help="fail instead of training a missing model")
+    parser.add_argument("--merge", action="store_true", help="add to (and replace rows of) the existing JSON")
     parser.add_argument("--runs", default=str(ROOT / "runs" / "denoise"))
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks"))
+    parser.add_argument("--name", help="output file stem (default denoise, or denoise-smoke for --preset tiny)")
     args = parser.parse_args()
     args.sigmas = tuple(float(s) for s in args.sigmas.split(","))
     args.epochs = dict(e.split("=") for e in args.epochs)
-    rows = []
-    for dataset in args.datasets.split(","):
-        rows += benchmark_dataset(dataset, args)
-    result = {"command": "python " + shlex.join(["benchmarks/denoise.py", *sys.argv[1:]]),
-              "code_version": code_version(), "hardware": hardware(), "rows": rows}
     out = Path(args.out)
+    name = args.name or ("denoise" if args.preset == "full" else "denoise-smoke")
+    json_path = out / f"{name}.json"
+    command = "python " + shlex.join(["benchmarks/denoise.py", *sys.argv[1:]])
+    result = json.loads(json_path.read_text()) if args.merge and json_path.is_file() else \
+        {"rows": [], "commands": [], "classifier_clean_accuracy": {}}
+    rows = {row_key(r): r for r in result["rows"]}
+    for dataset in args.datasets.split(","):
+        for r in benchmark_dataset(dataset, args):
+            rows[row_key(r)] = r
+        if args.part in ("cpu", "all"):
+            result["classifier_clean_accuracy"][dataset] = clean_accuracy(dataset, args)
+    result.update({"command": command, "commands": [*result.get("commands", []), command],
+                   "code_version": code_version(), "hardware": hardware(), "rows": list(rows.values())})
     out.mkdir(parents=True, exist_ok=True)
-    name = "denoise" if args.preset == "full" else "denoise-smoke"
-    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
     (out / f"{name}.md").write_text(markdown(result))
     print(f"wrote {out / name}.md")
 

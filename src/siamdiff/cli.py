@@ -118,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--guidance", type=float, default=1.0)
     e.add_argument("--steps", type=_positive_int, default=10)
     e.add_argument("--device", default="auto", help="auto, cpu or cuda (the noise is drawn on the CPU either way)")
+    e.add_argument("--batch-size", type=_positive_int, default=250, help="images per network batch")
     e.add_argument("--image-size", type=_positive_int, help="folder datasets (default: the model's, else 32)")
     e.add_argument("--channels", type=int, choices=[1, 3], help="folder datasets (default: the model's, else 3)")
     e.add_argument("--json", action="store_true")
@@ -226,7 +227,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         rows = evaluate_denoise(args.dataset, sigmas, args.method, args.model, args.n, args.clip, args.sigma_mode,
                                 args.estimator, args.classifier, args.labels, args.guidance, args.steps,
                                 args.data_dir, args.download, image_size=args.image_size, channels=args.channels,
-                                device=args.device)
+                                device=args.device, batch_size=args.batch_size)
         if args.json:
             _print_json({"results": rows})
         else:

@@ -183,6 +183,7 @@ def fit(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
             raise SiamdiffError(f"cannot resume from damaged '{state_path}': {exc}") from None
         log.info("resuming at epoch %d", start + 1)
     amp = cfg.amp and device.type == "cuda"
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     for epoch in range(start, cfg.epochs):
         model.train()
         torch.manual_seed(cfg.seed * 100_003 + epoch)
@@ -214,7 +215,7 @@ def fit(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
         with torch.no_grad():
             metrics = task.evaluate(device)
         row = {"epoch": epoch + 1, "loss": total.item() / max(count, 1), "lr": opt.param_groups[0]["lr"],
-               "seconds": round(seconds, 2), **metrics}
+               "seconds": round(seconds, 2), "device": device_name, **metrics}
         history.append(row)
         log.info("epoch %d: %s", epoch + 1, json.dumps(row))
         task.save(out / "model.safetensors", history)

@@ -58,6 +58,7 @@ class DiffusionTask:
         self.command = command
         self._alpha_bar: torch.Tensor | None = None
         self._steps = 0
+        self._ema_params: list[torch.Tensor] | None = None
 
     def n_batches(self) -> int:
         return -(-len(self.train_set) // self.recipe.train.batch_size)
@@ -86,8 +87,10 @@ class DiffusionTask:
         """Update the EMA weights (decay warms up as (1 + n) / (10 + n), capped at ``recipe.ema``)."""
         self._steps += 1
         decay = min(self.recipe.ema, (1 + self._steps) / (10 + self._steps))  # ema 0: plain weights
-        for e, p in zip(self.ema.parameters(), self.model.parameters()):
-            e.lerp_(p.detach().to(e.device), 1 - decay)
+        if self._ema_params is None:  # the EMA copy follows the model onto its device once
+            self.ema.to(next(self.model.parameters()).device)
+            self._ema_params = list(self.ema.parameters())
+        torch._foreach_lerp_(self._ema_params, [p.detach() for p in self.model.parameters()], 1 - decay)
         for e, b in zip(self.ema.buffers(), self.model.buffers()):
             e.copy_(b)
 

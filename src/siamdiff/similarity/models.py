@@ -48,9 +48,8 @@ PRESETS: dict[str, EmbedConfig] = {
                                       **_FASHION_STATS),
     "seed-cifar10": EmbedConfig("seed", 3, 32, (96, 192, 384), 2, fc=(126, 42), normalize=False, **_CIFAR_STATS),
     "default-mnist": EmbedConfig("embed", 1, 28, (32, 64, 128), 64, depth=2, **_MNIST_STATS),
-    "default-fashion-mnist": EmbedConfig("embed", 1, 28, (32, 64, 128), 64, **_FASHION_STATS),
-    # Sized for CPU training (see docs/benchmarks/similarity.md); a GPU affords (64, 128, 256).
-    "default-cifar10": EmbedConfig("embed", 3, 32, (32, 64, 128), 128, residual=True, **_CIFAR_STATS),
+    "default-fashion-mnist": EmbedConfig("embed", 1, 28, (32, 64, 128), 64, depth=2, **_FASHION_STATS),
+    "default-cifar10": EmbedConfig("embed", 3, 32, (64, 128, 256), 128, residual=True, **_CIFAR_STATS),
     # Tiny presets for tests and smoke runs.
     "tiny-1": EmbedConfig("embed", 1, 28, (4, 8), 8),
     "tiny-3": EmbedConfig("embed", 3, 32, (4, 8), 8, residual=True),
