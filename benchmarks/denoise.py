@@ -80,41 +80,42 @@ def evaluate(dataset: str, method: str, model: Path | None, models: dict, args: 
     return rows
 
 
-def benchmark_dataset(dataset: str, args: argparse.Namespace) -> list[dict]:
+def benchmark_dataset(dataset: str, args: argparse.Namespace, emit) -> None:
     """``--part net``: every method that runs a network (fit for a GPU); ``--part cpu``: scikit-image baselines and
-    the wavelet-MAD sigma row; ``--part all``: both."""
+    the wavelet-MAD sigma row; ``--part all``: both. ``emit(rows)`` receives the rows of each evaluation as they
+    come (the most important first: unclipped, then guidance, then as-a-file)."""
     names = [m for m in MODELS if not (m == "vae-seed" and dataset == "cifar10")]
     if args.part == "cpu":
         names = ["classifier", "estimator"]
     models = {m: train(dataset, m, args) for m in names}
-    rows: list[dict] = []
     net, cpu = args.part in ("net", "all"), args.part in ("cpu", "all")
-    for clip in (False, True):
-        specs = [("noisy", None, "noisy"), ("tweedie", models.get("ddpm"), "tweedie"),
-                 ("ddim", models.get("ddpm"), "ddim"), ("direct", models.get("denoiser"), "direct"),
-                 ("vae", models.get("vae-seed"), "vae-seed"), ("vae", models.get("vae-conv"), "vae-conv"),
-                 ("tweedie", models.get("ddpm-seed"), "seed-tweedie")] if net else []
+
+    def block(clip: bool) -> None:
+        specs = [("tweedie", models.get("ddpm"), "tweedie"), ("direct", models.get("denoiser"), "direct"),
+                 ("noisy", None, "noisy"), ("ddim", models.get("ddpm"), "ddim"),
+                 ("tweedie", models.get("ddpm-seed"), "seed-tweedie"), ("vae", models.get("vae-seed"), "vae-seed"),
+                 ("vae", models.get("vae-conv"), "vae-conv")] if net else []
         specs += [("nlm", None, "nlm"), ("wavelet", None, "wavelet")] if cpu else []
         for method, model, tag in specs:
             if model is None and method in ("vae", "tweedie", "ddim", "direct"):
                 continue
-            rows += evaluate(dataset, method, model, models, args, clip, args.sigmas, args.n, tag=tag)
+            emit(evaluate(dataset, method, model, models, args, clip, args.sigmas, args.n, tag=tag))
         if net:  # the chains: fewer images on a CPU, stated in each row's n
-            rows += evaluate(dataset, "ancestral", models["ddpm"], models, args, clip, args.sigmas, args.n_chain,
-                             tag="ancestral")
-            rows += evaluate(dataset, "ancestral", models["ddpm-seed"], models, args, clip, args.sigmas,
-                             args.n_chain, sigma_mode="true", tag="seed-ancestral (true sigma)")
+            emit(evaluate(dataset, "ancestral", models["ddpm-seed"], models, args, clip, args.sigmas, args.n_chain,
+                          sigma_mode="true", tag="seed-ancestral (true sigma)"))
+            emit(evaluate(dataset, "ancestral", models["ddpm"], models, args, clip, args.sigmas, args.n_chain,
+                          tag="ancestral"))
+        if cpu:
+            emit(evaluate(dataset, "noisy", None, models, args, clip, args.sigmas, args.n,
+                          tag="sigma by wavelet-MAD", estimator=False))
+
+    block(False)
     if net:
         for labels in ("none", "predicted", "true"):  # guidance keeps the class at high noise
             for method in ("tweedie", "ddim"):
-                rows += evaluate(dataset, method, models["ddpm"], models, args, False, (0.5, 1.0), args.n,
-                                 labels=labels, tag=f"{method}, labels {labels}")
-    if cpu:
-        rows += evaluate(dataset, "noisy", None, models, args, False, args.sigmas, args.n,
-                         tag="sigma by wavelet-MAD", estimator=False)
-        rows += evaluate(dataset, "noisy", None, models, args, True, args.sigmas, args.n,
-                         tag="sigma by wavelet-MAD", estimator=False)
-    return rows
+                emit(evaluate(dataset, method, models["ddpm"], models, args, False, (0.5, 1.0), args.n,
+                              labels=labels, tag=f"{method}, labels {labels}"))
+    block(True)
 
 
 def clean_accuracy(dataset: str, args: argparse.Namespace) -> dict:
@@ -197,16 +198,22 @@ def main() -> None:
     result = json.loads(json_path.read_text()) if args.merge and json_path.is_file() else \
         {"rows": [], "commands": [], "classifier_clean_accuracy": {}}
     rows = {row_key(r): r for r in result["rows"]}
-    for dataset in args.datasets.split(","):
-        for r in benchmark_dataset(dataset, args):
+    result.update({"command": command, "commands": [*result.get("commands", []), command],
+                   "code_version": code_version(), "hardware": hardware()})
+    out.mkdir(parents=True, exist_ok=True)
+
+    def emit(new: list[dict]) -> None:  # written after every evaluation: a run stopped early keeps what it did
+        for r in new:
             rows[row_key(r)] = r
+        result["rows"] = list(rows.values())
+        json_path.write_text(json.dumps(result, indent=2) + "\n")
+        (out / f"{name}.md").write_text(markdown(result))
+
+    for dataset in args.datasets.split(","):
+        benchmark_dataset(dataset, args, emit)
         if args.part in ("cpu", "all"):
             result["classifier_clean_accuracy"][dataset] = clean_accuracy(dataset, args)
-    result.update({"command": command, "commands": [*result.get("commands", []), command],
-                   "code_version": code_version(), "hardware": hardware(), "rows": list(rows.values())})
-    out.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(result, indent=2) + "\n")
-    (out / f"{name}.md").write_text(markdown(result))
+    emit([])
     print(f"wrote {out / name}.md")
 
 
