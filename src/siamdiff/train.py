@@ -128,6 +128,12 @@ def _progress(total: int, desc: str):
 
 
 CHECK_EVERY = 25  # batches between finite-loss checks (each one synchronises with the GPU)
+WARM_BATCHES = 10  # the speed after these is logged as steady_s_per_batch (epochs of more than twice as many)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _check_finite(total: torch.Tensor, epoch: int, batch: int, out: Path) -> None:
@@ -187,7 +193,7 @@ def fit(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
     for epoch in range(start, cfg.epochs):
         model.train()
         torch.manual_seed(cfg.seed * 100_003 + epoch)
-        began, count = time.perf_counter(), 0
+        began, count, warm_began = time.perf_counter(), 0, 0.0
         total = torch.zeros((), device=device)
         bar = _progress(steps, f"epoch {epoch + 1}/{cfg.epochs}")
         for i, batch in enumerate(task.batches(epoch, device)):
@@ -203,6 +209,9 @@ def fit(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
                 task.after_step()
             total += loss.detach().float()
             count += 1
+            if count == WARM_BATCHES:  # the first batches carry one-time costs (kernel loading, allocations)
+                _synchronize(device)
+                warm_began = time.perf_counter()
             bar.update(1)
             # reading the loss waits for the GPU: only every CHECK_EVERY batches and at the end of the epoch
             if count % CHECK_EVERY == 0 or i + 1 == steps:
@@ -210,12 +219,15 @@ def fit(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
                 bar.set_postfix(loss=f"{total.item() / count:.4f}")
         _check_finite(total, epoch, count - 1, out)
         bar.close()
+        _synchronize(device)
         seconds = time.perf_counter() - began
+        steady = {"steady_s_per_batch": round((time.perf_counter() - warm_began) / (count - WARM_BATCHES), 5)} \
+            if count > 2 * WARM_BATCHES else {}
         model.eval()
         with torch.no_grad():
             metrics = task.evaluate(device)
         row = {"epoch": epoch + 1, "loss": total.item() / max(count, 1), "lr": opt.param_groups[0]["lr"],
-               "seconds": round(seconds, 2), "device": device_name, **metrics}
+               "seconds": round(seconds, 2), **steady, "device": device_name, **metrics}
         history.append(row)
         log.info("epoch %d: %s", epoch + 1, json.dumps(row))
         task.save(out / "model.safetensors", history)

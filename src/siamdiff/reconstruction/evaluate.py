@@ -91,7 +91,7 @@ class _Runner:
         x = noisy if size == native else torch.nn.functional.interpolate(noisy, size=(size, size),
                                                                         mode="bilinear", align_corners=False)
         if m == "direct":
-            t = torch.zeros(len(x), dtype=torch.long)
+            t = torch.zeros(len(x), dtype=torch.long, device=x.device)
             out = ((self.net(x * 2 - 1, t, None) + 1) / 2).clamp(0, 1)
         else:
             schedule = Schedule(**self.meta["extra"]["schedule"])
