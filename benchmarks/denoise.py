@@ -90,6 +90,9 @@ def benchmark_dataset(dataset: str, args: argparse.Namespace, emit) -> None:
     models = {m: train(dataset, m, args) for m in names}
     net, cpu = args.part in ("net", "all"), args.part in ("cpu", "all")
 
+    def wanted(tag: str, clip: bool) -> bool:
+        return (not args.rows or tag in args.rows) and ("file" if clip else "unclipped") in args.clips
+
     def block(clip: bool) -> None:
         specs = [("tweedie", models.get("ddpm"), "tweedie"), ("direct", models.get("denoiser"), "direct"),
                  ("noisy", None, "noisy"), ("ddim", models.get("ddpm"), "ddim"),
@@ -97,15 +100,16 @@ def benchmark_dataset(dataset: str, args: argparse.Namespace, emit) -> None:
                  ("vae", models.get("vae-conv"), "vae-conv")] if net else []
         specs += [("nlm", None, "nlm"), ("wavelet", None, "wavelet")] if cpu else []
         for method, model, tag in specs:
-            if model is None and method in ("vae", "tweedie", "ddim", "direct"):
+            if (model is None and method in ("vae", "tweedie", "ddim", "direct")) or not wanted(tag, clip):
                 continue
             emit(evaluate(dataset, method, model, models, args, clip, args.sigmas, args.n, tag=tag))
-        if net:  # the chains: fewer images on a CPU, stated in each row's n
+        if net and wanted("seed-ancestral (true sigma)", clip):  # the chains: fewer images on a CPU (row's n)
             emit(evaluate(dataset, "ancestral", models["ddpm-seed"], models, args, clip, args.sigmas, args.n_chain,
                           sigma_mode="true", tag="seed-ancestral (true sigma)"))
+        if net and wanted("ancestral", clip):
             emit(evaluate(dataset, "ancestral", models["ddpm"], models, args, clip, args.sigmas, args.n_chain,
                           tag="ancestral"))
-        if cpu:
+        if cpu and wanted("sigma by wavelet-MAD", clip):
             emit(evaluate(dataset, "noisy", None, models, args, clip, args.sigmas, args.n,
                           tag="sigma by wavelet-MAD", estimator=False))
 
@@ -113,6 +117,8 @@ def benchmark_dataset(dataset: str, args: argparse.Namespace, emit) -> None:
     if net:
         for labels in ("none", "predicted", "true"):  # guidance keeps the class at high noise
             for method in ("tweedie", "ddim"):
+                if not wanted(f"{method}, labels {labels}", False):
+                    continue
                 emit(evaluate(dataset, method, models["ddpm"], models, args, False, (0.5, 1.0), args.n,
                               labels=labels, tag=f"{method}, labels {labels}"))
     block(True)
@@ -132,6 +138,52 @@ def clean_accuracy(dataset: str, args: argparse.Namespace) -> dict:
     correct = (pred == test.labels)
     return {"first_n": float(correct[:args.n].float().mean()), "n": min(args.n, len(test)),
             "full_test": float(correct.float().mean()), "n_test": len(test)}
+
+
+SHIP = {"ddpm": "diffusion", "estimator": "sigma", "classifier": "classifier"}  # run name -> shipped kind
+
+
+def ship(result: dict, args: argparse.Namespace) -> None:
+    """Copy each dataset's diffusion model, noise estimator and classifier into the package (float16 weights) with
+    a model card: the training command and facts from its log, and the benchmark's figures for that model."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    dest = ROOT / "src" / "siamdiff" / "weights"
+    for dataset in args.datasets.split(","):
+        for run_name, kind in SHIP.items():
+            src = Path(args.runs) / f"{dataset}-{run_name}"
+            history = [json.loads(line) for line in (src / "log.jsonl").read_text().splitlines()]
+            with safe_open(str(src / "model.safetensors"), "pt") as f:
+                meta = f.metadata()
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: t.half() if t.is_floating_point() else t for k, t in tensors.items()}
+            save_file(tensors, str(dest / f"{kind}-{dataset}.safetensors"), metadata=meta)
+            extra = json.loads(meta["extra"]) if "extra" in meta else {}
+            planned = (extra.get("recipe", {}).get("train") or extra.get("train") or {}).get("epochs")
+            if run_name == "ddpm":
+                figures = [r for r in result["rows"] if r["dataset"] == dataset and r["name"] == "tweedie"]
+            elif run_name == "estimator":
+                figures = [r for r in result["rows"] if r["dataset"] == dataset and r["name"] == "noisy"]
+            else:
+                figures = []
+            card = {"name": f"{kind}-{dataset}", "kind": kind, "dataset": dataset,
+                    "data": f"{dataset} official train split minus a 5,000-image validation split (seed 20260); "
+                            f"benchmark on the first test images (docs/benchmarks/denoise.md)",
+                    "command": extra.get("command"), "epochs_planned": planned, "epochs_completed": len(history),
+                    "train_seconds": round(sum(h["seconds"] for h in history), 1),
+                    "train_device": history[-1].get("device", "cpu"), "validation": history[-1],
+                    "weights": "float16 copy of the trained float32 weights (EMA weights for diffusion models)",
+                    "benchmark": [{k: r[k] for k in ("sigma", "clip", "psnr", "ssim", "class_accuracy",
+                                                      "sigma_rel_error", "n")} for r in figures],
+                    "classifier_clean_accuracy": result.get("classifier_clean_accuracy", {}).get(dataset)
+                    if run_name == "classifier" else None}
+            if planned and len(history) < planned:
+                card["note"] = (f"stopped by the GPU session's deadline after {len(history)} of {planned} epochs: "
+                                f"the one-cycle learning rate had not finished annealing")
+            (dest / f"{kind}-{dataset}.json").write_text(json.dumps(card, indent=2) + "\n")
+            print(f"shipped {kind}-{dataset} ({len(history)} epochs)")
 
 
 def row_key(r: dict) -> tuple:
@@ -183,6 +235,12 @@ def main() -> None:
                         help="net: methods that run networks; cpu: scikit-image baselines and wavelet-MAD")
     parser.add_argument("--device", default="auto", help="where the networks run")
     parser.add_argument("--batch-size", type=int, default=250, help="images per network batch")
+    parser.add_argument("--rows", nargs="*", default=[], help="only these row names (e.g. tweedie nlm)")
+    parser.add_argument("--clips", default="unclipped,file", help="unclipped, file or both")
+    parser.add_argument("--merge-from", nargs="*", default=[], help="benchmark JSONs whose rows to include")
+    parser.add_argument("--drop", nargs="*", default=[], help="row names to leave out of the result")
+    parser.add_argument("--ship-only", action="store_true",
+                        help="copy the diffusion models, noise estimators and classifiers into the package")
     parser.add_argument("--no-train", action="store_true", help="fail instead of training a missing model")
     parser.add_argument("--merge", action="store_true", help="add to (and replace rows of) the existing JSON")
     parser.add_argument("--runs", default=str(ROOT / "runs" / "denoise"))
@@ -191,13 +249,22 @@ def main() -> None:
     args = parser.parse_args()
     args.sigmas = tuple(float(s) for s in args.sigmas.split(","))
     args.epochs = dict(e.split("=") for e in args.epochs)
+    args.clips = args.clips.split(",")
     out = Path(args.out)
     name = args.name or ("denoise" if args.preset == "full" else "denoise-smoke")
     json_path = out / f"{name}.json"
     command = "python " + shlex.join(["benchmarks/denoise.py", *sys.argv[1:]])
+    if args.ship_only:
+        ship(json.loads(json_path.read_text()), args)
+        return
     result = json.loads(json_path.read_text()) if args.merge and json_path.is_file() else \
         {"rows": [], "commands": [], "classifier_clean_accuracy": {}}
-    rows = {row_key(r): r for r in result["rows"]}
+    for other in args.merge_from:  # e.g. the network rows measured on a GPU machine
+        extra = json.loads(Path(other).read_text())
+        result["rows"] += extra["rows"]
+        result["commands"] = [*result.get("commands", []), *extra.get("commands", [extra.get("command")])]
+    drop = set(args.drop)
+    rows = {row_key(r): r for r in result["rows"] if r["name"] not in drop}
     result.update({"command": command, "commands": [*result.get("commands", []), command],
                    "code_version": code_version(), "hardware": hardware()})
     out.mkdir(parents=True, exist_ok=True)

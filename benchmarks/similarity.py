@@ -87,12 +87,16 @@ def train_and_eval(dataset: str, model: str, args: argparse.Namespace) -> dict:
         run(exe + cmd[1:] + ["--resume"])
         history = [json.loads(line) for line in log_path.read_text().splitlines()]
     train_seconds = sum(h["seconds"] for h in history)
+    recorded = read_metadata(out / "model.safetensors")["extra"].get("command")
+    if recorded:  # the command that trained this model (it may have run elsewhere, e.g. on a GPU machine)
+        cmd = shlex.split(recorded)
     ecmd = ["siamdiff", "eval", "similarity", "--model", str(out / "model.safetensors"), "--dataset", dataset,
             "--data-dir", args.data_dir, "--json"]
     stdout, _ = run(exe + ecmd[1:])
     metrics = json.loads(stdout)
     print(f"evaluated {dataset}:{model}: " + ", ".join(f"{k} {metrics[k]:.4f}" for k in METRICS), flush=True)
     return {"dataset": dataset, "model": model, "epochs": len(history), "train_seconds": round(train_seconds, 1),
+            "train_device": history[-1].get("device", "cpu"),
             "train_command": shlex.join(cmd), "eval_command": shlex.join(ecmd), "metrics": metrics,
             "model_path": str(out / "model.safetensors")}
 
@@ -139,7 +143,8 @@ def write_card(row: dict, hw: dict, version: str, dest: Path) -> None:
             "data": f"{row['dataset']} official train split minus a 5,000-image validation split (seed 20260); "
                     f"calibration on 10,000 validation pairs; metrics on the official test split",
             "command": row["train_command"], "eval_command": row["eval_command"], "epochs": row["epochs"],
-            "train_seconds": row["train_seconds"], "hardware": hw, "code_version": version,
+            "train_seconds": row["train_seconds"], "train_device": row.get("train_device", "cpu"),
+            "hardware": hw, "code_version": version,
             "config": meta["config"], "recipe": meta["extra"].get("recipe"),
             "calibration": meta["extra"].get("calibration"), "metrics": row["metrics"]}
     shutil.copyfile(row["model_path"], dest / f"similarity-{row['dataset']}.safetensors")
@@ -155,11 +160,12 @@ def markdown(result: dict) -> str:
              "Protocol (docs/similarity.md): 10,000 balanced test pairs (seed 0), threshold from validation; "
              "retrieval of every test image against the train split; hard pairs from 1,000 test anchors, "
              "SSIM threshold fitted on validation hard pairs.", "",
-             "| dataset | model | epochs | train s | R@1 | R@5 | MAP@R | verif. acc | ROC-AUC | EER | hard acc | "
-             "hard acc SSIM | code |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| dataset | model | epochs | train s | trained on | R@1 | R@5 | MAP@R | verif. acc | ROC-AUC | EER | "
+             "hard acc | hard acc SSIM | code |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         m = r["metrics"]
         lines.append(f"| {r['dataset']} | {r['model']} | {r['epochs']} | {r['train_seconds']:.0f} | "
+                     f"{r.get('train_device', 'cpu')} | "
                      + " | ".join(f"{m[k]:.4f}" for k in METRICS) + f" | `{r['code_version']}` |")
     lines += ["", "Commands per row (train, then evaluate):", ""]
     for r in result["rows"]:

@@ -141,3 +141,61 @@ def test_reconstruction_pictures(tiny_ddpm, tmp_path):
     for p in paths:
         with Image.open(p) as im:
             assert im.size[0] > 100 and np.asarray(im.convert("L")).std() > 5
+
+
+@pytest.fixture(scope="module")
+def tiny_companions(tmp_path_factory, digit_folder):
+    """A tiny noise estimator and classifier for the same 28x28 grayscale images as tiny_ddpm."""
+    paths = {}
+    for what in ("noise-estimator", "classifier"):
+        out = tmp_path_factory.mktemp(what)
+        code = main(["train", what, "--dataset", f"folder:{digit_folder}", "--model", "tiny", "--epochs", "1",
+                     "--channels", "1", "--image-size", "28", "--out", str(out), "--overwrite"])
+        assert code == 0
+        paths[what] = out / "model.safetensors"
+    return paths
+
+
+def test_denoise_uses_the_learned_estimator_and_predicted_label(capsys, tiny_ddpm, tiny_companions, noisy_pngs,
+                                                                 tmp_path):
+    import torch
+
+    from siamdiff.checkpoint import load_model
+    from siamdiff.reconstruction.api import Denoiser
+
+    code, out, err = run(capsys, "denoise", noisy_pngs[0], "--out", tmp_path / "a.png", "--model", tiny_ddpm,
+                         "--estimator", tiny_companions["noise-estimator"], "--classifier",
+                         tiny_companions["classifier"], "--label", "auto", "--json")
+    assert code == 0, err
+    row = json.loads(out)
+    assert row["sigma_estimator"] == "learned" and row["sigma"] == row["sigma_estimated"]
+    # the sigma used is the estimator's own output for this image
+    est, _ = load_model(tiny_companions["noise-estimator"], kind="sigma")
+    image = Denoiser.load(tiny_ddpm).prepare(noisy_pngs[0])[None]
+    with torch.no_grad():
+        assert row["sigma"] == pytest.approx(float(est(image)[0]), rel=1e-5)
+    n_classes = len(Denoiser.load(tiny_ddpm).classes)
+    assert isinstance(row["label"], int) and 0 <= row["label"] < n_classes
+    # without an estimator: wavelet-MAD; --label auto without a classifier is a clear error
+    code, out, err = run(capsys, "denoise", noisy_pngs[0], "--out", tmp_path / "b.png", "--model", tiny_ddpm,
+                         "--json")
+    assert code == 0 and json.loads(out)["sigma_estimator"] == "wavelet-MAD" and json.loads(out)["label"] is None
+    code, _, err = run(capsys, "denoise", noisy_pngs[0], "--out", tmp_path / "c.png", "--model", tiny_ddpm,
+                       "--label", "auto")
+    assert code == 2 and "classifier" in err and not (tmp_path / "c.png").exists()
+    code, _, err = run(capsys, "denoise", noisy_pngs[0], "--out", tmp_path / "c.png", "--model", tiny_ddpm,
+                       "--label", "seven")
+    assert code == 2 and "--label" in err
+
+
+def test_eval_predicted_labels_come_from_the_unguided_estimate(capsys, tiny_ddpm, tiny_companions, digit_folder):
+    argv = ["eval", "denoise", "--dataset", f"folder:{digit_folder}", "--method", "tweedie", "--sigmas", "0.5",
+            "--n", 6, "--json", "--channels", 1, "--image-size", 28, "--model", tiny_ddpm,
+            "--classifier", tiny_companions["classifier"], "--labels", "predicted"]
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    row = json.loads(out)["results"][0]
+    assert row["labels"] == "predicted" and 0 <= row["class_accuracy"] <= 1
+    noisy = [a if a != "tweedie" else "noisy" for a in argv]
+    code, _, err = run(capsys, *noisy[:noisy.index("--model")], *noisy[noisy.index("--model") + 2:])
+    assert code == 2 and "--labels predicted" in err

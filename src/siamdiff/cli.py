@@ -156,11 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("denoise", help="clean noisy images with a diffusion model")
     p.add_argument("inputs", nargs="+", metavar="INPUT")
     p.add_argument("--out", required=True, help="a .png file for one input, else a folder")
-    p.add_argument("--model", required=True, help="a diffusion model file or run folder")
+    p.add_argument("--model", default="mnist", help="mnist, fashion-mnist, cifar10 or a diffusion model file/folder")
     p.add_argument("--method", default="tweedie", choices=["tweedie", "ddim", "ancestral"])
     p.add_argument("--sigma", default="auto", help="noise level on the [0, 1] scale, or auto (default)")
     p.add_argument("--steps", type=int, default=10, help="DDIM steps")
-    p.add_argument("--label", type=int, help="keep this class (class-conditional models)")
+    p.add_argument("--label", help="keep this class (a number), or auto: the class predicted from the unguided "
+                                   "estimate (class-conditional models)")
+    p.add_argument("--estimator", help="noise estimator model file (shipped models bring theirs; else wavelet-MAD)")
+    p.add_argument("--classifier", help="classifier model file for --label auto (shipped models bring theirs)")
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance weight with --label")
     p.add_argument("--seed", type=int, default=0, help="seed of the ancestral chain")
     p.add_argument("--json", action="store_true", help="one JSON object per file")
@@ -311,10 +314,16 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
     inputs = [Path(p) for p in args.inputs]
     out = Path(args.out)
     targets = output_paths(inputs, out)
-    model = Denoiser.load(args.model)
+    label = args.label
+    if label is not None and label != "auto":
+        try:
+            label = int(label)
+        except ValueError:
+            raise SiamdiffError(f"--label must be a class number or auto, got '{label}'") from None
+    model = Denoiser.load(args.model, args.estimator, args.classifier)
     images = torch.stack([model.prepare(p) for p in inputs])  # every input read before anything is written
-    clean, info = model.denoise(images, sigma, args.method, args.steps, args.label,
-                                args.guidance if args.label is not None else 0.0, args.seed)
+    clean, info = model.denoise(images, sigma, args.method, args.steps, label,
+                                args.guidance if label is not None else 0.0, args.seed)
     folder = targets[0].parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -327,8 +336,9 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
         write_png_atomic(array, dst)
         if args.json:
             _print_json({"input": str(src), "output": str(dst), "sigma": info.sigma[k],
-                         "sigma_estimated": info.sigma_estimated[k], "t_start": info.t_start[k],
-                         "method": info.method})
+                         "sigma_estimated": info.sigma_estimated[k], "sigma_estimator": info.sigma_estimator,
+                         "t_start": info.t_start[k], "method": info.method,
+                         "label": None if info.labels is None else info.labels[k]})
         else:
             print(f"{dst}  (sigma {info.sigma[k]:.3f}, t* {info.t_start[k]}, {info.method})")
     return 0

@@ -1,7 +1,7 @@
 """``Denoiser``: a trained diffusion model used to clean noisy images, with automatic noise-level estimation.
 
 >>> from siamdiff.reconstruction.api import Denoiser
->>> den = Denoiser.load("runs/ddpm-mnist")                    # a model file or run folder
+>>> den = Denoiser.load("mnist")                              # shipped, or a model file / run folder
 >>> clean, info = den.denoise(noisy)                           # noisy: (N, C, H, W) float in [0, 1]
 """
 
@@ -17,7 +17,7 @@ import torch
 from ..checkpoint import load_model
 from ..data.imageio import fit_to, read_image
 from ..errors import SiamdiffError
-from ..similarity.api import resolve_model_path
+from ..similarity.api import resolve_model_path, shipped_path
 from .diffusion import METHODS, denoise
 from .estimate import wavelet_sigma
 from .schedule import Schedule
@@ -31,23 +31,41 @@ class DenoiseInfo:
     sigma_estimated: list[float | None]
     t_start: list[int]
     method: str
+    sigma_estimator: str | None = None  # "learned" or "wavelet-MAD" when σ was estimated
+    labels: list[int] | None = None  # the classes kept by guidance, if any
 
 
 class Denoiser:
     """A class-conditional (or unconditional) ε-prediction diffusion model and its schedule."""
 
-    def __init__(self, net: torch.nn.Module, meta: dict, source: str = "") -> None:
+    def __init__(self, net: torch.nn.Module, meta: dict, source: str = "", estimator: torch.nn.Module | None = None,
+                 classifier: torch.nn.Module | None = None) -> None:
         self.net = net.eval()
         self.meta = meta
         self.source = source
         self.schedule = Schedule(**meta["extra"]["schedule"])
         self.classes: list[str] = list(meta["extra"].get("classes", []))
+        self.estimator = estimator.eval() if estimator is not None else None
+        self.classifier = classifier.eval() if classifier is not None else None
 
     @classmethod
-    def load(cls, name_or_path: str | os.PathLike) -> Denoiser:
+    def load(cls, name_or_path: str | os.PathLike, estimator: str | os.PathLike | None = None,
+             classifier: str | os.PathLike | None = None) -> Denoiser:
+        """A shipped name (``mnist``, ``fashion-mnist``, ``cifar10``: with its learned noise estimator and its
+        classifier) or a model file / run folder (with the ``estimator`` and ``classifier`` files given, if any)."""
         path = resolve_model_path("diffusion", name_or_path)
         net, meta = load_model(path, kind="diffusion")
-        return cls(net, meta, str(name_or_path))
+        shipped = path.parent == shipped_path("diffusion", "mnist").parent
+        name = path.stem.split("-", 1)[1] if shipped else None
+
+        def companion(kind: str, given: str | os.PathLike | None) -> torch.nn.Module | None:
+            if given is not None:
+                return load_model(resolve_model_path(kind, given), kind=kind)[0]
+            if name and shipped_path(kind, name).is_file():
+                return load_model(shipped_path(kind, name), kind=kind)[0]
+            return None
+
+        return cls(net, meta, str(name_or_path), companion("sigma", estimator), companion("classifier", classifier))
 
     @property
     def channels(self) -> int:
@@ -85,13 +103,27 @@ class Denoiser:
         return torch.full((n,), label, dtype=torch.long)
 
     def estimate_sigma(self, images: torch.Tensor) -> np.ndarray:
-        """Noise level per image ``(N,)`` (wavelet-MAD estimate)."""
+        """Noise level per image ``(N,)``: the learned estimator when there is one, else wavelet-MAD."""
+        if self.estimator is not None:
+            with torch.no_grad():
+                return self.estimator(images.float()).double().numpy()
         return wavelet_sigma(images)
+
+    def predict_labels(self, images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """Classes for guidance: the classifier applied to the unguided one-step (Tweedie) estimate, which is far
+        easier to classify than the noisy input."""
+        if self.classifier is None:
+            raise SiamdiffError("--label auto needs a classifier: use a shipped model or pass --classifier")
+        pilot, _ = denoise(self.net, self.schedule, images.float(), sigma, "tweedie")
+        with torch.no_grad():
+            return self.classifier(pilot).argmax(1)
 
     @torch.no_grad()
     def denoise(self, images: torch.Tensor, sigma: float | str = "auto", method: str = "tweedie", steps: int = 10,
-                label: int | None = None, guidance: float = 0.0, seed: int = 0) -> tuple[torch.Tensor, DenoiseInfo]:
-        """Clean ``images (N, C, H, W)`` in [0, 1]; ``sigma`` a number or ``"auto"``; ``label`` keeps a class."""
+                label: int | str | None = None, guidance: float = 0.0,
+                seed: int = 0) -> tuple[torch.Tensor, DenoiseInfo]:
+        """Clean ``images (N, C, H, W)`` in [0, 1]; ``sigma`` a number or ``"auto"``; ``label`` keeps a class
+        (a class number, or ``"auto"``: each image's class as predicted from its unguided estimate)."""
         if method not in METHODS:
             raise SiamdiffError(f"unknown method '{method}': use one of {', '.join(METHODS)}")
         if steps < 1:
@@ -106,10 +138,16 @@ class Denoiser:
             if not np.isfinite(value) or value < 0:
                 raise SiamdiffError(f"--sigma must be 'auto' or a number of 0 or more, got {sigma}")
             sig = torch.full((len(images),), value, dtype=torch.float64)
-        labels = self.class_labels(label, len(images))
+        if label == "auto":
+            self.class_labels(0, 1)  # refuses a model without classes
+            labels = self.predict_labels(images, sig)
+        else:
+            labels = self.class_labels(label, len(images))
         gen = torch.Generator().manual_seed(seed)
         out, t_star = denoise(self.net, self.schedule, images.float(), sig, method, steps, labels, guidance, gen)
-        info = DenoiseInfo([float(s) for s in sig], estimated, [int(t) for t in t_star], method)
+        how = None if sigma != "auto" else ("learned" if self.estimator is not None else "wavelet-MAD")
+        info = DenoiseInfo([float(s) for s in sig], estimated, [int(t) for t in t_star], method, how,
+                           None if labels is None else [int(k) for k in labels])
         return out, info
 
 

@@ -66,7 +66,9 @@ def recipe(model: str, dataset: str, in_channels: int, image_size: int, loss: st
     base_epochs, flip, translate = _DEFAULTS.get(dataset, (20, in_channels == 3, 2))
     if model == "tiny":
         base_epochs = 2
-    loss_cfg = LossConfig(loss or "contrastive", margin if margin is not None else 1.0)
+    # Supervised contrastive by default: on MNIST (7 epochs each, GPU) it beat the in-batch contrastive loss on
+    # validation recall@1 (0.995 vs 0.993) and verification (0.997 vs 0.991); docs/similarity.md has the rest.
+    loss_cfg = LossConfig(loss or "supcon", margin if margin is not None else 1.0)
     train = TrainConfig(epochs or base_epochs, batch_size or 256, lr or 3e-3, 5e-4, "adamw", "onecycle", seed,
                         device, max_batches=max_batches)
     return SimilarityRecipe(net, loss_cfg, train, flip=flip, translate=translate)
