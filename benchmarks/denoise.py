@@ -57,7 +57,7 @@ def train(dataset: str, name: str, args: argparse.Namespace) -> Path:
 
 def evaluate(dataset: str, method: str, model: Path | None, models: dict, args: argparse.Namespace,
              clip: bool, sigmas: tuple[float, ...], n: int, sigma_mode: str = "auto", labels: str = "none",
-             tag: str = "", estimator: bool = True) -> list[dict]:
+             tag: str = "", estimator: bool = True, declip: bool = False) -> list[dict]:
     """Rows of ``siamdiff eval denoise`` with these settings, run in this process; each row keeps the command."""
     from siamdiff.reconstruction.evaluate import evaluate_denoise
 
@@ -69,8 +69,10 @@ def evaluate(dataset: str, method: str, model: Path | None, models: dict, args: 
     cmd += ["--estimator", str(est)] if est else []
     cmd += ["--model", str(model)] if model is not None else []
     cmd += ["--clip"] if clip else []
+    cmd += ["--declip"] if declip else []
     rows = evaluate_denoise(dataset, list(sigmas), method, model, n, clip, sigma_mode, est, models["classifier"],
-                            labels, data_root=args.data_dir, device=args.device, batch_size=args.batch_size)
+                            labels, data_root=args.data_dir, device=args.device, batch_size=args.batch_size,
+                            declip=declip)
     hw = hardware()
     for r in rows:
         r.update({"dataset": dataset, "name": tag or method, "command": shlex.join(cmd),
@@ -103,6 +105,9 @@ def benchmark_dataset(dataset: str, args: argparse.Namespace, emit) -> None:
             if (model is None and method in ("vae", "tweedie", "ddim", "direct")) or not wanted(tag, clip):
                 continue
             emit(evaluate(dataset, method, model, models, args, clip, args.sigmas, args.n, tag=tag))
+        if net and clip and wanted("tweedie, declipped", clip):  # what `siamdiff denoise` does with files
+            emit(evaluate(dataset, "tweedie", models["ddpm"], models, args, clip, args.sigmas, args.n,
+                          tag="tweedie, declipped", declip=True))
         if net and wanted("seed-ancestral (true sigma)", clip):  # the chains: fewer images on a CPU (row's n)
             emit(evaluate(dataset, "ancestral", models["ddpm-seed"], models, args, clip, args.sigmas, args.n_chain,
                           sigma_mode="true", tag="seed-ancestral (true sigma)"))

@@ -137,3 +137,25 @@ def test_classifier_free_guidance_formula():
     x, t, y = torch.zeros(1, 1, 2, 2), torch.tensor([5]), torch.tensor([1])
     assert torch.allclose(predict_eps(model, x, t, y, 2.0), torch.full_like(x, 3 * 3.0 - 2 * 1.0))
     assert torch.allclose(predict_eps(model, x, t, None, 2.0), torch.ones_like(x))
+
+
+def test_declip_removes_the_bias_that_clipping_adds():
+    from siamdiff.reconstruction.noise import declip, gaussian
+
+    gen = torch.Generator().manual_seed(0)
+    clean = torch.zeros(4, 1, 64, 64)
+    clean[:, :, :, 32:] = 1.0  # half background (0), half highlight (1)
+    sigma = 0.3
+    as_file = gaussian(clean, sigma, gen, clip=True)
+    bias = (as_file - clean).mean(dim=(0, 1, 2))
+    # clipping loses the noise beyond the boundary: +sigma/sqrt(2 pi) on the dark half, minus that on the bright
+    expected = sigma / (2 * torch.pi) ** 0.5
+    assert abs(bias[:32].mean() - expected) < 0.01 and abs(bias[32:].mean() + expected) < 0.01
+    fixed = declip(as_file, sigma)
+    assert abs((fixed - clean).mean(dim=(0, 1, 2))[:32].mean()) < 0.01
+    assert abs((fixed - clean).mean(dim=(0, 1, 2))[32:].mean()) < 0.01
+    # pixels strictly inside (0, 1) are untouched; unclipped float images (values outside [0, 1]) are left alone
+    inside = (as_file > 0) & (as_file < 1)
+    assert torch.equal(fixed[inside], as_file[inside])
+    unclipped = gaussian(clean, sigma, gen)
+    assert torch.equal(declip(unclipped, sigma), unclipped)

@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--steps", type=_positive_int, default=10)
     e.add_argument("--device", default="auto", help="auto, cpu or cuda (the noise is drawn on the CPU either way)")
     e.add_argument("--batch-size", type=_positive_int, default=250, help="images per network batch")
+    e.add_argument("--declip", action="store_true", help="diffusion methods: undo the bias of clipped pixels first")
     e.add_argument("--image-size", type=_positive_int, help="folder datasets (default: the model's, else 32)")
     e.add_argument("--channels", type=int, choices=[1, 3], help="folder datasets (default: the model's, else 3)")
     e.add_argument("--json", action="store_true")
@@ -164,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "estimate (class-conditional models)")
     p.add_argument("--estimator", help="noise estimator model file (shipped models bring theirs; else wavelet-MAD)")
     p.add_argument("--classifier", help="classifier model file for --label auto (shipped models bring theirs)")
+    p.add_argument("--no-declip", action="store_true",
+                   help="do not undo the bias of pixels clipped at 0 or 1 (on by default: PNG inputs are clipped)")
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance weight with --label")
     p.add_argument("--seed", type=int, default=0, help="seed of the ancestral chain")
     p.add_argument("--json", action="store_true", help="one JSON object per file")
@@ -230,7 +233,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         rows = evaluate_denoise(args.dataset, sigmas, args.method, args.model, args.n, args.clip, args.sigma_mode,
                                 args.estimator, args.classifier, args.labels, args.guidance, args.steps,
                                 args.data_dir, args.download, image_size=args.image_size, channels=args.channels,
-                                device=args.device, batch_size=args.batch_size)
+                                device=args.device, batch_size=args.batch_size, declip=args.declip)
         if args.json:
             _print_json({"results": rows})
         else:
@@ -323,7 +326,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
     model = Denoiser.load(args.model, args.estimator, args.classifier)
     images = torch.stack([model.prepare(p) for p in inputs])  # every input read before anything is written
     clean, info = model.denoise(images, sigma, args.method, args.steps, label,
-                                args.guidance if label is not None else 0.0, args.seed)
+                                args.guidance if label is not None else 0.0, args.seed, not args.no_declip)
     folder = targets[0].parent
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ from ..errors import SiamdiffError
 from ..similarity.api import resolve_model_path, shipped_path
 from .diffusion import METHODS, denoise
 from .estimate import wavelet_sigma
+from .noise import declip
 from .schedule import Schedule
 
 
@@ -120,10 +121,12 @@ class Denoiser:
 
     @torch.no_grad()
     def denoise(self, images: torch.Tensor, sigma: float | str = "auto", method: str = "tweedie", steps: int = 10,
-                label: int | str | None = None, guidance: float = 0.0,
-                seed: int = 0) -> tuple[torch.Tensor, DenoiseInfo]:
+                label: int | str | None = None, guidance: float = 0.0, seed: int = 0,
+                clipped: bool = True) -> tuple[torch.Tensor, DenoiseInfo]:
         """Clean ``images (N, C, H, W)`` in [0, 1]; ``sigma`` a number or ``"auto"``; ``label`` keeps a class
-        (a class number, or ``"auto"``: each image's class as predicted from its unguided estimate)."""
+        (a class number, or ``"auto"``: each image's class as predicted from its unguided estimate). With ``clipped``
+        (the default), images that lie within [0, 1] are treated as read from files: the bias of their clipped
+        pixels is undone first (:func:`~siamdiff.reconstruction.noise.declip`)."""
         if method not in METHODS:
             raise SiamdiffError(f"unknown method '{method}': use one of {', '.join(METHODS)}")
         if steps < 1:
@@ -138,6 +141,8 @@ class Denoiser:
             if not np.isfinite(value) or value < 0:
                 raise SiamdiffError(f"--sigma must be 'auto' or a number of 0 or more, got {sigma}")
             sig = torch.full((len(images),), value, dtype=torch.float64)
+        if clipped:
+            images = declip(images.float(), sig)
         if label == "auto":
             self.class_labels(0, 1)  # refuses a model without classes
             labels = self.predict_labels(images, sig)

@@ -25,7 +25,7 @@ from ..similarity.api import resolve_model_path
 from .diffusion import METHODS as DIFFUSION_METHODS, denoise
 from .estimate import relative_error, wavelet_sigma
 from .metrics import psnr, ssim
-from .noise import gaussian
+from .noise import declip, gaussian
 from .schedule import Schedule
 
 METHODS = ("noisy", *DIFFUSION_METHODS, "direct", "vae", "nlm", "wavelet")
@@ -75,6 +75,7 @@ class _Runner:
         if self.net is not None:
             self.net.to(device)
         self.generator = torch.Generator(device=device).manual_seed(0)
+        self.declip = False
 
     @torch.no_grad()
     def pilot(self, noisy: torch.Tensor, sigma: np.ndarray) -> torch.Tensor:
@@ -106,6 +107,8 @@ class _Runner:
             out = ((self.net(x * 2 - 1, t, None) + 1) / 2).clamp(0, 1)
         else:
             schedule = Schedule(**self.meta["extra"]["schedule"])
+            if self.declip:
+                x = declip(x, torch.as_tensor(sigma, device=x.device))
             labels = {"none": None, "true": true_labels, "predicted": predicted}[self.labels]
             if labels is not None and not self.net.config.num_classes:
                 raise SiamdiffError("guidance needs a class-conditional diffusion model")
@@ -121,7 +124,7 @@ def evaluate_denoise(dataset: str, sigmas: list[float], method: str, model: str 
                      classifier: str | Path | None = None, labels: str = "none", guidance: float = 1.0,
                      steps: int = 10, data_root: str | None = None, download: bool = False,
                      batch_size: int = 250, image_size: int | None = None,
-                     channels: int | None = None, device: str = "auto") -> list[dict[str, Any]]:
+                     channels: int | None = None, device: str = "auto", declip: bool = False) -> list[dict[str, Any]]:
     """One row per σ: ``{"sigma", "method", "psnr", "ssim", "class_accuracy", "sigma_rel_error", "n", ...}``.
 
     The noisy images are drawn on the CPU (the same on every machine); networks run on ``device``."""
@@ -133,6 +136,7 @@ def evaluate_denoise(dataset: str, sigmas: list[float], method: str, model: str 
     if n < 1 or steps < 1:
         raise SiamdiffError("--n and --steps must be at least 1")
     runner = _Runner(method, model, steps, guidance, labels, dev)
+    runner.declip = declip
     if runner.net is not None:  # folder datasets are read at the model's size unless told otherwise
         image_size = image_size or runner.net.config.image_size
         channels = channels or runner.net.config.in_channels
@@ -169,7 +173,7 @@ def evaluate_denoise(dataset: str, sigmas: list[float], method: str, model: str 
         out = torch.cat(outs)
         est_all = np.concatenate(estimates)
         row = {"sigma": sigma, "method": method, "clip": clip, "sigma_mode": sigma_mode, "labels": labels,
-               "device": str(dev),
+               "device": str(dev), "declip": declip,
                "psnr": float(psnr(out, clean_all).mean()), "ssim": float(ssim(out, clean_all).mean()),
                "class_accuracy": None, "sigma_rel_error": float(np.median(relative_error(est_all, sigma)))
                if sigma_mode == "auto" else None, "n": len(test),

@@ -34,6 +34,20 @@ def to_file(x: torch.Tensor) -> torch.Tensor:
     return torch.round(x.clamp(0.0, 1.0) * 255.0) / 255.0
 
 
+def declip(y: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
+    """Undo the bias that clipping puts into a noisy image read from a file, before Gaussian denoising.
+
+    A pixel saved as 0 (or 1) held some value ``x + n <= 0`` (``>= 1``); where the clean value sits at the boundary,
+    as in backgrounds and highlights, the noise it lost averages ``E[n | n <= 0] = -sigma*sqrt(2/pi)``. Clipped pixels
+    are set to that value (``1 + sigma*sqrt(2/pi)`` at the top), so the image's noise is zero-mean again there. Images
+    with any value outside [0, 1] were never clipped and are returned unchanged.
+    """
+    s = as_tensor_sigma(sigma, y.shape[0], y.device).to(y.dtype) * (2.0 / torch.pi) ** 0.5
+    in_range = ((y >= 0) & (y <= 1)).flatten(1).all(dim=1).view(-1, 1, 1, 1)
+    fixed = torch.where(y <= 0, -s, torch.where(y >= 1, 1 + s, y))
+    return torch.where(in_range, fixed, y)
+
+
 def salt_and_pepper(x: torch.Tensor, amount: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Set a fraction ``amount`` of pixels (all channels of a pixel together) to 0 or 1 with equal odds."""
     if not 0.0 <= amount <= 1.0:
