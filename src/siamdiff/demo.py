@@ -93,8 +93,9 @@ def _denoise_section(name: str, out: Path) -> list[str]:
     clean = data.images[first].float() / 255.0
     truth = data.labels[first]
     lines = [f"## denoising {name}", "",
-             "| sigma | sigma estimated (median) | PSNR noisy dB | PSNR denoised dB | classes kept (of 10) |",
-             "|---|---|---|---|---|"]
+             "| sigma | sigma estimated (median) | PSNR noisy dB | PSNR denoised dB | outputs of the right class "
+             "(of 10) |", "|---|---|---|---|---|"]
+    pictures = []
     for sigma in DEMO_SIGMAS:
         noisy = gaussian(clean, sigma, torch.Generator().manual_seed(1000 + round(1000 * sigma)))
         restored, info = den.denoise(noisy, "auto", "tweedie")
@@ -107,9 +108,9 @@ def _denoise_section(name: str, out: Path) -> list[str]:
         if kept is not None:
             picture = plot_flips(clean, noisy, {"denoised": restored}, truth, {"denoised": kept}, data.classes,
                                  out / "plots" / name / f"denoise-sigma-{sigma}.png")
-            lines.append(f"![denoise sigma {sigma}]({picture.relative_to(out)})")
-    lines += ["", "Noise is added in memory (unclipped Gaussian, sigma on the [0, 1] scale). A red title marks an "
-                  "image whose class changed.", ""]
+            pictures.append(f"![denoise sigma {sigma}]({picture.relative_to(out)})")
+    lines += ["", *pictures, "", "Noise is added in memory (unclipped Gaussian, sigma on the [0, 1] scale). A red title marks an "
+                  "output the shipped classifier puts in another class than the clean image's.", ""]
     return lines
 
 
@@ -129,7 +130,8 @@ def run_demo(out: str | Path = "siamdiff-demo") -> Path:
     lines = ["# siamdiff demo", "",
              "Similarity: the shipped Siamese models score pairs of the embedded sample images (30 test images "
              "per class), search an index of them, and draw the pictures. p(same) is the probability of "
-             "\"same category\" calibrated on validation pairs.", ""]
+             "\"same category\" calibrated on validation pairs. Denoising: the shipped diffusion models clean noisy "
+             "versions of sample images, with the noise level estimated.", ""]
     for name in names:
         section, _ = _section(name, out)
         lines += section
