@@ -195,6 +195,39 @@ def row_key(r: dict) -> tuple:
     return r["dataset"], r["name"], r["clip"], r["sigma"]
 
 
+def latency(repeats: int = 100) -> dict:
+    """Median (p25, p75) ms on the CPU with 2 threads for one 28x28 image and the shipped MNIST model: tweedie with
+    sigma given, tweedie blind (learned estimator + network), DDIM with 10 steps (blind)."""
+    import time
+
+    import numpy as np
+    import torch
+
+    from siamdiff.data.datasets import load_sample
+    from siamdiff.reconstruction.api import Denoiser
+    from siamdiff.reconstruction.noise import gaussian
+
+    torch.set_num_threads(2)
+    den = Denoiser.load("mnist")
+    image = gaussian(load_sample("mnist").images[:1].float() / 255, 0.3, torch.Generator().manual_seed(0))
+
+    def timed(**kw) -> dict:
+        for _ in range(10):
+            den.denoise(image, **kw)
+        times = []
+        for _ in range(repeats):
+            began = time.perf_counter()
+            den.denoise(image, **kw)
+            times.append((time.perf_counter() - began) * 1000)
+        q = np.percentile(times, [25, 50, 75])
+        return {"median_ms": round(float(q[1]), 2), "p25_ms": round(float(q[0]), 2), "p75_ms": round(float(q[2]), 2)}
+
+    with torch.inference_mode():
+        return {"tweedie, sigma given": timed(sigma=0.3), "tweedie, blind": timed(sigma="auto"),
+                "ddim 10 steps, blind": timed(sigma="auto", method="ddim", steps=10), "threads": 2,
+                "repeats": repeats}
+
+
 def _find(result: dict, dataset: str, name: str, sigma: float, clip: bool = False) -> dict | None:
     return next((r for r in result["rows"] if (r["dataset"], r["name"], r["sigma"], r["clip"]) ==
                  (dataset, name, sigma, clip)), None)
@@ -273,6 +306,15 @@ def markdown(result: dict) -> str:
                 lines.append(f"| {r['name']} | {r['sigma']} | {r['psnr']:.2f} | {r['ssim']:.4f} | {acc} | {err} | "
                              f"{1000 * r['seconds_per_image']:.2f} | {r.get('device', 'cpu')} | {r['n']} |")
             lines.append("")
+    if result.get("latency"):
+        lat = result["latency"]
+        lines += ["## Latency", "", f"CPU, {lat['threads']} threads, one 28x28 MNIST image, shipped model, median "
+                  f"(p25-p75) of {lat['repeats']} calls after 10 warm-up calls (`{result.get('latency_command')}`):",
+                  "", "| operation | median ms | p25 ms | p75 ms |", "|---|---|---|---|"]
+        for k, v in lat.items():
+            if isinstance(v, dict):
+                lines.append(f"| {k} | {v['median_ms']} | {v['p25_ms']} | {v['p75_ms']} |")
+        lines.append("")
     lines += summary(result)
     lines += ["Each row's exact command is in denoise.json (`command`)."]
     return "\n".join(lines) + "\n"
@@ -295,6 +337,7 @@ def main() -> None:
     parser.add_argument("--clips", default="unclipped,file", help="unclipped, file or both")
     parser.add_argument("--merge-from", nargs="*", default=[], help="benchmark JSONs whose rows to include")
     parser.add_argument("--drop", nargs="*", default=[], help="row names to leave out of the result")
+    parser.add_argument("--latency-only", action="store_true", help="measure CPU latency with the shipped model")
     parser.add_argument("--ship-only", action="store_true",
                         help="copy the diffusion models, noise estimators and classifiers into the package")
     parser.add_argument("--no-train", action="store_true", help="fail instead of training a missing model")
@@ -312,6 +355,14 @@ def main() -> None:
     command = "python " + shlex.join(["benchmarks/denoise.py", *sys.argv[1:]])
     if args.ship_only:
         ship(json.loads(json_path.read_text()), args)
+        return
+    if args.latency_only:
+        result = json.loads(json_path.read_text())
+        result["latency"] = latency()
+        result["latency_command"] = command
+        json_path.write_text(json.dumps(result, indent=2) + "\n")
+        (out / f"{name}.md").write_text(markdown(result))
+        print(json.dumps(result["latency"]))
         return
     result = json.loads(json_path.read_text()) if args.merge and json_path.is_file() else \
         {"rows": [], "commands": [], "classifier_clean_accuracy": {}}
