@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -22,7 +23,7 @@ class Schedule:
     beta_start: float = 1e-4
     beta_end: float = 0.02
 
-    @property
+    @cached_property  # a frozen schedule: computed once (cached_property writes the instance dict directly)
     def betas(self) -> torch.Tensor:
         if self.kind == "linear":  # Ho et al. 2020; the report used T=300, 1e-4..0.02
             return torch.linspace(self.beta_start, self.beta_end, self.steps, dtype=torch.float64)
@@ -33,7 +34,7 @@ class Schedule:
             return (1 - f[1:] / f[:-1]).clamp(max=0.999)
         raise ValueError(f"unknown schedule '{self.kind}': use linear or cosine")
 
-    @property
+    @cached_property
     def alpha_bar(self) -> torch.Tensor:
         """ᾱ_t, ``(T,)`` float64."""
         return torch.cumprod(1 - self.betas, dim=0)
