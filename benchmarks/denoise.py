@@ -151,7 +151,6 @@ SHIP = {"ddpm": "diffusion", "estimator": "sigma", "classifier": "classifier"}  
 def ship(result: dict, args: argparse.Namespace) -> None:
     """Copy each dataset's diffusion model, noise estimator and classifier into the package (float16 weights) with
     a model card: the training command and facts from its log, and the benchmark's figures for that model."""
-    import torch
     from safetensors import safe_open
     from safetensors.torch import save_file
 
