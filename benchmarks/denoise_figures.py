@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from siamdiff.checkpoint import load_model  # noqa: E402
 from siamdiff.data.datasets import load_dataset  # noqa: E402
 from siamdiff.reconstruction.api import Denoiser  # noqa: E402
+from siamdiff.reconstruction.diffusion import denoise  # noqa: E402
 from siamdiff.reconstruction.noise import gaussian  # noqa: E402
 from siamdiff.reconstruction.plots import plot_chain, plot_flips, plot_psnr_curves, plot_vae_grid  # noqa: E402
 
@@ -68,8 +69,6 @@ def main() -> None:
         for label, name in ((None, "no guidance"), ("auto", "label auto"), ("true", "true label")):
             if label == "true":
                 sig = torch.as_tensor(den.estimate_sigma(noisy), dtype=torch.float64)
-                from siamdiff.reconstruction.diffusion import denoise
-
                 restored, _ = denoise(den.net, den.schedule, noisy, sig, "tweedie", labels=truth, guidance=1.0)
             else:
                 restored, _ = den.denoise(noisy, "auto", "tweedie", label=label, guidance=1.0 if label else 0.0)
