@@ -131,7 +131,8 @@ CHECK_EVERY = 25  # batches between finite-loss checks (each one synchronises wi
 WARM_BATCHES = 10  # the speed after these is logged as steady_s_per_batch (epochs of more than twice as many)
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for the GPU's queued work (timings, loss reads); nothing on the CPU."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -210,7 +211,7 @@ def fit(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
             total += loss.detach().float()
             count += 1
             if count == WARM_BATCHES:  # the first batches carry one-time costs (kernel loading, allocations)
-                _synchronize(device)
+                synchronize(device)
                 warm_began = time.perf_counter()
             bar.update(1)
             # reading the loss waits for the GPU: only every CHECK_EVERY batches and at the end of the epoch
@@ -219,7 +220,7 @@ def fit(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
                 bar.set_postfix(loss=f"{total.item() / count:.4f}")
         _check_finite(total, epoch, count - 1, out)
         bar.close()
-        _synchronize(device)
+        synchronize(device)
         seconds = time.perf_counter() - began
         steady = {"steady_s_per_batch": round((time.perf_counter() - warm_began) / (count - WARM_BATCHES), 5)} \
             if count > 2 * WARM_BATCHES else {}

@@ -57,16 +57,11 @@ def _skimage(noisy: torch.Tensor, sigma: np.ndarray, method: str) -> torch.Tenso
     return torch.from_numpy(np.stack(out)).float().clamp(0, 1)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 class _Runner:
     """Applies one method to a batch of noisy images given per-image σ."""
 
     def __init__(self, method: str, model: str | Path | None, steps: int, guidance: float, labels: str,
-                 device: torch.device) -> None:
+                 device: torch.device, declip: bool = False) -> None:
         if method not in METHODS:
             raise SiamdiffError(f"unknown method '{method}': use one of {', '.join(METHODS)}")
         self.method, self.steps, self.guidance, self.labels = method, steps, guidance, labels
@@ -75,18 +70,14 @@ class _Runner:
         if self.net is not None:
             self.net.to(device)
         self.generator = torch.Generator(device=device).manual_seed(0)
-        self.declip = False
+        self.declip = declip
 
     @torch.no_grad()
     def pilot(self, noisy: torch.Tensor, sigma: np.ndarray) -> torch.Tensor:
         """The unguided Tweedie estimate (native size), from which guidance labels are predicted."""
         if self.method not in DIFFUSION_METHODS:
             raise SiamdiffError("--labels predicted is for diffusion methods (tweedie, ddim, ancestral)")
-        saved, self.method, self.labels = (self.method, self.labels), "tweedie", "none"
-        try:
-            return self(noisy, sigma, torch.empty(0), None)
-        finally:
-            self.method, self.labels = saved
+        return self._network(noisy, sigma, "tweedie", None)
 
     @torch.no_grad()
     def __call__(self, noisy: torch.Tensor, sigma: np.ndarray, true_labels: torch.Tensor,
@@ -98,6 +89,15 @@ class _Runner:
             return _skimage(noisy.cpu(), sigma, m).to(noisy.device)
         if m == "vae":
             return self.net.reconstruct(noisy.clamp(0, 1))
+        labels = None
+        if m in DIFFUSION_METHODS:
+            labels = {"none": None, "true": true_labels, "predicted": predicted}[self.labels]
+            if labels is not None and not self.net.config.num_classes:
+                raise SiamdiffError("guidance needs a class-conditional diffusion model")
+        return self._network(noisy, sigma, m, labels)
+
+    def _network(self, noisy: torch.Tensor, sigma: np.ndarray, m: str, labels: torch.Tensor | None) -> torch.Tensor:
+        """The direct denoiser or a diffusion method at the model's size, the output back at the input's size."""
         size = self.net.config.image_size
         native = noisy.shape[-1]
         x = noisy if size == native else torch.nn.functional.interpolate(noisy, size=(size, size),
@@ -109,9 +109,6 @@ class _Runner:
             schedule = Schedule(**self.meta["extra"]["schedule"])
             if self.declip:
                 x = declip(x, torch.as_tensor(sigma, device=x.device))
-            labels = {"none": None, "true": true_labels, "predicted": predicted}[self.labels]
-            if labels is not None and not self.net.config.num_classes:
-                raise SiamdiffError("guidance needs a class-conditional diffusion model")
             out, _ = denoise(self.net, schedule, x, torch.as_tensor(sigma), m, self.steps, labels,
                              self.guidance if labels is not None else 0.0, self.generator)
         if size != native:
@@ -128,15 +125,14 @@ def evaluate_denoise(dataset: str, sigmas: list[float], method: str, model: str 
     """One row per σ: ``{"sigma", "method", "psnr", "ssim", "class_accuracy", "sigma_rel_error", "n", ...}``.
 
     The noisy images are drawn on the CPU (the same on every machine); networks run on ``device``."""
-    from ..train import resolve_device
+    from ..train import resolve_device, synchronize
 
     dev = resolve_device(device)
     if any(not np.isfinite(s) or s <= 0 for s in sigmas):
         raise SiamdiffError("every --sigmas value must be a positive number")
     if n < 1 or steps < 1:
         raise SiamdiffError("--n and --steps must be at least 1")
-    runner = _Runner(method, model, steps, guidance, labels, dev)
-    runner.declip = declip
+    runner = _Runner(method, model, steps, guidance, labels, dev, declip)
     if runner.net is not None:  # folder datasets are read at the model's size unless told otherwise
         image_size = image_size or runner.net.config.image_size
         channels = channels or runner.net.config.in_channels
@@ -163,10 +159,10 @@ def evaluate_denoise(dataset: str, sigmas: list[float], method: str, model: str 
                 # predicted classes come from the unguided one-step estimate (the noisy input is far harder to
                 # classify: at sigma 0.5 the classifier is at chance on MNIST inputs)
                 predicted = clf(runner.pilot(noisy, sig)).argmax(1) if labels == "predicted" else None
-            _sync(dev)
+            synchronize(dev)
             began = time.perf_counter()
             out = runner(noisy, sig, test.labels[s:s + batch_size].to(dev), predicted)
-            _sync(dev)
+            synchronize(dev)
             seconds += time.perf_counter() - began
             outs.append(out.cpu())
             estimates.append(sig)
