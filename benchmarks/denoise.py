@@ -151,20 +151,15 @@ SHIP = {"ddpm": "diffusion", "estimator": "sigma", "classifier": "classifier"}  
 def ship(result: dict, args: argparse.Namespace) -> None:
     """Copy each dataset's diffusion model, noise estimator and classifier into the package (float16 weights) with
     a model card: the training command and facts from its log, and the benchmark's figures for that model."""
-    from safetensors import safe_open
-    from safetensors.torch import save_file
+    from siamdiff.checkpoint import read_metadata, save_float16_copy
 
     dest = ROOT / "src" / "siamdiff" / "weights"
     for dataset in args.datasets.split(","):
         for run_name, kind in SHIP.items():
             src = Path(args.runs) / f"{dataset}-{run_name}"
             history = [json.loads(line) for line in (src / "log.jsonl").read_text().splitlines()]
-            with safe_open(str(src / "model.safetensors"), "pt") as f:
-                meta = f.metadata()
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-            tensors = {k: t.half() if t.is_floating_point() else t for k, t in tensors.items()}
-            save_file(tensors, str(dest / f"{kind}-{dataset}.safetensors"), metadata=meta)
-            extra = json.loads(meta["extra"]) if "extra" in meta else {}
+            save_float16_copy(src / "model.safetensors", dest / f"{kind}-{dataset}.safetensors")
+            extra = read_metadata(src / "model.safetensors")["extra"]
             planned = (extra.get("recipe", {}).get("train") or extra.get("train") or {}).get("epochs")
             if run_name == "ddpm":
                 figures = [r for r in result["rows"] if r["dataset"] == dataset and r["name"] == "tweedie"]

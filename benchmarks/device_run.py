@@ -197,8 +197,7 @@ def bench(args: argparse.Namespace) -> None:
 
 def collect(args: argparse.Namespace) -> None:
     """Pack the models the package ships or the docs use (as float16) and all logs and results into <= 8 files."""
-    from safetensors import safe_open
-    from safetensors.torch import save_file
+    from siamdiff.checkpoint import save_float16_copy
 
     runs, out = Path(args.runs), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -211,16 +210,9 @@ def collect(args: argparse.Namespace) -> None:
     half = runs / "half"
     files = []
     for path in keep:
-        tensors = {}
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata()
-            for k in f.keys():
-                t = f.get_tensor(k)
-                tensors[k] = t.half() if t.is_floating_point() else t
         dest = half / path.relative_to(runs)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(dest), metadata=meta)
-        files.append(dest)
+        files.append(save_float16_copy(path, dest))
     with tarfile.open(out / "models.tar", "w") as tar:
         for f in files:
             tar.add(f, arcname=str(f.relative_to(half)))

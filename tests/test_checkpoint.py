@@ -59,3 +59,20 @@ def test_config_round_trips_through_json():
     assert EmbedConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     folder = preset("default", "folder:x", 3, 48)
     assert folder.in_channels == 3 and folder.image_size == 48
+
+
+def test_float16_copy_keeps_metadata_and_loads_as_float32(tmp_path):
+    from siamdiff.checkpoint import save_float16_copy
+
+    torch.manual_seed(0)
+    model = EmbeddingNet(PRESETS["tiny-1"]).eval()
+    src = save_model(tmp_path / "a.safetensors", model, "similarity", PRESETS["tiny-1"].to_dict(), {"note": "x"})
+    dest = save_float16_copy(src, tmp_path / "b.safetensors")
+    assert read_metadata(dest) == read_metadata(src)
+    assert dest.stat().st_size < src.stat().st_size
+    copy, _ = load_model(dest, kind="similarity")
+    for (k, a), b in zip(model.state_dict().items(), copy.state_dict().values()):
+        assert b.dtype == a.dtype, k  # cast back to the network's own dtype
+        assert torch.equal(b, a.half().to(a.dtype) if a.is_floating_point() else a), k
+    with pytest.raises(CheckpointError):
+        save_float16_copy(tmp_path / "missing.safetensors", tmp_path / "c.safetensors")

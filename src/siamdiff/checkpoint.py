@@ -43,6 +43,20 @@ def save_model(path: str | os.PathLike, model: nn.Module, kind: str, config: dic
     return atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
 
 
+def save_float16_copy(src: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Write ``src`` to ``dest`` with its floating-point weights in float16 and its metadata unchanged (shipped and
+    transferred weights: half the size; :func:`load_model` casts them back to the network's float32)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    read_metadata(src)  # a siamdiff model file, or a clear error
+    with safe_open(str(src), framework="pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    tensors = {k: t.half() if t.is_floating_point() else t for k, t in tensors.items()}
+    return atomic_write(dest, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The metadata of a model file, parsed: ``{"format", "kind", "config": dict, "extra": dict}``."""
     from safetensors import safe_open
