@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from similarity import code_version, hardware, run as run_timed  # noqa: E402
+from similarity import code_version, hardware, run as run_timed, time_calls  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -73,7 +73,7 @@ def evaluate(dataset: str, method: str, model: Path | None, models: dict, args: 
     rows = evaluate_denoise(dataset, list(sigmas), method, model, n, clip, sigma_mode, est, models["classifier"],
                             labels, data_root=args.data_dir, device=args.device, batch_size=args.batch_size,
                             declip=declip)
-    hw = hardware()
+    hw = args.hardware
     for r in rows:
         r.update({"dataset": dataset, "name": tag or method, "command": shlex.join(cmd),
                   "hardware": hw["gpu"] if r["device"].startswith("cuda") else f"{hw['cpu']} ({hw['cores']} cores)"})
@@ -192,9 +192,6 @@ def row_key(r: dict) -> tuple:
 def latency(repeats: int = 100) -> dict:
     """Median (p25, p75) ms on the CPU with 2 threads for one 28x28 image and the shipped MNIST model: tweedie with
     sigma given, tweedie blind (learned estimator + network), DDIM with 10 steps (blind)."""
-    import time
-
-    import numpy as np
     import torch
 
     from siamdiff.data.datasets import load_sample
@@ -206,15 +203,7 @@ def latency(repeats: int = 100) -> dict:
     image = gaussian(load_sample("mnist").images[:1].float() / 255, 0.3, torch.Generator().manual_seed(0))
 
     def timed(**kw) -> dict:
-        for _ in range(10):
-            den.denoise(image, **kw)
-        times = []
-        for _ in range(repeats):
-            began = time.perf_counter()
-            den.denoise(image, **kw)
-            times.append((time.perf_counter() - began) * 1000)
-        q = np.percentile(times, [25, 50, 75])
-        return {"median_ms": round(float(q[1]), 2), "p25_ms": round(float(q[0]), 2), "p75_ms": round(float(q[2]), 2)}
+        return time_calls(lambda: den.denoise(image, **kw), repeats, digits=2)
 
     with torch.inference_mode():
         return {"tweedie, sigma given": timed(sigma=0.3), "tweedie, blind": timed(sigma="auto"),
@@ -342,6 +331,7 @@ def main() -> None:
     args = parser.parse_args()
     args.sigmas = tuple(float(s) for s in args.sigmas.split(","))
     args.epochs = dict(e.split("=") for e in args.epochs)
+    args.hardware = hardware()  # once: every row of this run names it
     args.clips = args.clips.split(",")
     out = Path(args.out)
     name = args.name or ("denoise" if args.preset == "full" else "denoise-smoke")
@@ -367,7 +357,7 @@ def main() -> None:
     drop = set(args.drop)
     rows = {row_key(r): r for r in result["rows"] if r["name"] not in drop}
     result.update({"command": command, "commands": [*result.get("commands", []), command],
-                   "code_version": code_version(), "hardware": hardware()})
+                   "code_version": code_version(), "hardware": args.hardware})
     out.mkdir(parents=True, exist_ok=True)
 
     def emit(new: list[dict]) -> None:  # written after every evaluation: a run stopped early keeps what it did

@@ -101,6 +101,20 @@ def train_and_eval(dataset: str, model: str, args: argparse.Namespace) -> dict:
             "model_path": str(out / "model.safetensors")}
 
 
+def time_calls(fn, repeats: int, digits: int = 3) -> dict:
+    """Median and quartiles (ms) of ``repeats`` calls of ``fn`` after 10 warm-up calls."""
+    for _ in range(10):
+        fn()
+    times = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - began) * 1000)
+    q = np.percentile(times, [25, 50, 75])
+    return {"median_ms": round(float(q[1]), digits), "p25_ms": round(float(q[0]), digits),
+            "p75_ms": round(float(q[2]), digits)}
+
+
 def latency(model_path: str, data_dir: str, dataset: str, repeats: int = 200) -> dict:
     """Median and spread (ms) of scoring one pair, and of one search query against the train split (2 threads)."""
     import torch
@@ -116,22 +130,11 @@ def latency(model_path: str, data_dir: str, dataset: str, repeats: int = 200) ->
     a = test.images[0].numpy().transpose(1, 2, 0)
     b = test.images[1].numpy().transpose(1, 2, 0)
 
-    def timed(fn) -> dict:
-        for _ in range(10):
-            fn()
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t) * 1000)
-        q = np.percentile(times, [25, 50, 75])
-        return {"median_ms": round(float(q[1]), 3), "p25_ms": round(float(q[0]), 3), "p75_ms": round(float(q[2]), 3)}
-
     with torch.inference_mode():
-        pair = timed(lambda: model.score(a, b))
+        pair = time_calls(lambda: model.score(a, b), repeats)
         index = Index(model.embed(train.images), [str(i) for i in range(len(train))],
                       [(0, 0)] * len(train), model.fingerprint, model_path)
-        query = timed(lambda: search(index, model, a, k=5))
+        query = time_calls(lambda: search(index, model, a, k=5), repeats)
     return {"score_pair": pair, "search_query": query, "index_size": len(train), "threads": 2}
 
 
