@@ -214,8 +214,8 @@ def fit(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
                 synchronize(device)
                 warm_began = time.perf_counter()
             bar.update(1)
-            # reading the loss waits for the GPU: only every CHECK_EVERY batches and at the end of the epoch
-            if count % CHECK_EVERY == 0 or i + 1 == steps:
+            # reading the loss waits for the GPU: only every CHECK_EVERY batches, and once after the epoch
+            if count % CHECK_EVERY == 0:
                 _check_finite(total, epoch, i, out)
                 bar.set_postfix(loss=f"{total.item() / count:.4f}")
         _check_finite(total, epoch, count - 1, out)
