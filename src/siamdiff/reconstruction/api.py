@@ -17,7 +17,7 @@ import torch
 from ..checkpoint import load_model
 from ..data.imageio import fit_to, read_image
 from ..errors import SiamdiffError
-from ..similarity.api import resolve_model_path, shipped_path
+from ..similarity.api import resolve_model_path, shipped_name, shipped_path
 from .diffusion import METHODS, denoise
 from .estimate import wavelet_sigma
 from .noise import declip
@@ -56,8 +56,7 @@ class Denoiser:
         classifier) or a model file / run folder (with the ``estimator`` and ``classifier`` files given, if any)."""
         path = resolve_model_path("diffusion", name_or_path)
         net, meta = load_model(path, kind="diffusion")
-        shipped = path.parent == shipped_path("diffusion", "mnist").parent
-        name = path.stem.split("-", 1)[1] if shipped else None
+        name = shipped_name("diffusion", path)
 
         def companion(kind: str, given: str | os.PathLike | None) -> torch.nn.Module | None:
             if given is not None:

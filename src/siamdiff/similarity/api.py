@@ -34,6 +34,12 @@ def shipped_path(kind: str, name: str) -> Path:
     return Path(str(ref))
 
 
+def shipped_name(kind: str, path: Path) -> str | None:
+    """The shipped model name (``mnist``, ...) when ``path`` is the shipped file of that kind, else ``None``."""
+    name = path.stem.removeprefix(f"{kind}-")
+    return name if name in SHIPPED and path == shipped_path(kind, name) else None
+
+
 def resolve_model_path(kind: str, name_or_path: str | os.PathLike) -> Path:
     """A shipped model name (``mnist``, ``fashion-mnist``, ``cifar10``) or a path to a ``.safetensors`` file."""
     text = str(name_or_path)
@@ -79,8 +85,7 @@ class SimilarityModel:
         """Load a shipped model by name (``mnist``, ``fashion-mnist``, ``cifar10``) or a model file / run folder."""
         path = resolve_model_path("similarity", name_or_path)
         net, meta = load_model(path, kind="similarity")
-        shipped = path == shipped_path("similarity", path.stem.removeprefix("similarity-"))
-        return cls(net, meta, path.stem.removeprefix("similarity-") if shipped else str(path.resolve()))
+        return cls(net, meta, shipped_name("similarity", path) or str(path.resolve()))
 
     @property
     def channels(self) -> int:
