@@ -3,8 +3,7 @@
 #   call 1 (carry stage/part1): MNIST + Fashion-MNIST there, speed probe of every job, GPU check of the evaluation
 #   call 2 (carry stage/part2): CIFAR-10 batches 1-2 and the first 1,000 test images there
 #   call 3 (carry stage/part3): CIFAR-10 batches 3-5 there, then train everything, benchmark, collect into $OUT
-# PROBE_ONLY_CHECK=1 makes call 1 a check of the GPU evaluation on tiny models instead of the probe; PROBE=FILE
-# gives call 3 the probe of an earlier machine (a copy of its probe.json).
+# PROBE=FILE gives call 3 the probe of an earlier machine (a copy of its probe.json).
 # The data and runs live in /tmp of the warm machine between calls. TINY=1 DATASETS=mnist runs a CPU smoke test.
 set -u
 export PYTHONPATH="$PWD/src" PYTHONUNBUFFERED=1
@@ -19,15 +18,6 @@ date
 case "$1" in
 1)
     $PY benchmarks/stage_data.py unpack stage/part1 --to "$D" || exit 1
-    if [ "${PROBE_ONLY_CHECK:-0}" = 1 ]; then  # tiny models, then the GPU path of every benchmark method
-        $PY benchmarks/device_run.py probe --data-dir "$D" --runs "$R/check" --datasets mnist --lanes $LANES \
-            --budget 60 --tiny > /dev/null
-        $PY benchmarks/device_run.py bench --data-dir "$D" --runs "$R/check/probe" --datasets mnist --n 100 \
-            --sigmas 0.1,0.5 --budget 90
-        tail -n 3 "$R"/check/probe/logs/bench-*.log
-        grep -h -B30 "Error" "$R"/check/probe/logs/*.log | grep -A1 "File \"/tmp\|Error" | tail -n 20
-        exit 0
-    fi
     P=/tmp/siamdiff-probe-data
     mkdir -p "$P" && ln -sfn "$D/MNIST" "$P/MNIST" && ln -sfn "$D/FashionMNIST" "$P/FashionMNIST"
     $PY benchmarks/stage_data.py fake-cifar --to "$P" --n 9000 || exit 1
