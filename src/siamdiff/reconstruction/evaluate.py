@@ -65,7 +65,6 @@ class _Runner:
         if method not in METHODS:
             raise SiamdiffError(f"unknown method '{method}': use one of {', '.join(METHODS)}")
         self.method, self.steps, self.guidance, self.labels = method, steps, guidance, labels
-        self.device = device
         self.net, self.meta = _load(MODEL_KIND[method], model) if method in MODEL_KIND else (None, {})
         if self.net is not None:
             self.net.to(device)

@@ -56,7 +56,6 @@ class DiffusionTask:
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.train_set, self.val_set = train, val
         self.command = command
-        self._alpha_bar: torch.Tensor | None = None
         self._steps = 0
         self._ema_params: list[torch.Tensor] | None = None
 
