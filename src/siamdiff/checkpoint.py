@@ -82,7 +82,9 @@ def load_model(path: str | os.PathLike, kind: str | None = None,
                map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model stored at ``path``; returns ``(model in eval mode, metadata)``.
 
-    ``kind`` (e.g. ``"similarity"``) refuses a checkpoint of another kind with a clear error.
+    ``kind`` (e.g. ``"similarity"``) refuses a checkpoint of another kind with a clear error. Convolution weights
+    are kept channels-last: on the CPU that picks oneDNN's convolutions and the channels-last GroupNorm kernel,
+    which are faster for the shipped models, batched or not (measured in docs/benchmarks/denoise.md, latency).
     """
     from safetensors.torch import load_file
 
@@ -102,7 +104,7 @@ def load_model(path: str | os.PathLike, kind: str | None = None,
     except Exception as exc:  # noqa: BLE001 - shape/key mismatches and corrupt tensors alike
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"cannot load weights of '{path}': {first}") from None
-    return model.eval(), meta
+    return model.to(memory_format=torch.channels_last).eval(), meta
 
 
 def save_state(path: str | os.PathLike, state: dict[str, Any]) -> Path:
