@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(what, "denoiser", "the supervised direct denoiser (U-Net, MSE, sigma in [0.01, 1.2])",
                   ["default", "tiny"])
     _train_parser(what, "classifier", "the classifier that checks classes of denoised images", ["default", "tiny"])
-    _train_parser(what, "noise-estimator", "the CNN that estimates the noise level", ["default", "tiny"])
+    _train_parser(what, "noise-estimator", "the CNN that estimates the noise level (--model moments: the first design)",
+                  ["default", "moments", "tiny"])
 
     p = sub.add_parser("eval", help="evaluate a model")
     what = p.add_subparsers(dest="what", required=True, parser_class=_Parser)

@@ -28,13 +28,20 @@ def wavelet_sigma(images: torch.Tensor) -> np.ndarray:
 class SigmaNetConfig(JsonConfig):
     in_channels: int
     widths: tuple[int, ...] = (32, 64, 64)
+    # Defaults are the first design (still what older checkpoints hold). "log-energy" pools each channel's log
+    # root-mean-square, so a channel that passes noise maps log σ to a linear head; GroupNorm would divide that
+    # very scale out of the activations, so that design uses no normalisation (as CBDNet's noise-estimation
+    # subnetwork: plain full-resolution convolutions).
+    norm: bool = True
+    pool: str = "moments"
 
 
 class SigmaNet(nn.Module):
     """Image in [0, 1] ``(N, C, H, W)`` -> estimated σ ``(N,)`` (the network regresses log σ).
 
     No pooling before the last layer's global average: noise is a local statistic, so the net sees it at full
-    resolution and averages evidence over the whole image.
+    resolution and averages evidence over the whole image. Two designs (``SigmaNetConfig.pool``): ``moments``
+    (GroupNorm after each convolution, mean and RMS pooled) and ``log-energy`` (no normalisation, log RMS pooled).
     """
 
     def __init__(self, config: SigmaNetConfig) -> None:
@@ -42,15 +49,23 @@ class SigmaNet(nn.Module):
         self.config = config
         layers: list[nn.Module] = []
         cin = config.in_channels
+        if config.pool not in ("moments", "log-energy"):
+            raise ValueError(f"unknown pooling '{config.pool}'")
         for w in config.widths:
-            layers += [nn.Conv2d(cin, w, 3, padding=1), nn.GroupNorm(min(8, w), w), nn.SiLU()]
+            layers += [nn.Conv2d(cin, w, 3, padding=1)]
+            layers += [nn.GroupNorm(min(8, w), w)] if config.norm else []
+            layers += [nn.SiLU()]
             cin = w
         self.features = nn.Sequential(*layers)
-        self.head = nn.Linear(cin * 2, 1)
+        self.head = nn.Linear(cin * (2 if config.pool == "moments" else 1), 1)
 
     def log_sigma(self, x: torch.Tensor) -> torch.Tensor:
         h = self.features(x * 2 - 1)
-        pooled = torch.cat([h.mean(dim=(2, 3)), h.pow(2).mean(dim=(2, 3)).sqrt()], dim=1)
+        energy = h.pow(2).mean(dim=(2, 3))
+        if self.config.pool == "moments":
+            pooled = torch.cat([h.mean(dim=(2, 3)), energy.sqrt()], dim=1)
+        else:
+            pooled = 0.5 * torch.log(energy + 1e-12)
         return self.head(pooled).squeeze(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

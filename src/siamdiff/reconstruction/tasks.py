@@ -198,7 +198,8 @@ def train_reconstruction(what: str, dataset: str, out_dir: str | Path, model: st
             cfg = EmbedConfig(**{**base.to_dict(), "embed_dim": len(train.classes), "normalize": False})
             net, config, cls, default_epochs = EmbeddingNet(cfg), cfg.to_dict(), ClassifierTask, 10
         elif what == "noise-estimator":
-            cfg = SigmaNetConfig(c, (4, 8) if tiny else (32, 64, 64))
+            cfg = SigmaNetConfig(c, (4, 8) if tiny else (32, 64, 64), **({"norm": True, "pool": "moments"}
+                                 if model == "moments" else {"norm": False, "pool": "log-energy"}))
             net, config, cls, default_epochs = SigmaNet(cfg), cfg.to_dict(), SigmaTask, 10
         else:
             raise SiamdiffError(f"unknown model kind '{what}': use one of {', '.join(KINDS)}")
