@@ -199,3 +199,16 @@ def test_eval_predicted_labels_come_from_the_unguided_estimate(capsys, tiny_ddpm
     noisy = [a if a != "tweedie" else "noisy" for a in argv]
     code, _, err = run(capsys, *noisy[:noisy.index("--model")], *noisy[noisy.index("--model") + 2:])
     assert code == 2 and "--labels predicted" in err
+
+
+def test_eval_of_a_shipped_model_uses_its_estimator_and_classifier(capsys):
+    # as `siamdiff denoise` does; `--estimator wavelet` asks for the classical estimate instead
+    argv = ["eval", "denoise", "--dataset", "sample:mnist", "--method", "tweedie", "--sigmas", "0.3", "--n", 8,
+            "--json", "--model", "mnist"]
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    row = json.loads(out)["results"][0]
+    assert row["sigma_estimator"] == "learned" and row["class_accuracy"] is not None
+    code, out, err = run(capsys, *argv, "--estimator", "wavelet")
+    assert code == 0, err
+    assert json.loads(out)["results"][0]["sigma_estimator"] == "wavelet-MAD"

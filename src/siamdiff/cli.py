@@ -113,8 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--n", type=_positive_int, default=1000, help="first N test images")
     e.add_argument("--clip", action="store_true", help="noisy images as files: clipped to [0, 1], 8-bit")
     e.add_argument("--sigma-mode", default="auto", choices=["auto", "true"], help="estimated or true sigma")
-    e.add_argument("--estimator", help="learned noise estimator (default: wavelet-MAD)")
-    e.add_argument("--classifier", help="classifier for class_accuracy")
+    e.add_argument("--estimator", help="learned noise estimator (file or shipped name) or 'wavelet' (default: the "
+                   "shipped model's own, else wavelet-MAD)")
+    e.add_argument("--classifier", help="classifier for class_accuracy (default: the shipped model's own)")
     e.add_argument("--labels", default="none", choices=["none", "true", "predicted"], help="guidance labels")
     e.add_argument("--guidance", type=float, default=1.0)
     e.add_argument("--steps", type=_positive_int, default=10)

@@ -3,7 +3,8 @@
 Test split, native resolution, the first ``n`` test images; for each σ the noise is drawn with the fixed seed
 ``1000 + round(1000·σ)`` so every method sees the same noisy images. ``clip`` makes the noisy images "as a file"
 (clipped to [0, 1], 8-bit). With ``sigma="auto"`` each method is told the estimated σ (learned estimator when
-given, else wavelet-MAD) and ``sigma_rel_error`` reports the median of ``|σ̂ − σ| / σ``.
+given — by default the shipped one when the model is a shipped name, as ``siamdiff denoise`` does — else
+wavelet-MAD) and ``sigma_rel_error`` reports the median of ``|σ̂ − σ| / σ``.
 
 Methods: ``noisy`` (the input itself, clamped to [0, 1] as a viewer sees it), ``tweedie`` / ``ddim`` / ``ancestral`` (a diffusion model), ``direct``
 (the supervised denoiser), ``vae`` (reconstruction of the noisy image), ``nlm`` and ``wavelet`` (scikit-image).
@@ -21,7 +22,7 @@ import torch
 from ..checkpoint import load_model
 from ..data.datasets import load_dataset
 from ..errors import SiamdiffError
-from ..similarity.api import resolve_model_path
+from ..similarity.api import resolve_model_path, shipped_name, shipped_path
 from .diffusion import METHODS as DIFFUSION_METHODS, denoise
 from .estimate import relative_error, wavelet_sigma
 from .metrics import psnr, ssim
@@ -137,6 +138,14 @@ def evaluate_denoise(dataset: str, sigmas: list[float], method: str, model: str 
         channels = channels or runner.net.config.in_channels
     test = load_dataset(dataset, "test", data_root, download, image_size=image_size, channels=channels)
     test = test.subset(np.arange(min(n, len(test))))
+    name = shipped_name("diffusion", resolve_model_path("diffusion", model)) \
+        if MODEL_KIND.get(method) == "diffusion" and model is not None else None
+    if name:  # a shipped diffusion model brings its estimator and classifier, as in `siamdiff denoise`
+        estimator = estimator or (shipped_path("sigma", name) if shipped_path("sigma", name).is_file() else None)
+        classifier = classifier or (shipped_path("classifier", name)
+                                    if shipped_path("classifier", name).is_file() else None)
+    if str(estimator).lower() in ("wavelet", "wavelet-mad"):
+        estimator = None
     clf = _load("classifier", classifier)[0].to(dev) if classifier else None
     est = _load("sigma", estimator)[0].to(dev) if estimator else None
     if labels == "predicted" and clf is None:
@@ -169,6 +178,7 @@ def evaluate_denoise(dataset: str, sigmas: list[float], method: str, model: str 
         est_all = np.concatenate(estimates)
         row = {"sigma": sigma, "method": method, "clip": clip, "sigma_mode": sigma_mode, "labels": labels,
                "device": str(dev), "declip": declip,
+               "sigma_estimator": None if sigma_mode != "auto" else "learned" if est is not None else "wavelet-MAD",
                "psnr": float(psnr(out, clean_all).mean()), "ssim": float(ssim(out, clean_all).mean()),
                "class_accuracy": None, "sigma_rel_error": float(np.median(relative_error(est_all, sigma)))
                if sigma_mode == "auto" else None, "n": len(test),
