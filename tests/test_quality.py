@@ -50,6 +50,8 @@ def test_sigma_net_config_without_design_fields_is_the_first_design():
     assert any(isinstance(m, torch.nn.GroupNorm) for m in net.modules()) and net.head.in_features == 16
     new = SigmaNet(SigmaNetConfig(1, (4, 8), norm=False, pool="log-energy"))
     assert not any(isinstance(m, torch.nn.GroupNorm) for m in new.modules()) and new.head.in_features == 8
+    full = SigmaNet(SigmaNetConfig(1, (4, 8), norm=False, pool="log-energy", range_features=True, hidden=16))
+    assert full.head[0].in_features == 8 + 4 and full(torch.rand(3, 1, 12, 12)).shape == (3,)
     with pytest.raises(ValueError, match="pooling"):
         SigmaNet(SigmaNetConfig(1, (4,), pool="max"))
 

@@ -199,7 +199,8 @@ def train_reconstruction(what: str, dataset: str, out_dir: str | Path, model: st
             net, config, cls, default_epochs = EmbeddingNet(cfg), cfg.to_dict(), ClassifierTask, 10
         elif what == "noise-estimator":
             cfg = SigmaNetConfig(c, (4, 8) if tiny else (32, 64, 64), **({"norm": True, "pool": "moments"}
-                                 if model == "moments" else {"norm": False, "pool": "log-energy"}))
+                                 if model == "moments" else {"norm": False, "pool": "log-energy",
+                                                               "range_features": True, "hidden": 32}))
             net, config, cls, default_epochs = SigmaNet(cfg), cfg.to_dict(), SigmaTask, 10
         else:
             raise SiamdiffError(f"unknown model kind '{what}': use one of {', '.join(KINDS)}")
