@@ -79,3 +79,22 @@ def test_float16_copy_keeps_metadata_and_loads_as_float32(tmp_path):
         assert torch.equal(b, a.half().to(a.dtype) if a.is_floating_point() else a), k
     with pytest.raises(CheckpointError):
         save_float16_copy(tmp_path / "missing.safetensors", tmp_path / "c.safetensors")
+
+
+def test_float16_copy_leaves_an_identical_copy_alone(tmp_path):
+    from siamdiff.checkpoint import save_float16_copy
+
+    torch.manual_seed(0)
+    model = EmbeddingNet(PRESETS["tiny-1"]).eval()
+    src = save_model(tmp_path / "a.safetensors", model, "similarity", PRESETS["tiny-1"].to_dict(), {"note": "x"})
+    dest = save_float16_copy(src, tmp_path / "b.safetensors")
+    dest.write_bytes(dest.read_bytes())  # same content, new modification time
+    stamp = dest.stat().st_mtime_ns
+    save_float16_copy(src, dest)
+    assert dest.stat().st_mtime_ns == stamp  # not rewritten
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    src = save_model(src, model, "similarity", PRESETS["tiny-1"].to_dict(), {"note": "x"})
+    save_float16_copy(src, dest)
+    copy, _ = load_model(dest, kind="similarity")
+    assert torch.equal(next(copy.parameters()), next(model.parameters()).half().float())  # changed: rewritten

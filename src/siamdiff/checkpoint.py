@@ -45,16 +45,31 @@ def save_model(path: str | os.PathLike, model: nn.Module, kind: str, config: dic
 
 def save_float16_copy(src: str | os.PathLike, dest: str | os.PathLike) -> Path:
     """Write ``src`` to ``dest`` with its floating-point weights in float16 and its metadata unchanged (shipped and
-    transferred weights: half the size; :func:`load_model` casts them back to the network's float32)."""
-    from safetensors import safe_open
+    transferred weights: half the size; :func:`load_model` casts them back to the network's float32).
+
+    A ``dest`` that already holds the same tensors and metadata is left as it is (shipping again does not rewrite
+    unchanged weight files, whose bytes could differ only in the order of the header's keys)."""
     from safetensors.torch import save_file
 
     read_metadata(src)  # a siamdiff model file, or a clear error
-    with safe_open(str(src), framework="pt") as f:
-        meta = f.metadata()
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    meta, tensors = _read_all(src)
     tensors = {k: t.half() if t.is_floating_point() else t for k, t in tensors.items()}
+    if Path(dest).is_file():
+        try:
+            old_meta, old = _read_all(dest)
+        except Exception:  # noqa: BLE001 - an unreadable old copy is simply replaced
+            old_meta, old = None, {}
+        if old_meta == meta and old.keys() == tensors.keys() and all(
+                old[k].dtype == t.dtype and torch.equal(old[k], t) for k, t in tensors.items()):
+            return Path(dest)
     return atomic_write(dest, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+
+def _read_all(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
