@@ -36,6 +36,15 @@ class DenoiseInfo:
     labels: list[int] | None = None  # the classes kept by guidance, if any
 
 
+def companion_path(kind: str, diffusion_path: Path, given: str | os.PathLike | None) -> str | os.PathLike | None:
+    """The ``sigma`` or ``classifier`` model to use with a diffusion model: ``given`` when there is one, else the
+    shipped companion when ``diffusion_path`` is a shipped diffusion model (and that file is installed), else None."""
+    if given is not None:
+        return given
+    name = shipped_name("diffusion", diffusion_path)
+    return shipped_path(kind, name) if name and shipped_path(kind, name).is_file() else None
+
+
 class Denoiser:
     """A class-conditional (or unconditional) ε-prediction diffusion model and its schedule."""
 
@@ -56,14 +65,10 @@ class Denoiser:
         classifier) or a model file / run folder (with the ``estimator`` and ``classifier`` files given, if any)."""
         path = resolve_model_path("diffusion", name_or_path)
         net, meta = load_model(path, kind="diffusion")
-        name = shipped_name("diffusion", path)
 
         def companion(kind: str, given: str | os.PathLike | None) -> torch.nn.Module | None:
-            if given is not None:
-                return load_model(resolve_model_path(kind, given), kind=kind)[0]
-            if name and shipped_path(kind, name).is_file():
-                return load_model(shipped_path(kind, name), kind=kind)[0]
-            return None
+            found = companion_path(kind, path, given)
+            return None if found is None else load_model(resolve_model_path(kind, found), kind=kind)[0]
 
         return cls(net, meta, str(name_or_path), companion("sigma", estimator), companion("classifier", classifier))
 

@@ -22,7 +22,8 @@ import torch
 from ..checkpoint import load_model
 from ..data.datasets import load_dataset
 from ..errors import SiamdiffError
-from ..similarity.api import resolve_model_path, shipped_name, shipped_path
+from ..similarity.api import resolve_model_path
+from .api import companion_path
 from .diffusion import METHODS as DIFFUSION_METHODS, denoise
 from .estimate import relative_error, wavelet_sigma
 from .metrics import psnr, ssim
@@ -138,12 +139,10 @@ def evaluate_denoise(dataset: str, sigmas: list[float], method: str, model: str 
         channels = channels or runner.net.config.in_channels
     test = load_dataset(dataset, "test", data_root, download, image_size=image_size, channels=channels)
     test = test.subset(np.arange(min(n, len(test))))
-    name = shipped_name("diffusion", resolve_model_path("diffusion", model)) \
-        if MODEL_KIND.get(method) == "diffusion" and model is not None else None
-    if name:  # a shipped diffusion model brings its estimator and classifier, as in `siamdiff denoise`
-        estimator = estimator or (shipped_path("sigma", name) if shipped_path("sigma", name).is_file() else None)
-        classifier = classifier or (shipped_path("classifier", name)
-                                    if shipped_path("classifier", name).is_file() else None)
+    if MODEL_KIND.get(method) == "diffusion" and model is not None:  # as in `siamdiff denoise`: a shipped model
+        path = resolve_model_path("diffusion", model)  # brings its own estimator and classifier
+        estimator = companion_path("sigma", path, estimator)
+        classifier = companion_path("classifier", path, classifier)
     if str(estimator).lower() in ("wavelet", "wavelet-mad"):
         estimator = None
     clf = _load("classifier", classifier)[0].to(dev) if classifier else None
