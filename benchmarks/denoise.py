@@ -178,6 +178,9 @@ def ship(result: dict, args: argparse.Namespace) -> None:
                                                       "sigma_rel_error", "n")} for r in figures],
                     "classifier_clean_accuracy": result.get("classifier_clean_accuracy", {}).get(dataset)
                     if run_name == "classifier" else None}
+            if extra.get("init"):  # fine-tuned: the run it started from, with its own command and time
+                card["init"] = extra["init"]
+                card["data"] += "; fine-tuned from the model named in 'init' on the same data"
             if planned and len(history) < planned:
                 card["note"] = (f"stopped by the GPU session's deadline after {len(history)} of {planned} epochs: "
                                 f"the one-cycle learning rate had not finished annealing")

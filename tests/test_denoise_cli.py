@@ -212,3 +212,30 @@ def test_eval_of_a_shipped_model_uses_its_estimator_and_classifier(capsys):
     code, out, err = run(capsys, *argv, "--estimator", "wavelet")
     assert code == 0, err
     assert json.loads(out)["results"][0]["sigma_estimator"] == "wavelet-MAD"
+
+
+def test_train_ddpm_fine_tunes_from_init(capsys, tiny_ddpm, tiny_model, digit_folder, tmp_path):
+    from siamdiff.checkpoint import load_model, read_metadata
+    from siamdiff.reconstruction.models import build_from_config
+
+    base = ["train", "ddpm", "--dataset", f"folder:{digit_folder}", "--epochs", "1", "--lr", "1e-5"]
+    # the folder is read at the model's size and channel count (the default for folders is 3 x 32 x 32)
+    code, _, err = run(capsys, *base, "--init", tiny_ddpm, "--model", "seed", "--out", tmp_path / "ft")
+    assert code == 0, err
+    init, init_meta = load_model(tiny_ddpm / "model.safetensors")
+    tuned, meta = load_model(tmp_path / "ft" / "model.safetensors")
+    assert meta["config"] == init_meta["config"]  # the network of --init, not --model's
+    assert meta["extra"]["schedule"] == init_meta["extra"]["schedule"]
+    record = read_metadata(tmp_path / "ft" / "model.safetensors")["extra"]["init"]
+    assert record["from"] == str(tiny_ddpm / "model.safetensors") and record["epochs"] == 1
+    # the run started at the given weights: a few small steps away from them, far from a fresh network's
+    fresh = build_from_config(init_meta["config"])
+    moved = sum((a - b).abs().sum() for a, b in zip(tuned.state_dict().values(), init.state_dict().values()))
+    apart = sum((a - b).abs().sum() for a, b in zip(fresh.state_dict().values(), init.state_dict().values()))
+    assert 0 < moved < 0.05 * apart
+
+    code, _, err = run(capsys, *base, "--init", tiny_model, "--out", tmp_path / "bad")
+    assert code == 2 and "not a diffusion model" in err
+    code, _, err = run(capsys, *base, "--channels", "3", "--init", tiny_ddpm, "--out", tmp_path / "rgb")
+    assert code == 2 and "1 channel(s); this dataset has 3" in err
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "rgb").exists()

@@ -85,7 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     t = _train_parser(what, "similarity", "a Siamese embedding with a contrastive loss", ["default", "seed", "tiny"])
     t.add_argument("--loss", choices=["contrastive", "hadsell", "triplet", "supcon"])
     t.add_argument("--margin", type=_positive_float)
-    _train_parser(what, "ddpm", "a diffusion model (epsilon prediction, EMA, label dropout)", ["unet", "seed", "tiny"])
+    t = _train_parser(what, "ddpm", "a diffusion model (epsilon prediction, EMA, label dropout)",
+                      ["unet", "seed", "tiny"])
+    t.add_argument("--init", help="fine-tune this diffusion model (a shipped name or a path): its network, schedule "
+                                  "and loss are kept, --model is ignored")
     _train_parser(what, "vae", "a VAE (--model seed: the report's 784-400-20 MLP; default: convolutional)",
                   ["default", "seed", "tiny"])
     _train_parser(what, "denoiser", "the supervised direct denoiser (U-Net, MSE, sigma in [0.01, 1.2])",
@@ -206,7 +209,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                      if getattr(args, k) is not None}
         history = train_diffusion(args.dataset, args.out, args.model, args.data_dir, args.download, args.resume,
                                   args.overwrite, command, image_size=args.image_size, channels=args.channels,
-                                  seed=args.seed, device=args.device, **overrides)
+                                  init=args.init, seed=args.seed, device=args.device, **overrides)
         print(f"wrote {Path(args.out) / 'model.safetensors'} after {len(history)} epoch(s): "
               f"val_eps_mse={history[-1]['val_eps_mse']:.4f}")
         return 0

@@ -56,8 +56,24 @@ class DiffusionTask:
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.train_set, self.val_set = train, val
         self.command = command
+        self.init: dict[str, Any] | None = None  # where fine-tuning started (see :meth:`start_from`)
         self._steps = 0
         self._ema_params: list[torch.Tensor] | None = None
+
+    def start_from(self, path: Path, meta: dict[str, Any]) -> None:
+        """Start from the weights of the diffusion model at ``path`` (fine-tuning): the trained weights and their
+        EMA copy both begin there, and the saved model records where it came from."""
+        from ..checkpoint import load_model
+
+        weights = load_model(path, kind="diffusion")[0].state_dict()
+        self.model.load_state_dict(weights)
+        self.ema.load_state_dict(weights)
+        extra = meta["extra"]
+        history = extra.get("history") or []
+        self.init = {"from": str(path), "command": extra.get("command"), "epochs": len(history),
+                     "train_seconds": round(sum(h.get("seconds", 0.0) for h in history), 1),
+                     "train_device": history[-1].get("device") if history else None,
+                     "previous": extra.get("init")}
 
     def n_batches(self) -> int:
         return -(-len(self.train_set) // self.recipe.train.batch_size)
@@ -83,9 +99,12 @@ class DiffusionTask:
 
     @torch.no_grad()
     def after_step(self) -> None:
-        """Update the EMA weights (decay warms up as (1 + n) / (10 + n), capped at ``recipe.ema``)."""
+        """Update the EMA weights (decay warms up as (1 + n) / (10 + n), capped at ``recipe.ema``; no warm-up when
+        fine-tuning)."""
         self._steps += 1
         decay = min(self.recipe.ema, (1 + self._steps) / (10 + self._steps))  # ema 0: plain weights
+        if self.init is not None:  # fine-tuning: the average starts at the trained weights, at full decay
+            decay = self.recipe.ema
         if self._ema_params is None:  # the EMA copy follows the model onto its device once
             self.ema.to(next(self.model.parameters()).device)
             self._ema_params = list(self.ema.parameters())
@@ -119,7 +138,7 @@ class DiffusionTask:
     def save(self, path: Path, history: list[dict[str, Any]]) -> None:
         extra = {"dataset": self.train_set.name, "classes": self.train_set.classes,
                  "schedule": self.recipe.schedule.to_dict(), "recipe": self.recipe.to_dict(), "history": history,
-                 "command": self.command, "siamdiff_version": __version__, "weights": "ema"}
+                 "command": self.command, "siamdiff_version": __version__, "weights": "ema", "init": self.init}
         save_model(path, self.ema, "diffusion", self.recipe.model.to_dict(), extra)
 
 
@@ -155,12 +174,31 @@ def diffusion_recipe(model: str, in_channels: int, image_size: int, epochs: int 
 
 def train_diffusion(dataset: str, out_dir: str | Path, model: str = "unet", data_root: str | None = None,
                     download: bool = False, resume: bool = False, overwrite: bool = False, command: str = "",
-                    image_size: int | None = None, channels: int | None = None,
+                    image_size: int | None = None, channels: int | None = None, init: str | None = None,
                     **overrides: Any) -> list[dict[str, Any]]:
-    """Train a DDPM on ``dataset`` (``train`` split, validation ε-MSE on ``val``) and write it to ``out_dir``."""
+    """Train a DDPM on ``dataset`` (``train`` split, validation ε-MSE on ``val``) and write it to ``out_dir``.
+
+    ``init`` (a shipped name or a model path) fine-tunes that diffusion model: its network, schedule and loss are
+    kept (``model`` is then ignored; a folder dataset is read at the model's size and channel count unless
+    ``image_size``/``channels`` say otherwise); ``overrides`` set the new run's epochs, learning rate and batch
+    size."""
+    from ..checkpoint import read_metadata
     from ..data.datasets import load_splits
+    from ..errors import SiamdiffError
+    from ..similarity.api import resolve_model_path
     from ..train import fit
 
+    if init is not None:
+        path = Path(resolve_model_path("diffusion", init))
+        meta = read_metadata(path)
+        if meta["kind"] != "diffusion":
+            raise SiamdiffError(f"--init '{init}' is a {meta['kind']} model, not a diffusion model")
+        size, chans = meta["config"]["image_size"], meta["config"]["in_channels"]
+        train, val = load_splits(dataset, ("train", "val"), data_root, download, image_size or size, channels or chans)
+        r = _recipe_of(init, meta, train.shape[0], len(train.classes), seed=overrides.pop("seed", 0), **overrides)
+        task = DiffusionTask(r, train, val, command)
+        task.start_from(path, meta)
+        return fit(task, r.train, out_dir, resume, overwrite)
     train, val = load_splits(dataset, ("train", "val"), data_root, download, image_size, channels)
     c, h, _ = train.shape
     r = diffusion_recipe(model, c, 32 if model == "seed" else h, **overrides)
@@ -168,3 +206,26 @@ def train_diffusion(dataset: str, out_dir: str | Path, model: str = "unet", data
         r = DiffusionRecipe(UNetConfig(**{**r.model.to_dict(), "num_classes": len(train.classes)}), r.schedule,
                             r.train, r.loss, r.label_dropout, r.ema, r.flip)
     return fit(DiffusionTask(r, train, val, command), r.train, out_dir, resume, overwrite)
+
+
+def _recipe_of(init: str, meta: dict[str, Any], channels: int, n_classes: int, seed: int = 0, device: str = "auto",
+               epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
+               max_batches: int | None = None) -> DiffusionRecipe:
+    """The recipe that continues the diffusion model ``init`` (metadata ``meta``) on images with ``channels``
+    channels in ``n_classes`` classes; refuses a model made for other channels or classes."""
+    from ..errors import SiamdiffError
+
+    cfg = UNetConfig(**meta["config"])
+    if cfg.in_channels != channels:  # another size is resized to the model's, as for the seed's 32×32
+        raise SiamdiffError(f"--init '{init}' was trained on images with {cfg.in_channels} channel(s); this dataset "
+                            f"has {channels}")
+    if cfg.num_classes and cfg.num_classes != n_classes:
+        raise SiamdiffError(f"--init '{init}' knows {cfg.num_classes} classes; this dataset has {n_classes}")
+    before = meta["extra"].get("recipe") or {}
+    old = before.get("train") or {}
+    train = TrainConfig(epochs or old.get("epochs", 5), batch_size or old.get("batch_size", 128),
+                        lr or old.get("lr", 1e-3), old.get("weight_decay", 0.0), old.get("optimizer", "adamw"),
+                        old.get("schedule", "onecycle"), seed, device, max_batches=max_batches)
+    schedule = Schedule(**meta["extra"]["schedule"])
+    return DiffusionRecipe(cfg, schedule, train, before.get("loss", "mse"), before.get("label_dropout", 0.1),
+                           before.get("ema", 0.999), before.get("flip", False))
