@@ -239,3 +239,41 @@ def test_train_ddpm_fine_tunes_from_init(capsys, tiny_ddpm, tiny_model, digit_fo
     code, _, err = run(capsys, *base, "--channels", "3", "--init", tiny_ddpm, "--out", tmp_path / "rgb")
     assert code == 2 and "1 channel(s); this dataset has 3" in err
     assert not (tmp_path / "bad").exists() and not (tmp_path / "rgb").exists()
+
+
+@pytest.mark.skipif(not any(__import__("shutil").which(c) for c in ("g++", "c++", "clang++")),
+                    reason="Denoiser.compile needs a C++ compiler for torch.compile on the CPU")
+def test_compiled_denoiser_matches_eager(tiny_ddpm):
+    import torch
+
+    from siamdiff.data.datasets import load_sample
+    from siamdiff.reconstruction.api import Denoiser
+    from siamdiff.reconstruction.noise import gaussian
+
+    noisy = gaussian(load_sample("mnist").images[:4].float() / 255, 0.3, torch.Generator().manual_seed(0))
+    eager = Denoiser.load(tiny_ddpm)
+    fast = Denoiser.load(tiny_ddpm).compile()
+    assert fast.channels == eager.channels and fast.image_size == eager.image_size
+    for kw in ({"sigma": 0.3}, {"sigma": 0.2, "method": "ddim", "steps": 3}):
+        want, info = eager.denoise(noisy, **kw)
+        got, info_fast = fast.denoise(noisy, **kw)
+        assert info_fast.t_start == info.t_start
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_compile_failure_is_one_clear_error(tiny_ddpm, monkeypatch):
+    import torch
+
+    from siamdiff.errors import SiamdiffError
+    from siamdiff.reconstruction.api import Denoiser
+
+    def broken(net, **kw):
+        def call(*args):
+            raise RuntimeError("InductorError: no working C++ compiler found\ncompiler log ...")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken)
+    den = Denoiser.load(tiny_ddpm).compile()
+    with pytest.raises(SiamdiffError, match=r"torch.compile failed \(RuntimeError: InductorError: no working C\+\+ "
+                                            r"compiler found\); use the network without compile\(\)$"):
+        den.denoise(torch.rand(1, 1, 28, 28), sigma=0.3)
