@@ -78,7 +78,7 @@ class Denoiser:
 
         For a process that denoises many images of one shape, not for one-off calls: the first call of each input
         shape (and each guidance setting) spends tens of seconds compiling, and on the CPU it needs a C++ compiler.
-        Later calls of one 28×28 image ran about 30 % faster on 2 CPU threads than the eager network
+        Later calls of one 28×28 image ran 20-30 % faster on 2 CPU threads than the eager network
         (``python benchmarks/denoise.py --latency-only`` measures both). A failure to compile is reported as a
         :class:`SiamdiffError` on the first call."""
         self.net = _Compiled(self.net)
