@@ -180,7 +180,6 @@ class _Compiled(torch.nn.Module):
 
     def __init__(self, net: torch.nn.Module) -> None:
         super().__init__()
-        self.eager = net
         self.config = getattr(net, "config", None)
         self.compiled = torch.compile(net, dynamic=False)
 

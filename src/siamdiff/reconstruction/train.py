@@ -60,17 +60,16 @@ class DiffusionTask:
         self._steps = 0
         self._ema_params: list[torch.Tensor] | None = None
 
-    def start_from(self, path: Path, meta: dict[str, Any]) -> None:
-        """Start from the weights of the diffusion model at ``path`` (fine-tuning): the trained weights and their
-        EMA copy both begin there, and the saved model records where it came from."""
-        from ..checkpoint import load_model
-
-        weights = load_model(path, kind="diffusion")[0].state_dict()
+    def start_from(self, net: torch.nn.Module, source: str, meta: dict[str, Any]) -> None:
+        """Start from the weights of ``net``, the diffusion model loaded from ``source`` with metadata ``meta``
+        (fine-tuning): the trained weights and their EMA copy both begin there, and the saved model records where
+        it came from."""
+        weights = net.state_dict()
         self.model.load_state_dict(weights)
         self.ema.load_state_dict(weights)
         extra = meta["extra"]
         history = extra.get("history") or []
-        self.init = {"from": str(path), "command": extra.get("command"), "epochs": len(history),
+        self.init = {"from": source, "command": extra.get("command"), "epochs": len(history),
                      "train_seconds": round(sum(h.get("seconds", 0.0) for h in history), 1),
                      "train_device": history[-1].get("device") if history else None,
                      "previous": extra.get("init")}
@@ -182,22 +181,21 @@ def train_diffusion(dataset: str, out_dir: str | Path, model: str = "unet", data
     kept (``model`` is then ignored; a folder dataset is read at the model's size and channel count unless
     ``image_size``/``channels`` say otherwise); ``overrides`` set the new run's epochs, learning rate and batch
     size."""
-    from ..checkpoint import read_metadata
+    from ..checkpoint import load_model
     from ..data.datasets import load_splits
-    from ..errors import SiamdiffError
     from ..similarity.api import resolve_model_path
     from ..train import fit
 
     if init is not None:
-        path = Path(resolve_model_path("diffusion", init))
-        meta = read_metadata(path)
-        if meta["kind"] != "diffusion":
-            raise SiamdiffError(f"--init '{init}' is a {meta['kind']} model, not a diffusion model")
-        size, chans = meta["config"]["image_size"], meta["config"]["in_channels"]
-        train, val = load_splits(dataset, ("train", "val"), data_root, download, image_size or size, channels or chans)
-        r = _recipe_of(init, meta, train.shape[0], len(train.classes), seed=overrides.pop("seed", 0), **overrides)
+        path = resolve_model_path("diffusion", init)
+        net, meta = load_model(path, kind="diffusion")
+        cfg = net.config
+        train, val = load_splits(dataset, ("train", "val"), data_root, download, image_size or cfg.image_size,
+                                 channels or cfg.in_channels)
+        r = _recipe_of(init, cfg, meta, train.shape[0], len(train.classes), seed=overrides.pop("seed", 0),
+                       **overrides)
         task = DiffusionTask(r, train, val, command)
-        task.start_from(path, meta)
+        task.start_from(net, str(path), meta)
         return fit(task, r.train, out_dir, resume, overwrite)
     train, val = load_splits(dataset, ("train", "val"), data_root, download, image_size, channels)
     c, h, _ = train.shape
@@ -208,24 +206,20 @@ def train_diffusion(dataset: str, out_dir: str | Path, model: str = "unet", data
     return fit(DiffusionTask(r, train, val, command), r.train, out_dir, resume, overwrite)
 
 
-def _recipe_of(init: str, meta: dict[str, Any], channels: int, n_classes: int, seed: int = 0, device: str = "auto",
-               epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
-               max_batches: int | None = None) -> DiffusionRecipe:
-    """The recipe that continues the diffusion model ``init`` (metadata ``meta``) on images with ``channels``
-    channels in ``n_classes`` classes; refuses a model made for other channels or classes."""
+def _recipe_of(init: str, cfg: UNetConfig, meta: dict[str, Any], channels: int, n_classes: int, seed: int = 0,
+               device: str = "auto", **overrides: Any) -> DiffusionRecipe:
+    """The recipe that continues the diffusion model ``init`` (network ``cfg``, metadata ``meta``) on images with
+    ``channels`` channels in ``n_classes`` classes: its schedule, loss and optimiser, with ``overrides`` (epochs,
+    batch size, learning rate, batches per epoch) for the new run; refuses a model made for other channels or
+    classes."""
     from ..errors import SiamdiffError
 
-    cfg = UNetConfig(**meta["config"])
     if cfg.in_channels != channels:  # another size is resized to the model's, as for the seed's 32×32
         raise SiamdiffError(f"--init '{init}' was trained on images with {cfg.in_channels} channel(s); this dataset "
                             f"has {channels}")
     if cfg.num_classes and cfg.num_classes != n_classes:
         raise SiamdiffError(f"--init '{init}' knows {cfg.num_classes} classes; this dataset has {n_classes}")
     before = meta["extra"].get("recipe") or {}
-    old = before.get("train") or {}
-    train = TrainConfig(epochs or old.get("epochs", 5), batch_size or old.get("batch_size", 128),
-                        lr or old.get("lr", 1e-3), old.get("weight_decay", 0.0), old.get("optimizer", "adamw"),
-                        old.get("schedule", "onecycle"), seed, device, max_batches=max_batches)
-    schedule = Schedule(**meta["extra"]["schedule"])
-    return DiffusionRecipe(cfg, schedule, train, before.get("loss", "mse"), before.get("label_dropout", 0.1),
-                           before.get("ema", 0.999), before.get("flip", False))
+    train = TrainConfig(**{**before.get("train", {}), "max_batches": None, **overrides, "seed": seed, "device": device})
+    kept = {k: before[k] for k in ("loss", "label_dropout", "ema", "flip") if k in before}
+    return DiffusionRecipe(cfg, Schedule(**meta["extra"]["schedule"]), train, **kept)
