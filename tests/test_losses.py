@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from siamdiff.similarity.losses import (LossConfig, contrastive_loss, in_batch_contrastive, in_batch_triplet,
-                                        pair_terms, supcon_loss, triplet_loss)
+from siamdiff.similarity.losses import (LossConfig, Proxies, contrastive_loss, in_batch_contrastive,
+                                        in_batch_triplet, normsoftmax_loss, pair_terms, supcon_loss, triplet_loss)
 
 
 def test_contrastive_by_hand_both_forms():
@@ -72,6 +72,27 @@ def test_supcon_by_hand_two_pairs():
     assert supcon_loss(z, y, temperature=1.0).item() == pytest.approx(expected, rel=1e-6)
 
 
+def test_normsoftmax_by_hand():
+    # proxies (2, 0) and (0, 3) -> unit (1, 0), (0, 1); embeddings (1, 0) of class 0 and (3, 4) of class 1; tau = 0.5
+    emb = torch.tensor([[1.0, 0.0], [3.0, 4.0]])
+    proxies = torch.tensor([[2.0, 0.0], [0.0, 3.0]])
+    y = torch.tensor([0, 1])
+    # cosines: first (1, 0), second (0.6, 0.8); logits = cos / 0.5
+    first = -math.log(math.exp(2.0) / (math.exp(2.0) + math.exp(0.0)))
+    second = -math.log(math.exp(1.6) / (math.exp(1.2) + math.exp(1.6)))
+    assert normsoftmax_loss(emb, y, proxies, 0.5).item() == pytest.approx((first + second) / 2, rel=1e-6)
+
+
+def test_normsoftmax_trains_its_proxies_and_needs_them():
+    proxies = Proxies(3, 4)
+    e, y = torch.randn(6, 4, requires_grad=True), torch.tensor([0, 1, 2, 0, 1, 2])
+    LossConfig("normsoftmax", temperature=0.05).in_batch(proxies)(e, y).backward()
+    assert proxies.weight.grad is not None and proxies.weight.grad.abs().sum() > 0
+    assert e.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="proxies"):
+        LossConfig("normsoftmax").in_batch()
+
+
 pml = pytest.importorskip("pytorch_metric_learning", reason="pytorch-metric-learning is the test oracle")
 
 
@@ -111,3 +132,14 @@ def test_supcon_matches_pml():
 
     oracle = SupConLoss(temperature=0.2, reducer=MeanReducer())(e, y)
     assert supcon_loss(e, y, 0.2).item() == pytest.approx(oracle.item(), rel=1e-4)
+
+
+def test_normsoftmax_matches_pml():
+    from pytorch_metric_learning.losses import NormalizedSoftmaxLoss
+    from pytorch_metric_learning.reducers import MeanReducer
+
+    torch.manual_seed(4)
+    e, y = torch.randn(16, 6), torch.randint(0, 5, (16,))
+    oracle = NormalizedSoftmaxLoss(5, 6, temperature=0.05, reducer=MeanReducer())
+    ours = normsoftmax_loss(e, y, oracle.W.detach().T, 0.05)  # pml stores the proxies as columns
+    assert ours.item() == pytest.approx(oracle(e, y).item(), rel=1e-5)

@@ -45,14 +45,39 @@ def test_seeded_runs_are_bit_identical_on_cpu(tmp_path):
     assert same_weights(tmp_path / "a" / "model.safetensors", tmp_path / "b" / "model.safetensors")
 
 
-def test_resume_continues_exactly(tmp_path):
-    task, r = _task()
+@pytest.mark.parametrize("loss", ["supcon", "normsoftmax"])  # normsoftmax: its class proxies resume too
+def test_resume_continues_exactly(tmp_path, loss):
+    task, r = _task(loss=loss)
     fit(task, r.train, tmp_path / "full")
 
-    fit_killed_after_first_epoch(_task()[0], r.train, tmp_path / "cut")
-    history = fit(_task()[0], r.train, tmp_path / "cut", resume=True)
+    fit_killed_after_first_epoch(_task(loss=loss)[0], r.train, tmp_path / "cut")
+    history = fit(_task(loss=loss)[0], r.train, tmp_path / "cut", resume=True)
     assert [h["epoch"] for h in history] == [1, 2]
     assert same_weights(tmp_path / "full" / "model.safetensors", tmp_path / "cut" / "model.safetensors")
+
+
+def test_normsoftmax_trains_proxies_that_stay_out_of_the_model_file(tmp_path):
+    task, r = _task(loss="normsoftmax")
+    assert r.loss.temperature == 0.05
+    before = task.loss_module.weight.detach().clone()
+    fit(task, r.train, tmp_path)
+    assert not torch.equal(before, task.loss_module.weight.detach())  # optimised with the network
+    net, _ = load_model(tmp_path / "model.safetensors", kind="similarity")
+    assert set(net.state_dict()) == set(task.model.state_dict())  # the file is the embedding network alone
+
+
+def test_bf16_autocast_where_the_hardware_has_it(monkeypatch):
+    import siamdiff.train as train_mod
+
+    cfg = recipe("tiny", "mnist", 1, 28).train
+    monkeypatch.setattr(train_mod, "cpu_has_bf16_matrix_units", lambda: False)
+    assert not train_mod.autocast_enabled(cfg, torch.device("cpu"))
+    assert train_mod.autocast_enabled(cfg, torch.device("cuda"))
+    monkeypatch.setattr(train_mod, "cpu_has_bf16_matrix_units", lambda: True)
+    assert train_mod.autocast_enabled(cfg, torch.device("cpu"))
+    off = type(cfg)(**{**cfg.to_dict(), "amp": False})
+    assert not train_mod.autocast_enabled(off, torch.device("cpu"))
+    assert not train_mod.autocast_enabled(off, torch.device("cuda"))
 
 
 def test_resume_with_other_settings_is_refused(tmp_path):

@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model")
     what = p.add_subparsers(dest="what", required=True, parser_class=_Parser)
     t = _train_parser(what, "similarity", "a Siamese embedding with a contrastive loss", ["default", "seed", "tiny"])
-    t.add_argument("--loss", choices=["contrastive", "hadsell", "triplet", "supcon"])
+    t.add_argument("--loss", choices=["contrastive", "hadsell", "triplet", "supcon", "normsoftmax"])
     t.add_argument("--margin", type=_positive_float)
     t = _train_parser(what, "ddpm", "a diffusion model (epsilon prediction, EMA, label dropout)",
                       ["unet", "seed", "tiny"])

@@ -1,7 +1,7 @@
 """The training loop shared by every model of siamdiff.
 
 A *task* says what one batch's loss is and how to evaluate an epoch; :func:`fit` does the rest: device choice
-(CUDA when present, with bfloat16 autocast), optimizer and one-cycle schedule, progress bars, a finite-loss guard,
+(CUDA when present; bfloat16 autocast on CUDA and on CPUs with bfloat16 matrix units), optimizer and one-cycle schedule, progress bars, a finite-loss guard,
 a JSONL log per epoch, atomic checkpoints after every epoch and ``--resume``. Every random choice of an epoch is
 derived from ``(seed, epoch)``, so a resumed run continues exactly as the uninterrupted one would have.
 """
@@ -40,7 +40,7 @@ class TrainConfig:
     schedule: str = "onecycle"  # onecycle | constant
     seed: int = 0
     device: str = "auto"
-    amp: bool = True  # bfloat16 autocast on CUDA only
+    amp: bool = True  # bfloat16 autocast on CUDA, and on CPUs with bfloat16 matrix units (see autocast_enabled)
     max_batches: int | None = None  # cap per epoch (smoke runs)
 
     def to_dict(self) -> dict[str, Any]:
@@ -68,7 +68,9 @@ class Task(Protocol):
         """Write the model file (weights + config + facts such as calibration)."""
 
     # Optional: ``after_step()`` runs after each optimizer step (EMA updates); ``extra_state()`` and
-    # ``load_extra_state(state)`` carry task state (EMA weights) through ``--resume``.
+    # ``load_extra_state(state)`` carry task state (EMA weights) through ``--resume``; ``loss_module``, an
+    # ``nn.Module`` (or None) whose parameters belong to the loss (class proxies), is optimised with the model and
+    # kept through ``--resume`` but not saved in the model file.
 
 
 def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
@@ -95,6 +97,24 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SiamdiffError("device 'cuda' requested but no CUDA GPU is available")
     return device
+
+
+def cpu_has_bf16_matrix_units() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware (Intel AMX, read from Linux's /proc/cpuinfo).
+
+    There bfloat16 autocast trains the convolutional networks 2-3x faster than float32 (a residual CIFAR-10 net,
+    batch 256, 2 cores: 1.01 s -> 0.43 s per step); elsewhere bfloat16 is emulated and slower, so it stays off.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            return any(line.startswith("flags") and " amx_bf16" in line for line in f)
+    except OSError:
+        return False
+
+
+def autocast_enabled(cfg: TrainConfig, device: torch.device) -> bool:
+    """bfloat16 autocast for training: on CUDA, and on a CPU with bfloat16 matrix units, unless ``cfg.amp`` is off."""
+    return cfg.amp and (device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16_matrix_units()))
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -165,13 +185,15 @@ def fit(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
         raise SiamdiffError(f"cannot create output folder '{out}': {exc.strerror}") from None
     device = resolve_device(cfg.device)
     model = task.model.to(device)
+    loss_module = getattr(task, "loss_module", None)
+    trainable = model if loss_module is None else nn.ModuleList([model, loss_module.to(device)])
     torch.manual_seed(cfg.seed)
     steps = task.n_batches() if cfg.max_batches is None else min(task.n_batches(), cfg.max_batches)
-    opt = _optimizer(model, cfg)
+    opt = _optimizer(trainable, cfg)
     sched = _scheduler(opt, cfg, steps)
     history: list[dict[str, Any]] = []
     start = 0
-    signature = {k: list(v.shape) for k, v in model.state_dict().items()}
+    signature = {k: list(v.shape) for k, v in trainable.state_dict().items()}
     if resume:
         state = load_state(state_path)
         if state.get("train_config") != cfg.to_dict():
@@ -179,7 +201,7 @@ def fit(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
         if state.get("signature") != signature:
             raise SiamdiffError(f"cannot resume: '{state_path}' was written for another model or image size")
         try:
-            model.load_state_dict(state["model"])
+            trainable.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
             history = list(state["history"])
@@ -189,7 +211,7 @@ def fit(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
         except (KeyError, ValueError, RuntimeError, TypeError) as exc:
             raise SiamdiffError(f"cannot resume from damaged '{state_path}': {exc}") from None
         log.info("resuming at epoch %d", start + 1)
-    amp = cfg.amp and device.type == "cuda"
+    amp = autocast_enabled(cfg, device)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     for epoch in range(start, cfg.epochs):
         model.train()
@@ -232,7 +254,7 @@ def fit(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
         history.append(row)
         log.info("epoch %d: %s", epoch + 1, json.dumps(row))
         task.save(out / "model.safetensors", history)
-        save_state(state_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+        save_state(state_path, {"model": trainable.state_dict(), "optimizer": opt.state_dict(),
                                 "scheduler": sched.state_dict(), "epoch": epoch, "history": history,
                                 "train_config": cfg.to_dict(), "signature": signature,
                                 "task": task.extra_state() if hasattr(task, "extra_state") else {}})

@@ -6,6 +6,9 @@ Distances are Euclidean. ``same`` is 1 for a pair of one category (the report's 
 * ``hadsell`` (Hadsell, Chopra, LeCun 2006, without their factor ½): ``y·d² + (1 − y)·max(0, m − d)²``
 * ``triplet`` (Schroff et al. 2015): ``max(0, d(a, p) − d(a, n) + m)``
 * ``supcon`` (Khosla et al. 2020), on unit-length embeddings with temperature τ.
+* ``normsoftmax`` (Zhai & Wu 2019, "Classification is a strong baseline for deep metric learning"): one learned
+  unit-length *proxy* per class; cross-entropy over the cosine similarities of an embedding to the proxies divided
+  by τ. Similar images are still those at a small distance — the proxies only exist during training.
 
 The ``in_batch`` forms use every pair (or triplet) inside a batch and weight positives and negatives equally:
 ``mean over positive pairs + mean over negative pairs``, the same balance as the report's 50/50 pair builder, each
@@ -19,9 +22,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 PAIR_FORMS = ("contrastive", "hadsell")
-LOSSES = ("contrastive", "hadsell", "triplet", "supcon")
+LOSSES = ("contrastive", "hadsell", "triplet", "supcon", "normsoftmax")
 
 
 def pair_terms(d: torch.Tensor, same: torch.Tensor, margin: float, form: str = "contrastive") -> torch.Tensor:
@@ -110,20 +114,40 @@ def supcon_loss(emb: torch.Tensor, labels: torch.Tensor, temperature: float = 0.
     return -mean_log_prob.mean()
 
 
+def normsoftmax_loss(emb: torch.Tensor, labels: torch.Tensor, proxies: torch.Tensor,
+                     temperature: float = 0.05) -> torch.Tensor:
+    """Normalized-softmax loss: ``emb (B, D)``, ``labels (B,)`` in ``[0, K)``, ``proxies (K, D)`` (any length)."""
+    logits = F.normalize(emb, dim=1) @ F.normalize(proxies, dim=1).T / temperature
+    return F.cross_entropy(logits, labels)
+
+
+class Proxies(nn.Module):
+    """The learned class proxies of :func:`normsoftmax_loss`: ``(n_classes, dim)``, trained with the network."""
+
+    def __init__(self, n_classes: int, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(n_classes, dim) / dim ** 0.5)
+
+
 @dataclass(frozen=True)
 class LossConfig:
-    """Which loss and its one hyper-parameter (margin, or temperature for supcon)."""
+    """Which loss and its one hyper-parameter (margin, or temperature for supcon and normsoftmax)."""
 
     name: str = "contrastive"
     margin: float = 1.0
     temperature: float = 0.1
 
-    def in_batch(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """``loss(emb (B, D), labels (B,)) -> scalar`` over every pair/triplet of the batch."""
+    def in_batch(self, proxies: Proxies | None = None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """``loss(emb (B, D), labels (B,)) -> scalar`` over every pair/triplet of the batch (``normsoftmax``: of
+        every image against the class ``proxies``)."""
         if self.name in PAIR_FORMS:
             return lambda e, y: in_batch_contrastive(e, y, self.margin, self.name)
         if self.name == "triplet":
             return lambda e, y: in_batch_triplet(e, y, self.margin)
         if self.name == "supcon":
             return lambda e, y: supcon_loss(e, y, self.temperature)
+        if self.name == "normsoftmax":
+            if proxies is None:
+                raise ValueError("the normsoftmax loss needs its class proxies")
+            return lambda e, y: normsoftmax_loss(e, y, proxies.weight, self.temperature)
         raise ValueError(f"unknown loss '{self.name}': use one of {', '.join(LOSSES)}")

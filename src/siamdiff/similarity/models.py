@@ -20,8 +20,11 @@ class EmbedConfig(JsonConfig):
     """Everything needed to rebuild an embedding network; stored inside every checkpoint.
 
     arch: ``seed`` (the report's net, no nonlinearities, 2-d output) or ``embed`` (siamdiff's default).
-    widths: conv channels per stage; fc: hidden FC widths (seed only); residual: add a residual block per stage;
-    depth: conv layers per stage.
+    widths: conv channels per stage; fc: hidden FC widths (seed only); residual: add a residual block after a
+    stage (one flag for all, or one per stage; a residual network halves the resolution after every stage);
+    depth: conv layers per stage; mirror_average: outside training, embed an image as the (normalised) mean of its
+    own and its left-right mirror's outputs — set by the recipe for the models it trains with random mirrors (their
+    categories do not change under a mirror; never digits).
     """
 
     arch: str
@@ -30,11 +33,12 @@ class EmbedConfig(JsonConfig):
     widths: tuple[int, ...]
     embed_dim: int
     fc: tuple[int, ...] = ()
-    residual: bool = False
+    residual: bool | tuple[bool, ...] = False  # one flag for every stage, or one per stage
     depth: int = 1  # conv-BN-ReLU layers per stage (embed only)
     normalize: bool = True
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.5,)
+    mirror_average: bool = False
 
 
 _MNIST_STATS = dict(mean=(0.1307,), std=(0.3081,))
@@ -49,7 +53,10 @@ PRESETS: dict[str, EmbedConfig] = {
     "seed-cifar10": EmbedConfig("seed", 3, 32, (96, 192, 384), 2, fc=(126, 42), normalize=False, **_CIFAR_STATS),
     "default-mnist": EmbedConfig("embed", 1, 28, (32, 64, 128), 64, depth=2, **_MNIST_STATS),
     "default-fashion-mnist": EmbedConfig("embed", 1, 28, (32, 64, 128), 64, depth=2, **_FASHION_STATS),
-    "default-cifar10": EmbedConfig("embed", 3, 32, (64, 128, 256), 128, residual=True, **_CIFAR_STATS),
+    # The residual layout of Page's "ResNet-9" (myrtle.ai, "How to train your ResNet", 2018): a 64-wide stem, stages
+    # of 128/256/512 with a residual block after the first and the last.
+    "default-cifar10": EmbedConfig("embed", 3, 32, (128, 256, 512), 128, residual=(True, False, True),
+                                   **_CIFAR_STATS),
     # Tiny presets for tests and smoke runs.
     "tiny-1": EmbedConfig("embed", 1, 28, (4, 8), 8),
     "tiny-3": EmbedConfig("embed", 3, 32, (4, 8), 8, residual=True),
@@ -124,15 +131,19 @@ class EmbeddingNet(nn.Module):
 
     @staticmethod
     def _embed(c: EmbedConfig) -> tuple[nn.Module, nn.Module]:
-        layers: list[nn.Module] = [*_conv_bn(c.in_channels, c.widths[0])]
-        cin = c.widths[0]
-        for i, w in enumerate(c.widths):
+        residual = c.residual if isinstance(c.residual, tuple) else (c.residual,) * len(c.widths)
+        if len(residual) != len(c.widths):
+            raise ValueError(f"residual has {len(residual)} flags for {len(c.widths)} stages")
+        stem = min(c.widths[0], 64)
+        layers: list[nn.Module] = [*_conv_bn(c.in_channels, stem)]
+        cin = stem
+        for i, (w, res) in enumerate(zip(c.widths, residual)):
             layers += _conv_bn(cin, w)
             for _ in range(c.depth - 1):
                 layers += _conv_bn(w, w)
-            if i < len(c.widths) - 1 or c.residual:
+            if i < len(c.widths) - 1 or any(residual):
                 layers.append(nn.MaxPool2d(2))
-            if c.residual:
+            if res:
                 layers.append(Residual(w))
             cin = w
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
@@ -142,6 +153,8 @@ class EmbeddingNet(nn.Module):
         x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
         x = (x - self.mean) / self.std
         z = self.head(self.features(x))
+        if self.config.mirror_average and not self.training:
+            z = (z + self.head(self.features(x.flip(3)))) / 2
         return F.normalize(z, dim=1) if self.config.normalize else z
 
 

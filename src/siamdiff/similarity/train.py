@@ -19,7 +19,7 @@ from ..train import TrainConfig, epoch_generator, fit, shuffled_batches
 from .calibration import calibrate
 from .embed import embed
 from ..errors import SiamdiffError
-from .losses import PAIR_FORMS, LossConfig, contrastive_loss
+from .losses import PAIR_FORMS, LossConfig, Proxies, contrastive_loss
 from .metrics import knn_search, recall_at_k, roc_auc
 from .models import EmbedConfig, EmbeddingNet, preset
 from .pairs import balanced_pairs, seed_pairs
@@ -68,9 +68,12 @@ def recipe(model: str, dataset: str, in_channels: int, image_size: int, loss: st
         base_epochs = 2
     # Supervised contrastive by default: on MNIST (7 epochs each, GPU) it beat the in-batch contrastive loss on
     # validation recall@1 (0.995 vs 0.993) and verification (0.997 vs 0.991); docs/similarity.md has the rest.
-    loss_cfg = LossConfig(loss or "supcon", margin if margin is not None else 1.0)
+    loss = loss or "supcon"
+    loss_cfg = LossConfig(loss, margin if margin is not None else 1.0, 0.05 if loss == "normsoftmax" else 0.1)
     train = TrainConfig(epochs or base_epochs, batch_size or 256, lr or 3e-3, 5e-4, "adamw", "onecycle", seed,
                         device, max_batches=max_batches)
+    # a model trained on random mirrors embeds an image and its mirror alike: average the two outside training
+    net = dataclasses.replace(net, mirror_average=flip)
     return SimilarityRecipe(net, loss_cfg, train, flip=flip, translate=translate)
 
 
@@ -80,11 +83,15 @@ class SimilarityTask:
     def __init__(self, recipe: SimilarityRecipe, train: ImageSet, val: ImageSet, command: str = "") -> None:
         self.recipe = recipe
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(recipe.train.seed)  # seeded initial weights
+            torch.manual_seed(recipe.train.seed)  # seeded initial weights (and proxies)
             self.model = EmbeddingNet(recipe.model)
+            # normsoftmax's class proxies: trained with the network (fit optimises task.loss_module), never saved
+            # in the model file — a similarity model is the embedding network alone
+            self.loss_module = Proxies(len(train.classes), recipe.model.embed_dim) \
+                if recipe.loss.name == "normsoftmax" else None
         self.train_set, self.val_set = train, val
         self.command = command
-        self.loss_fn = recipe.loss.in_batch()
+        self.loss_fn = recipe.loss.in_batch(self.loss_module)
         self._device_images: torch.Tensor | None = None
         self._device_labels: torch.Tensor | None = None
         try:
