@@ -2,7 +2,7 @@
 protocol of docs/similarity.md, time pair scoring and index search, and write docs/benchmarks/similarity.{json,md}.
 
     python benchmarks/similarity.py --data-dir ../shared/data                # train what is missing, evaluate
-    python benchmarks/similarity.py --data-dir ../shared/data --ship         # also copy default models into the package
+    python benchmarks/similarity.py --data-dir ../shared/data --ship         # also ship the default models evaluated
     python benchmarks/similarity.py --data-dir ../shared/data --only cifar10:seed --epochs cifar10:seed=2
 
 Each row records the exact training and evaluation commands, so it can be reproduced alone.
@@ -41,9 +41,13 @@ def hardware() -> dict:
                 break
     except OSError:
         pass
+    from siamdiff.train import cpu_has_bf16_matrix_units
+
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    # with bfloat16 matrix units (AMX) CPU training runs under bfloat16 autocast, as on a GPU
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
-            "torch": torch.__version__, "python": platform.python_version()}
+            "cpu_bf16_matrix_units": cpu_has_bf16_matrix_units(), "torch": torch.__version__,
+            "python": platform.python_version()}
 
 
 def code_version() -> str:
@@ -231,11 +235,11 @@ def main() -> None:
               "code_version": version, "hardware": hw, "rows": ordered, "notes": previous.get("notes", [])}
     if ("mnist", "default") in rows:
         result["latency"] = latency(rows[("mnist", "default")]["model_path"], args.data_dir, "mnist")
-    if args.ship:
+    if args.ship:  # the default models evaluated by this run (--ship-only ships every default row of the JSON)
         dest = ROOT / "src" / "siamdiff" / "weights"
-        for r in ordered:
-            if r["model"] == "default":
-                write_card(r, r["hardware"], r["code_version"], dest)
+        for dataset, model in wanted:
+            if model == "default":
+                write_card(rows[(dataset, model)], hw, version, dest)
     json_path.write_text(json.dumps(result, indent=2) + "\n")
     (out / "similarity.md").write_text(markdown(result))
     print(f"wrote {json_path} and {out / 'similarity.md'}")
