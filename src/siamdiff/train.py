@@ -3,8 +3,8 @@
 A *task* says what one batch's loss is and how to evaluate an epoch; :func:`fit` does the rest: device choice
 (CUDA when present; bfloat16 autocast on CUDA and on CPUs with bfloat16 matrix units), optimizer and one-cycle
 schedule, progress bars, a finite-loss guard, a JSONL log per epoch, atomic checkpoints after every epoch and
-``--resume``. Every random choice of an epoch is
-derived from ``(seed, epoch)``, so a resumed run continues exactly as the uninterrupted one would have.
+``--resume``. Every random choice of an epoch is derived from ``(seed, epoch)``, so a resumed run continues exactly
+as the uninterrupted one would have.
 """
 
 from __future__ import annotations

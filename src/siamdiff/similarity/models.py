@@ -20,8 +20,9 @@ class EmbedConfig(JsonConfig):
     """Everything needed to rebuild an embedding network; stored inside every checkpoint.
 
     arch: ``seed`` (the report's net, no nonlinearities, 2-d output) or ``embed`` (siamdiff's default).
-    widths: conv channels per stage; fc: hidden FC widths (seed only); residual: add a residual block after a
-    stage (one flag for all, or one per stage; a residual network halves the resolution after every stage);
+    widths: conv channels per stage (the ``embed`` stem is as wide as the first stage, at most 64); fc: hidden FC
+    widths (seed only); residual: add a residual block after a stage (one flag for all, or one per stage; a
+    residual network halves the resolution after every stage);
     depth: conv layers per stage; mirror_average: outside training, embed an image as the (normalised) mean of its
     own and its left-right mirror's outputs — set by the recipe for the models it trains with random mirrors (their
     categories do not change under a mirror; never digits).
