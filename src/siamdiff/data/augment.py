@@ -27,8 +27,26 @@ def random_translate(x: torch.Tensor, pad: int, generator: torch.Generator | Non
     return out.permute(0, 3, 1, 2).contiguous()
 
 
-def augment(x: torch.Tensor, flip: bool, translate: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def random_cutout(x: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Zero one ``size`` × ``size`` square per image at a uniformly drawn centre; squares may reach past the edge
+    and are then cut there (cutout, DeVries & Taylor 2017, arXiv:1708.04552). Zero, like the translation's fill."""
+    if size <= 0:
+        return x
+    n, _, h, w = x.shape
+    cy = torch.randint(0, h, (n,), device=x.device, generator=generator)
+    cx = torch.randint(0, w, (n,), device=x.device, generator=generator)
+    top, left = cy - size // 2, cx - size // 2
+    rows = torch.arange(h, device=x.device)[None, :]
+    cols = torch.arange(w, device=x.device)[None, :]
+    in_rows = (rows >= top[:, None]) & (rows < top[:, None] + size)  # (N, H)
+    in_cols = (cols >= left[:, None]) & (cols < left[:, None] + size)  # (N, W)
+    hole = (in_rows[:, :, None] & in_cols[:, None, :])[:, None]  # (N, 1, H, W)
+    return x.masked_fill(hole, 0)
+
+
+def augment(x: torch.Tensor, flip: bool, translate: int, generator: torch.Generator | None = None,
+            cutout: int = 0) -> torch.Tensor:
     """Apply the configured augmentations to a uint8 or float batch ``(N, C, H, W)``."""
     if flip:
         x = random_flip(x, generator)
-    return random_translate(x, translate, generator)
+    return random_cutout(random_translate(x, translate, generator), cutout, generator)
