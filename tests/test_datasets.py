@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from siamdiff.data import datasets as ds
-from siamdiff.data.augment import random_flip, random_translate
+from siamdiff.data.augment import random_cutout, random_flip, random_translate
 from siamdiff.data.folder import folder_split_indices
 from siamdiff.errors import SiamdiffError
 
@@ -128,6 +128,23 @@ def test_augmentations_keep_shape_and_content():
     moved = random_translate(x, 1, g)
     assert moved.shape == x.shape and moved.dtype == x.dtype
     assert torch.equal(random_translate(x, 0, g), x)
+
+
+def test_cutout_zeroes_one_square_per_image_cut_at_the_edges():
+    x = torch.full((64, 3, 8, 8), 200, dtype=torch.uint8)
+    out = random_cutout(x, 4, torch.Generator().manual_seed(0))
+    assert out.dtype == x.dtype and torch.equal(x, torch.full_like(x, 200))  # input untouched
+    holes = out == 0
+    assert torch.equal(holes, holes[:, :1].expand_as(holes))  # the same square in every channel
+    for hole in holes[:, 0]:
+        rows, cols = hole.any(1).nonzero().flatten(), hole.any(0).nonzero().flatten()
+        assert hole.sum() == len(rows) * len(cols)  # a rectangle ...
+        assert 1 <= len(rows) <= 4 and 1 <= len(cols) <= 4  # ... of at most 4 x 4, never empty
+        assert rows.max() - rows.min() + 1 == len(rows)  # contiguous
+        assert len(rows) == 4 or rows.min() == 0 or rows.max() == 7  # shorter only where cut by an edge
+        assert len(cols) == 4 or cols.min() == 0 or cols.max() == 7
+    assert (holes[:, 0].sum((1, 2)) == 16).any() and (holes[:, 0].sum((1, 2)) < 16).any()
+    assert torch.equal(random_cutout(x, 0), x)
 
 
 def test_real_mnist_and_cifar_counts(data_root):

@@ -105,6 +105,19 @@ def test_seed_recipe_is_the_reports():
     assert recipe("seed", "cifar10", 3, 32).model.widths == (96, 192, 384)
 
 
+def test_default_recipes_differ_per_dataset_and_explicit_settings_win():
+    cifar, mnist = recipe("default", "cifar10", 3, 32), recipe("default", "mnist", 1, 28)
+    assert (cifar.loss.name, cifar.cutout, cifar.train.weight_decay, cifar.flip) == ("normsoftmax", 8, 0.05, True)
+    assert cifar.model.mirror_average and not mnist.model.mirror_average
+    assert (mnist.loss.name, mnist.cutout, mnist.train.weight_decay) == ("supcon", 0, 5e-4)
+    assert recipe("default", "cifar10", 3, 32, loss="supcon", epochs=3).loss.name == "supcon"
+    assert recipe("default", "cifar10", 3, 32, epochs=3).train.epochs == 3
+    assert recipe("tiny", "cifar10", 3, 32).train.epochs == 2
+    assert recipe("default", "cifar10", 3, 32).to_dict()["cutout"] == 8  # written into the model file
+    folder = recipe("default", "folder:x", 3, 32)
+    assert folder.flip and folder.cutout == 0 and folder.loss.name == "supcon"
+
+
 def test_seed_pairs_training_runs(tmp_path):
     task, r = _task(model="seed", max_batches=3)
     history = fit(task, r.train, tmp_path)
