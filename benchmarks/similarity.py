@@ -94,7 +94,10 @@ def train_and_eval(dataset: str, model: str, args: argparse.Namespace) -> dict:
     recorded = read_metadata(out / "model.safetensors")["extra"].get("command")
     if recorded:  # the command that trained this model (it may have run elsewhere, e.g. on a GPU machine)
         cmd = shlex.split(recorded)
-    ecmd = ["siamdiff", "eval", "similarity", "--model", str(out / "model.safetensors"), "--dataset", dataset,
+    from siamdiff.checkpoint import save_float16_copy
+
+    shipped = save_float16_copy(out / "model.safetensors", out / "model-float16.safetensors")  # evaluated as shipped
+    ecmd = ["siamdiff", "eval", "similarity", "--model", str(shipped), "--dataset", dataset,
             "--data-dir", args.data_dir, "--json"]
     stdout, _ = run(exe + ecmd[1:])
     metrics = json.loads(stdout)
@@ -102,7 +105,7 @@ def train_and_eval(dataset: str, model: str, args: argparse.Namespace) -> dict:
     return {"dataset": dataset, "model": model, "epochs": len(history), "train_seconds": round(train_seconds, 1),
             "train_device": history[-1].get("device", "cpu"),
             "train_command": shlex.join(cmd), "eval_command": shlex.join(ecmd), "metrics": metrics,
-            "model_path": str(out / "model.safetensors")}
+            "model_path": str(shipped)}
 
 
 def time_calls(fn, repeats: int, digits: int = 3) -> dict:
@@ -153,7 +156,8 @@ def write_card(row: dict, hw: dict, version: str, dest: Path) -> None:
             "train_seconds": row["train_seconds"], "train_device": row.get("train_device", "cpu"),
             "hardware": hw, "code_version": version,
             "config": meta["config"], "recipe": meta["extra"].get("recipe"),
-            "calibration": meta["extra"].get("calibration"), "metrics": row["metrics"]}
+            "calibration": meta["extra"].get("calibration"), "metrics": row["metrics"],
+            "weights": "float16 copy of the trained float32 weights; the metrics are the float16 copy's"}
     shutil.copyfile(row["model_path"], dest / f"similarity-{row['dataset']}.safetensors")
     (dest / f"similarity-{row['dataset']}.json").write_text(json.dumps(card, indent=2) + "\n")
 
