@@ -110,7 +110,9 @@ def test_default_recipes_differ_per_dataset_and_explicit_settings_win():
     assert (cifar.loss.name, cifar.cutout, cifar.train.weight_decay, cifar.flip) == ("normsoftmax", 8, 0.05, True)
     assert cifar.model.mirror_average and not mnist.model.mirror_average
     assert (mnist.loss.name, mnist.cutout, mnist.train.weight_decay) == ("supcon", 0, 5e-4)
+    assert cifar.loss.temperature == 0.05 and mnist.loss.temperature == 0.1
     assert recipe("default", "cifar10", 3, 32, loss="supcon", epochs=3).loss.name == "supcon"
+    assert recipe("default", "mnist", 1, 28, loss="triplet", margin=0.2).loss.margin == 0.2
     assert recipe("default", "cifar10", 3, 32, epochs=3).train.epochs == 3
     assert recipe("tiny", "cifar10", 3, 32).train.epochs == 2
     assert recipe("default", "cifar10", 3, 32).to_dict()["cutout"] == 8  # written into the model file

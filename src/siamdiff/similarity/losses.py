@@ -137,6 +137,12 @@ class LossConfig:
     margin: float = 1.0
     temperature: float = 0.1
 
+    @classmethod
+    def default(cls, name: str, margin: float | None = None) -> LossConfig:
+        """``name`` with its default hyper-parameter: margin 1 for the pair and triplet forms, temperature 0.1 for
+        supcon (Khosla et al. 2020) and 0.05 for normsoftmax (Zhai & Wu 2019)."""
+        return cls(name, 1.0 if margin is None else margin, 0.05 if name == "normsoftmax" else 0.1)
+
     def in_batch(self, proxies: Proxies | None = None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """``loss(emb (B, D), labels (B,)) -> scalar`` over every pair/triplet of the batch (``normsoftmax``: of
         every image against the class ``proxies``)."""

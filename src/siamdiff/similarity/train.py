@@ -82,8 +82,7 @@ def recipe(model: str, dataset: str, in_channels: int, image_size: int, loss: st
                             device, max_batches=max_batches)
         return SimilarityRecipe(net, loss_cfg, train, pairs="seed", flip=True, translate=0)
     d = _DEFAULTS.get(dataset, _Defaults(20, in_channels == 3, 2, "supcon"))
-    loss = loss or d.loss
-    loss_cfg = LossConfig(loss, margin if margin is not None else 1.0, 0.05 if loss == "normsoftmax" else 0.1)
+    loss_cfg = LossConfig.default(loss or d.loss, margin)
     train = TrainConfig(epochs or (2 if model == "tiny" else d.epochs), batch_size or 256, lr or 3e-3,
                         d.weight_decay, "adamw", "onecycle", seed, device, max_batches=max_batches)
     # a model trained on random mirrors embeds an image and its mirror alike: average the two outside training
