@@ -145,7 +145,15 @@ def latency(model_path: str, data_dir: str, dataset: str, repeats: int = 200) ->
     return {"score_pair": pair, "search_query": query, "index_size": len(train), "threads": 2}
 
 
+def _float_dtypes(path: str) -> set:
+    from safetensors.torch import load_file
+
+    return {t.dtype for t in load_file(path).values() if t.is_floating_point()}
+
+
 def write_card(row: dict, hw: dict, version: str, dest: Path) -> None:
+    import torch
+
     from siamdiff.checkpoint import read_metadata
 
     meta = read_metadata(row["model_path"])
@@ -157,7 +165,8 @@ def write_card(row: dict, hw: dict, version: str, dest: Path) -> None:
             "hardware": hw, "code_version": version,
             "config": meta["config"], "recipe": meta["extra"].get("recipe"),
             "calibration": meta["extra"].get("calibration"), "metrics": row["metrics"],
-            "weights": "float16 copy of the trained float32 weights; the metrics are the float16 copy's"}
+            "weights": "float16 copy of the trained float32 weights; the metrics are the float16 copy's"
+            if _float_dtypes(row["model_path"]) == {torch.float16} else "as trained"}
     shutil.copyfile(row["model_path"], dest / f"similarity-{row['dataset']}.safetensors")
     (dest / f"similarity-{row['dataset']}.json").write_text(json.dumps(card, indent=2) + "\n")
 
