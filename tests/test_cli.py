@@ -72,6 +72,35 @@ def test_unknown_model_and_foreign_checkpoint(capsys, tmp_path, bad_files):
     assert code == 2 and "not a similarity model" in err
 
 
+def test_damaged_indexes_wrong_targets_and_odd_names_are_one_line_errors(capsys, tiny_model, digit_folder,
+                                                                          bad_files, tmp_path):
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+
+    good = bad_files / "good.png"
+    idx = tmp_path / "i.safetensors"
+    assert run(capsys, "index", digit_folder, "--out", idx, "--model", tiny_model)[0] == 0
+    with safe_open(str(idx), "numpy") as f:
+        meta = f.metadata()
+    tensors = load_file(str(idx))
+    tensors["embeddings"][-1] = np.nan
+    save_file(tensors, str(tmp_path / "nan.safetensors"), metadata=meta)
+    for index, message in ((tmp_path / "nan.safetensors", "not finite"), (tmp_path, "is a folder"),
+                           (good, "not a siamdiff index")):
+        code, _, err = run(capsys, "search", good, "--index", index, "--model", tiny_model)
+        assert code == 2 and message in err and err.count("\n") == 1, err
+    code, _, err = run(capsys, "index", digit_folder, "--out", tmp_path / "no" / "i.safetensors", "--model",
+                       tiny_model)
+    assert code == 2 and "does not exist" in err
+    code, _, err = run(capsys, "similarity", good, good, "--model", tmp_path)
+    assert code == 2 and "holds no model.safetensors" in err
+    code, _, err = run(capsys, "similarity", good, tmp_path / "new\nline.png", "--model", tiny_model)
+    assert code == 2 and err.count("\n") == 1 and "new\\nline" in err, err
+    code, _, err = run(capsys, "plot", "similarity", "--model", tiny_model, "--dataset", "nope", "--out",
+                       tmp_path / "plots")
+    assert code == 2 and not (tmp_path / "plots").exists()
+
+
 def test_index_and_search(capsys, tiny_model, digit_folder, bad_files, tmp_path):
     idx = tmp_path / "digits.safetensors"
     code, out, _ = run(capsys, "index", digit_folder, "--out", idx, "--model", tiny_model)

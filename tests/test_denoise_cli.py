@@ -61,7 +61,8 @@ def test_denoise_writes_pngs_and_json(capsys, tiny_ddpm, noisy_pngs, tmp_path):
 
 @pytest.mark.parametrize("extra,message", [
     (["--sigma", "-0.1"], "--sigma"), (["--sigma", "abc"], "--sigma"), (["--steps", "0"], "--steps"),
-    (["--label", "12"], "--label"),
+    (["--label", "12"], "--label"), (["--label", "3", "--guidance", "nan"], "--guidance"),
+    (["--method", "ancestral", "--seed", str(2 ** 70)], "--seed"),
 ])
 def test_denoise_bad_arguments(capsys, tiny_ddpm, noisy_pngs, tmp_path, extra, message):
     code, _, err = run(capsys, "denoise", noisy_pngs[0], "--out", tmp_path / "x.png", "--model", tiny_ddpm, *extra)
@@ -75,6 +76,36 @@ def test_denoise_never_overwrites_its_input(capsys, tiny_ddpm, noisy_pngs):
     assert code == 2 and "overwrite the input" in err and noisy_pngs[0].read_bytes() == before
     code, _, err = run(capsys, "denoise", *noisy_pngs, "--out", noisy_pngs[0].parent, "--model", tiny_ddpm)
     assert code == 2 and "overwrite the input" in err and noisy_pngs[0].read_bytes() == before
+
+
+def test_denoise_checks_every_output_before_writing_any(capsys, tiny_ddpm, noisy_pngs, tmp_path):
+    (tmp_path / "n1.png").mkdir()  # the second target is a folder
+    code, _, err = run(capsys, "denoise", *noisy_pngs, "--out", tmp_path, "--model", tiny_ddpm)
+    assert code == 2 and "is a folder" in err
+    assert not (tmp_path / "n0.png").exists()  # nothing half-written
+    code, _, err = run(capsys, "denoise", noisy_pngs[0], "--out", tmp_path / "o.jpg", "--model", tiny_ddpm)
+    assert code == 2 and "written as PNG" in err and not (tmp_path / "o.jpg").exists()
+
+
+def test_companions_made_for_other_images_are_refused(capsys, tiny_ddpm, noisy_pngs, tmp_path):
+    from siamdiff.checkpoint import save_model
+    from siamdiff.reconstruction.estimate import SigmaNet, SigmaNetConfig
+    from siamdiff.similarity.models import EmbedConfig, EmbeddingNet
+
+    colour = tmp_path / "sigma-rgb.safetensors"
+    save_model(colour, SigmaNet(SigmaNetConfig(3, (4, 4))), "sigma", SigmaNetConfig(3, (4, 4)).to_dict())
+    big = tmp_path / "clf-32.safetensors"
+    cfg = EmbedConfig("embed", 1, 32, (4, 8), 10, normalize=False)
+    save_model(big, EmbeddingNet(cfg), "classifier", cfg.to_dict())
+    for option, path, message in (("--estimator", colour, "3-channel"), ("--classifier", big, "32x32")):
+        code, _, err = run(capsys, "denoise", noisy_pngs[0], "--out", tmp_path / "o.png", "--model", tiny_ddpm,
+                           "--label", "auto", option, path)
+        assert code == 2 and message in err and err.count("\n") == 1, err
+    code, _, err = run(capsys, "eval", "denoise", "--model", tiny_ddpm, "--dataset", "sample:mnist", "--n", 2,
+                       "--method", "tweedie", "--estimator", colour)
+    assert code == 2 and "3-channel" in err
+    code, _, err = run(capsys, "eval", "denoise", "--dataset", "sample:mnist", "--method", "noisy", "--sigmas=")
+    assert code == 2 and "--sigmas is empty" in err
 
 
 def test_denoise_refuses_other_sizes_and_similarity_models(capsys, tiny_ddpm, tiny_model, tmp_path):
@@ -117,6 +148,11 @@ def test_sample_writes_a_grid(capsys, tiny_ddpm, tmp_path):
     assert code == 0, err
     with Image.open(tmp_path / "g.png") as im:
         assert im.size == (5 * 30, 30)
+    for out, message in ((tmp_path / "no" / "g.png", "does not exist"), (tmp_path / "g.jpg", ".png file")):
+        code, _, err = run(capsys, "sample", "--model", tiny_ddpm, "--out", out, "--seed", -1)
+        assert code == 2 and "--seed" in err  # argparse first
+        code, _, err = run(capsys, "sample", "--model", tiny_ddpm, "--out", out)
+        assert code == 2 and message in err and not out.exists()
 
 
 def test_reconstruction_pictures(tiny_ddpm, tmp_path):

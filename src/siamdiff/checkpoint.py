@@ -118,7 +118,10 @@ def load_model(path: str | os.PathLike, kind: str | None = None,
         state = load_file(str(path), device=str(map_location))
         model.load_state_dict(state, strict=True)
     except Exception as exc:  # noqa: BLE001 - shape/key mismatches and corrupt tensors alike
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        # torch's message is a header line and then one line per key: the header alone says nothing
+        lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+        first = (lines[0] + (" " + lines[1] if len(lines) > 1 and lines[0].endswith(":") else "")) if lines \
+            else type(exc).__name__
         raise CheckpointError(f"cannot load weights of '{path}': {first}") from None
     return model.to(memory_format=torch.channels_last).eval(), meta
 

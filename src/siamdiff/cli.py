@@ -16,6 +16,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import SiamdiffError
+from .files import check_writable
 
 log = logging.getLogger("siamdiff")
 
@@ -45,6 +46,26 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _guidance(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not 0 <= value < float("inf"):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a number of 0 or more, got {text}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if not 0 <= value < 2 ** 63:  # what torch.Generator.manual_seed takes
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to 2**63 - 1, got {text}")
+    return value
+
+
 def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="folder holding MNIST/raw, FashionMNIST/raw, cifar-10-batches-py "
                                       "(default: $SIAMDIFF_DATA or ~/.cache/siamdiff/data)")
@@ -59,7 +80,7 @@ def _train_parser(sub, name: str, text: str, models: list[str]) -> argparse.Argu
     t.add_argument("--epochs", type=_positive_int)
     t.add_argument("--batch-size", type=_positive_int)
     t.add_argument("--lr", type=_positive_float)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=_seed, default=0)
     t.add_argument("--device", default="auto", help="auto, cpu or cuda")
     t.add_argument("--max-batches", type=_positive_int, help="cap batches per epoch (smoke runs)")
     t.add_argument("--image-size", type=_positive_int, help="folder datasets: square size (default 32)")
@@ -120,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "shipped model's own, else wavelet-MAD)")
     e.add_argument("--classifier", help="classifier for class_accuracy (default: the shipped model's own)")
     e.add_argument("--labels", default="none", choices=["none", "true", "predicted"], help="guidance labels")
-    e.add_argument("--guidance", type=float, default=1.0)
+    e.add_argument("--guidance", type=_guidance, default=1.0)
     e.add_argument("--steps", type=_positive_int, default=10)
     e.add_argument("--device", default="auto", help="auto, cpu or cuda (the noise is drawn on the CPU either way)")
     e.add_argument("--batch-size", type=_positive_int, default=250, help="images per network batch")
@@ -136,8 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="ddim", choices=["ddim", "ddpm"])
     p.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps (DDPM uses every step)")
     p.add_argument("--label", type=int)
-    p.add_argument("--guidance", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--guidance", type=_guidance, default=1.0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", required=True, help="PNG grid")
 
     p = sub.add_parser("similarity", help="how similar are two images (probability of same category)")
@@ -172,8 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classifier", help="classifier model file for --label auto (shipped models bring theirs)")
     p.add_argument("--no-declip", action="store_true",
                    help="do not undo the bias of pixels clipped at 0 or 1 (on by default: PNG inputs are clipped)")
-    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance weight with --label")
-    p.add_argument("--seed", type=int, default=0, help="seed of the ancestral chain")
+    p.add_argument("--guidance", type=_guidance, default=1.0, help="classifier-free guidance weight with --label")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the ancestral chain")
     p.add_argument("--json", action="store_true", help="one JSON object per file")
 
     p = sub.add_parser("plot", help="pictures: pairs with scores, ROC curve, 2-D map of embeddings")
@@ -235,6 +256,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             sigmas = [float(s) for s in args.sigmas.split(",") if s.strip()]
         except ValueError:
             raise SiamdiffError(f"--sigmas must be comma-separated numbers, got '{args.sigmas}'") from None
+        if not sigmas:
+            raise SiamdiffError("--sigmas is empty: give comma-separated noise levels, e.g. 0.1,0.3")
         rows = evaluate_denoise(args.dataset, sigmas, args.method, args.model, args.n, args.clip, args.sigma_mode,
                                 args.estimator, args.classifier, args.labels, args.guidance, args.steps,
                                 args.data_dir, args.download, image_size=args.image_size, channels=args.channels,
@@ -278,6 +301,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
     from .similarity.api import SimilarityModel
     from .similarity.index import build_index
 
+    check_writable(args.out)  # before the embedding, not after it
     index, counts = build_index(args.folder, SimilarityModel.load(args.model), args.out)
     print(f"index {args.out}: {len(index.paths)} images ({counts['added']} added, {counts['kept']} kept, "
           f"{counts['removed']} removed, {counts['skipped']} unreadable skipped)")
@@ -356,6 +380,9 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     from .reconstruction.api import Denoiser
     from .reconstruction.sample import save_grid, sample
 
+    if Path(args.out).suffix.lower() != ".png":
+        raise SiamdiffError(f"--out must be a .png file, got '{args.out}'")
+    check_writable(args.out)  # before the sampling, not after it
     model = Denoiser.load(args.model)
     images = sample(model, args.n, args.method, args.steps, args.label, args.guidance, args.seed)
     print(save_grid(images, Path(args.out)))
@@ -385,6 +412,11 @@ COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "similarity": _cmd_similarit
             "sample": _cmd_sample}
 
 
+def _one_line(message: str) -> str:
+    """``message`` with control characters (a newline in a file name, say) escaped: an error stays one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -394,7 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except SiamdiffError as exc:
-        print(f"siamdiff: error: {exc}", file=sys.stderr)
+        print(f"siamdiff: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("siamdiff: interrupted", file=sys.stderr)
@@ -405,7 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - a bug of ours: one line, the traceback only with --verbose
         if args.verbose:
             raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        first = _one_line(str(exc).strip().splitlines()[0]) if str(exc).strip() else ""
         print(f"siamdiff: internal error: {type(exc).__name__}: {first} (run with -v for the traceback)",
               file=sys.stderr)
         return 1

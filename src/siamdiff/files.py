@@ -15,13 +15,9 @@ def _reason(exc: OSError) -> str:
     return exc.strerror.lower() if exc.strerror else str(exc)
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temp file beside ``path``, fsync it and ``os.replace`` it into place.
-
-    A crash leaves the old file or the complete new one. The new file keeps the permissions of the file it replaces
-    (0644 for a new one, not mkstemp's 0600). A missing or unwritable folder, a directory at ``path`` and any
-    ``OSError`` while writing (a full disk) become one-line ``SiamdiffError``s; the temp file is always removed.
-    """
+def check_writable(path: str | os.PathLike) -> Path:
+    """``path`` as a ``Path`` if a file can be written there (its folder exists and is writable, it is not a
+    folder), else a one-line ``SiamdiffError`` — for commands to check their output before the work that fills it."""
     dest = Path(path)
     parent = dest.parent
     if not parent.is_dir():
@@ -30,6 +26,18 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         raise SiamdiffError(f"cannot write '{dest}': is a directory")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise SiamdiffError(f"cannot write '{dest}': folder '{parent}' is not writable")
+    return dest
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temp file beside ``path``, fsync it and ``os.replace`` it into place.
+
+    A crash leaves the old file or the complete new one. The new file keeps the permissions of the file it replaces
+    (0644 for a new one, not mkstemp's 0600). A missing or unwritable folder, a directory at ``path`` and any
+    ``OSError`` while writing (a full disk) become one-line ``SiamdiffError``s; the temp file is always removed.
+    """
+    dest = check_writable(path)
+    parent = dest.parent
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=parent)
     except OSError as exc:

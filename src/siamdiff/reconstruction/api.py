@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import load_model
-from ..data.imageio import fit_to, read_image
+from ..data.imageio import IMAGE_EXTENSIONS, fit_to, read_image
 from ..errors import SiamdiffError
 from ..similarity.api import resolve_model_path, shipped_name, shipped_path
 from .diffusion import METHODS, denoise
@@ -69,7 +69,11 @@ class Denoiser:
 
         def companion(kind: str, given: str | os.PathLike | None) -> torch.nn.Module | None:
             found = companion_path(kind, path, given)
-            return None if found is None else load_model(resolve_model_path(kind, found), kind=kind)[0]
+            if found is None:
+                return None
+            model = load_model(resolve_model_path(kind, found), kind=kind)[0]
+            check_fits(model, kind, found, net.config.in_channels, net.config.image_size)
+            return model
 
         return cls(net, meta, str(name_or_path), companion("sigma", estimator), companion("classifier", classifier))
 
@@ -192,6 +196,18 @@ class _Compiled(torch.nn.Module):
                                 f"without compile()") from None
 
 
+def check_fits(model: torch.nn.Module, kind: str, path: str | os.PathLike, channels: int, image_size: int) -> None:
+    """Refuse a noise estimator or classifier made for other images (channels, size) than those it would be given:
+    its answers would be meaningless, or it would fail deep inside the network."""
+    name = {"sigma": "noise estimator", "classifier": "classifier"}.get(kind, kind)
+    cfg = model.config
+    if cfg.in_channels != channels:
+        raise SiamdiffError(f"the {name} '{path}' takes {cfg.in_channels}-channel images, not {channels}-channel ones")
+    size = getattr(cfg, "image_size", None)  # the noise estimator pools over any size
+    if size is not None and size != image_size:
+        raise SiamdiffError(f"the {name} '{path}' takes {size}x{size} images, not {image_size}x{image_size}")
+
+
 def output_paths(inputs: list[Path], out: Path) -> list[Path]:
     """Where each denoised image goes: ``out`` itself for one input named ``*.png``, else ``out/<stem>.png``.
 
@@ -199,6 +215,8 @@ def output_paths(inputs: list[Path], out: Path) -> list[Path]:
     """
     if len(inputs) == 1 and out.suffix.lower() == ".png" and not out.is_dir():
         targets = [out]
+    elif out.suffix.lower() in IMAGE_EXTENSIONS and not out.is_dir():
+        raise SiamdiffError(f"denoised images are written as PNG: name --out '{out.with_suffix('.png')}' or a folder")
     else:
         if out.exists() and not out.is_dir():
             raise SiamdiffError(f"--out '{out}' is a file; give a folder for several inputs")
@@ -207,7 +225,9 @@ def output_paths(inputs: list[Path], out: Path) -> list[Path]:
             raise SiamdiffError("several inputs share a file name; denoise them into separate folders")
         targets = [out / f"{p.stem}.png" for p in inputs]
     resolved_inputs = {p.resolve() for p in inputs}
-    for t in targets:
+    for t in targets:  # every target checked before anything is written
         if t.resolve() in resolved_inputs:
             raise SiamdiffError(f"refusing to overwrite the input '{t}': choose another --out")
+        if t.is_dir():
+            raise SiamdiffError(f"cannot write '{t}': it is a folder")
     return targets

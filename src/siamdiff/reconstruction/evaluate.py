@@ -23,7 +23,7 @@ from ..checkpoint import load_model
 from ..data.datasets import load_dataset
 from ..errors import SiamdiffError
 from ..similarity.api import resolve_model_path
-from .api import companion_path
+from .api import check_fits, companion_path
 from .diffusion import METHODS as DIFFUSION_METHODS, denoise
 from .estimate import relative_error, wavelet_sigma
 from .metrics import psnr, ssim
@@ -147,6 +147,9 @@ def evaluate_denoise(dataset: str, sigmas: list[float], method: str, model: str 
         estimator = None
     clf = _load("classifier", classifier)[0].to(dev) if classifier else None
     est = _load("sigma", estimator)[0].to(dev) if estimator else None
+    for kind, net, path in (("classifier", clf, classifier), ("sigma", est, estimator)):
+        if net is not None:
+            check_fits(net, kind, path, test.images.shape[1], test.images.shape[-1])
     if labels == "predicted" and clf is None:
         raise SiamdiffError("--labels predicted needs --classifier")
     clean_all = test.images.float() / 255.0

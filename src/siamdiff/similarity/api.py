@@ -55,6 +55,8 @@ def resolve_model_path(kind: str, name_or_path: str | os.PathLike) -> Path:
         return path / "model.safetensors"
     if not path.exists():
         raise SiamdiffError(f"unknown model '{text}': use one of {', '.join(SHIPPED)} or a path to a model file")
+    if path.is_dir():
+        raise SiamdiffError(f"model folder '{text}' holds no model.safetensors: give the model file or its run folder")
     return path
 
 
@@ -73,7 +75,10 @@ class SimilarityModel:
         self.classes: list[str] = list(extra.get("classes", []))
         self.dataset: str = extra.get("dataset", "")
         cal = extra.get("calibration")
-        self.calibration = Calibration.from_dict(cal) if cal else None
+        try:
+            self.calibration = Calibration.from_dict(cal) if cal else None
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise CheckpointError(f"model '{source or 'in memory'}' has a damaged calibration in its metadata") from None
         digest = hashlib.sha256()
         for key, value in sorted(net.state_dict().items()):
             digest.update(key.encode())

@@ -48,6 +48,8 @@ class Index:
         from safetensors import safe_open
 
         path = Path(path)
+        if path.is_dir():
+            raise SiamdiffError(f"cannot open index '{path}': it is a folder, not an index file")
         if not path.is_file():
             raise SiamdiffError(f"cannot open index '{path}': no such file")
         try:
@@ -59,10 +61,13 @@ class Index:
             paths = json.loads(meta["paths"])
             stamps = [tuple(s) for s in json.loads(meta["stamps"])]
         except Exception as exc:  # noqa: BLE001 - any damage is one message
-            raise SiamdiffError(f"cannot open index '{path}': {str(exc).splitlines()[0] if str(exc) else 'damaged'}"
-                                ) from None
-        if len(paths) != len(emb):
-            raise SiamdiffError(f"cannot open index '{path}': damaged (paths and embeddings differ in number)")
+            reason = "not a siamdiff index" if "header" in str(exc).lower() else \
+                (str(exc).splitlines()[0] if str(exc) else "damaged")  # safetensors' words for "not its format"
+            raise SiamdiffError(f"cannot open index '{path}': {reason}") from None
+        if emb.ndim != 2 or len(paths) != len(emb) or len(stamps) != len(emb):
+            raise SiamdiffError(f"cannot open index '{path}': damaged (paths, stamps and embeddings differ in number)")
+        if not np.isfinite(emb).all():  # NaN distances would rank nonsense silently
+            raise SiamdiffError(f"cannot open index '{path}': damaged (embeddings that are not finite numbers)")
         return cls(emb, paths, stamps, meta["fingerprint"], meta.get("model", ""))
 
 

@@ -136,12 +136,12 @@ def plot_all(model: SimilarityModel, dataset: str, out: str | os.PathLike, data_
     from .evaluate import _check_compatible, hard_pairs
 
     out = Path(out)
-    try:
+    data = load_dataset(dataset, "test", data_root, download, image_size=model.image_size, channels=model.channels)
+    _check_compatible(model, data)
+    try:  # only once the data is there: a bad --dataset leaves no empty folder behind
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SiamdiffError(f"cannot create folder '{out}': {exc.strerror}") from None
-    data = load_dataset(dataset, "test", data_root, download, image_size=model.image_size, channels=model.channels)
-    _check_compatible(model, data)
     i, j, same = balanced_pairs(data.labels.numpy(), 8, seed=3)
     hi, hj, hs = hard_pairs(data.images, data.labels.numpy(), 4, seed=4)
     return [plot_pairs(model, data, out / "pairs.png", (i, j, same), "Random pairs"),
