@@ -460,6 +460,11 @@ def test_read_folder_class_from_parent(tmp_path: Path) -> None:
     assert result.labels == ["cats", "cats", "dogs", "dogs"]
     assert result.images.shape == (4, 1, 4, 4)
     assert [int(result.images[i, 0, 0, 0]) for i in range(4)] == [10, 11, 20, 21]
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    Image.new("L", (5, 5), 0).save(flat / "a.png")
+    with pytest.raises(ImageReadError, match="no images inside class folders"):
+        read_folder(flat, channels=1, size=(4, 4), class_from_parent=True)
 
 
 def test_read_folder_empty_and_all_bad(tmp_path: Path) -> None:

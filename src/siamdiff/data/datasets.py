@@ -111,7 +111,7 @@ def canonical_name(name: str) -> str:
     key = name.lower().replace("_", "-")
     key = {"fashionmnist": "fashion-mnist", "fmnist": "fashion-mnist", "cifar-10": "cifar10"}.get(key, key)
     if key not in BUILTIN:
-        raise SiamdiffError(f"unknown dataset '{name}': use one of {', '.join(BUILTIN)} or folder:PATH")
+        raise SiamdiffError(f"unknown dataset '{name}': use one of {', '.join(BUILTIN)}, folder:PATH or sample:NAME")
     return key
 
 

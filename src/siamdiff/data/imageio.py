@@ -444,6 +444,8 @@ def read_folder(
             labels.append(relative.parts[0])  # the class is the first folder under the root
 
     if not paths:
+        if class_from_parent and all(reason == "not inside a class folder" for _, reason in skipped):
+            raise ImageReadError(f"no images inside class folders of '{root}': put them in '{root}/<class>/'")
         raise ImageReadError(
             f"no readable images in '{root}': all {len(files)} files unreadable"
         )
