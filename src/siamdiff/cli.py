@@ -26,44 +26,26 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"siamdiff: error: {message}\n")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {value}")
-    return value
+def _number(parse, ok, wanted: str):
+    """An argparse ``type``: ``parse`` the text (int or float), then require ``ok(value)`` ("must be ``wanted``")."""
+    noun = "whole number" if parse is int else "number"
+
+    def convert(text: str):
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a {noun}") from None
+        if not ok(value):  # comparisons with nan are false: nan is refused by every bound
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text}")
+        return value
+
+    return convert
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def _guidance(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not 0 <= value < float("inf"):  # also refuses nan
-        raise argparse.ArgumentTypeError(f"must be a number of 0 or more, got {text}")
-    return value
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if not 0 <= value < 2 ** 63:  # what torch.Generator.manual_seed takes
-        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to 2**63 - 1, got {text}")
-    return value
+_positive_int = _number(int, lambda v: v >= 1, "a positive number")
+_positive_float = _number(float, lambda v: 0 < v < float("inf"), "a positive number")
+_guidance = _number(float, lambda v: 0 <= v < float("inf"), "a number of 0 or more")
+_seed = _number(int, lambda v: 0 <= v < 2 ** 63, "a whole number from 0 to 2**63 - 1")  # torch's manual_seed range
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
