@@ -43,6 +43,16 @@ def save_model(path: str | os.PathLike, model: nn.Module, kind: str, config: dic
     return atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
 
 
+def init_record(source: str, meta: dict[str, Any]) -> dict[str, Any]:
+    """Where a fine-tuned model started: the model file ``source`` (metadata ``meta``) — its training command,
+    epochs, seconds and device, and its own start when it was itself fine-tuned — recorded in the new model."""
+    extra = meta.get("extra", {})
+    history = extra.get("history") or []
+    return {"from": source, "command": extra.get("command"), "epochs": len(history),
+            "train_seconds": round(sum(h.get("seconds", 0.0) for h in history), 1),
+            "train_device": history[-1].get("device") if history else None, "previous": extra.get("init")}
+
+
 def save_float16_copy(src: str | os.PathLike, dest: str | os.PathLike) -> Path:
     """Write ``src`` to ``dest`` with its floating-point weights in float16 and its metadata unchanged (shipped and
     transferred weights: half the size; :func:`load_model` casts them back to the network's float32).

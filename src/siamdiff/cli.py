@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = _train_parser(what, "similarity", "a Siamese embedding with a contrastive loss", ["default", "seed", "tiny"])
     t.add_argument("--loss", choices=["contrastive", "hadsell", "triplet", "supcon", "normsoftmax"])
     t.add_argument("--margin", type=_positive_float)
+    t.add_argument("--init", help="fine-tune this similarity model (a shipped name or a path): its network is kept, "
+                                  "--model is ignored")
     t = _train_parser(what, "ddpm", "a diffusion model (epsilon prediction, EMA, label dropout)",
                       ["unet", "seed", "tiny"])
     t.add_argument("--init", help="fine-tune this diffusion model (a shipped name or a path): its network, schedule "
@@ -223,7 +225,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     history = train_similarity(args.dataset, args.out, model=args.model, data_root=args.data_dir,
                                download=args.download, resume=args.resume, overwrite=args.overwrite,
                                command=command, seed=args.seed,
-                               device=args.device, image_size=args.image_size, channels=args.channels, **overrides)
+                               device=args.device, image_size=args.image_size, channels=args.channels,
+                               init=args.init, **overrides)
     last = history[-1] if history else {}
     print(f"wrote {Path(args.out) / 'model.safetensors'} after {len(history)} epoch(s): "
           + ", ".join(f"{k}={v:.4f}" for k, v in last.items() if k.startswith("val_")))

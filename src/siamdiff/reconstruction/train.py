@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import __version__
-from ..checkpoint import save_model
+from ..checkpoint import init_record, save_model
 from ..data.augment import augment
 from ..data.datasets import ImageSet
 from ..train import TrainConfig, epoch_generator, shuffled_batches
@@ -67,12 +67,7 @@ class DiffusionTask:
         weights = net.state_dict()
         self.model.load_state_dict(weights)
         self.ema.load_state_dict(weights)
-        extra = meta["extra"]
-        history = extra.get("history") or []
-        self.init = {"from": source, "command": extra.get("command"), "epochs": len(history),
-                     "train_seconds": round(sum(h.get("seconds", 0.0) for h in history), 1),
-                     "train_device": history[-1].get("device") if history else None,
-                     "previous": extra.get("init")}
+        self.init = init_record(source, meta)
 
     def n_batches(self) -> int:
         return -(-len(self.train_set) // self.recipe.train.batch_size)

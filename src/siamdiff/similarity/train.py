@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..checkpoint import save_model
+from ..checkpoint import init_record, load_model, save_model
 from ..data.augment import augment
 from ..data.datasets import ImageSet, load_splits
 from ..train import TrainConfig, epoch_generator, fit, shuffled_batches
@@ -26,6 +26,7 @@ from .pairs import balanced_pairs, seed_pairs
 
 VAL_PAIRS = 10_000
 VAL_PAIR_SEED = 1
+PROXY_IMAGES = 500  # training images per class whose mean embedding starts a fine-tuned run's class proxy
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,22 @@ class SimilarityTask:
             raise SiamdiffError(f"validation split of '{val.name}' cannot calibrate the model: {exc}") from None
         self.calibration: dict[str, float] | None = None
         self._val_metrics: dict[str, float] = {}
+        self.init: dict[str, Any] | None = None  # where fine-tuning started (see :meth:`start_from`)
+
+    def start_from(self, net: EmbeddingNet, source: str, meta: dict[str, Any]) -> None:
+        """Start from the weights of ``net``, the similarity model loaded from ``source`` with metadata ``meta``
+        (fine-tuning). Model files do not hold normsoftmax's class proxies, so each starts at the direction of its
+        class's mean embedding (of up to ``PROXY_IMAGES`` training images per class): the first steps then refine
+        the trained geometry instead of pulling it towards random proxies."""
+        self.model.load_state_dict(net.state_dict())
+        if self.loss_module is not None:
+            labels = self.train_set.labels.numpy()
+            rows = [np.flatnonzero(labels == k)[:PROXY_IMAGES] for k in range(len(self.train_set.classes))]
+            emb = torch.from_numpy(embed(self.model, self.train_set.images[np.concatenate(rows)]))
+            means = torch.stack([m.mean(0) for m in emb.split([len(r) for r in rows])])
+            with torch.no_grad():
+                self.loss_module.weight.copy_(torch.nn.functional.normalize(means, dim=1))
+        self.init = init_record(source, meta)
 
     def n_batches(self) -> int:
         n = len(self.train_set)
@@ -166,17 +183,36 @@ class SimilarityTask:
     def save(self, path: Path, history: list[dict[str, Any]]) -> None:
         extra = {"dataset": self.train_set.name, "classes": self.train_set.classes,
                  "calibration": self.calibration, "recipe": self.recipe.to_dict(), "history": history,
-                 "command": self.command, "siamdiff_version": __version__}
+                 "command": self.command, "siamdiff_version": __version__, "init": self.init}
         save_model(path, self.model, "similarity", self.recipe.model.to_dict(), extra)
 
 
 def train_similarity(dataset: str, out_dir: str | Path, model: str = "default", data_root: str | None = None,
                      download: bool = False, resume: bool = False, overwrite: bool = False, command: str = "",
-                     image_size: int | None = None, channels: int | None = None,
+                     image_size: int | None = None, channels: int | None = None, init: str | None = None,
                      **overrides: Any) -> list[dict[str, Any]]:
-    """Train an embedding on ``dataset`` (``train`` split; validation on ``val``) and write it to ``out_dir``."""
+    """Train an embedding on ``dataset`` (``train`` split; validation on ``val``) and write it to ``out_dir``.
+
+    ``init`` (a shipped name or a model path) fine-tunes that similarity model: its network is kept (``model`` is
+    then ignored; a folder dataset is read at the model's size and channel count), the rest is the dataset's
+    recipe for that kind of network with ``overrides`` (epochs, learning rate, loss, ...) for the new run."""
+    net = meta = None
+    if init is not None:
+        from .api import resolve_model_path
+
+        path = resolve_model_path("similarity", init)
+        net, meta = load_model(path, kind="similarity")
+        image_size, channels = net.config.image_size, net.config.in_channels
+        model = "seed" if net.config.arch == "seed" else "default"
     train, val = load_splits(dataset, ("train", "val"), data_root, download, image_size, channels)
     c, h, _ = train.shape
     r = recipe(model, train.name, c, h, **overrides)
+    if net is not None:
+        if (c, h) != (net.config.in_channels, net.config.image_size):
+            raise SiamdiffError(f"--init '{init}' embeds {net.config.in_channels}-channel {net.config.image_size}px "
+                                f"images; '{train.name}' has {c}-channel {h}px images")
+        r = dataclasses.replace(r, model=net.config)
     task = SimilarityTask(r, train, val, command)
+    if net is not None:
+        task.start_from(net, str(path), meta)
     return fit(task, r.train, out_dir, resume, overwrite)
