@@ -152,6 +152,31 @@ def test_train_eval_cli_on_folder_dataset(capsys, digit_folder, tmp_path):
     assert json.loads(text)["gallery"].startswith("train")
 
 
+def test_train_similarity_fine_tunes_from_init(capsys, tiny_model, digit_folder, tmp_path):
+    from siamdiff.checkpoint import load_model
+    from siamdiff.similarity.models import build_from_config
+
+    # the folder is read at the model's size and channel count (the default for folders is 3 x 32 x 32)
+    code, _, err = run(capsys, "train", "similarity", "--dataset", f"folder:{digit_folder}", "--epochs", 1,
+                       "--lr", "1e-5", "--init", tiny_model, "--model", "seed", "--out", tmp_path / "ft")
+    assert code == 0, err
+    init, init_meta = load_model(tiny_model)
+    tuned, meta = load_model(tmp_path / "ft" / "model.safetensors")
+    assert meta["config"] == init_meta["config"]  # the network of --init, not --model's
+    assert meta["extra"]["init"]["from"] == str(tiny_model) and meta["extra"]["init"]["epochs"] == 1
+    fresh = build_from_config(init_meta["config"])
+    moved = sum((a - b).abs().sum() for a, b in zip(tuned.state_dict().values(), init.state_dict().values()))
+    apart = sum((a - b).abs().sum() for a, b in zip(fresh.state_dict().values(), init.state_dict().values()))
+    assert 0 < moved < 0.05 * apart
+
+
+def test_train_similarity_init_refuses_other_image_shapes(capsys, tiny_model, data_root, tmp_path):
+    code, _, err = run(capsys, "train", "similarity", "--dataset", "cifar10", "--data-dir", data_root, "--init",
+                       tiny_model, "--out", tmp_path / "rgb")
+    assert code == 2 and "1-channel 28px images; 'cifar10' has 3-channel 32px" in err and err.count("\n") == 1
+    assert not (tmp_path / "rgb").exists()
+
+
 def _exit_code(argv):
     try:
         return main([str(a) for a in argv])

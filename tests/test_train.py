@@ -66,6 +66,24 @@ def test_normsoftmax_trains_proxies_that_stay_out_of_the_model_file(tmp_path):
     assert set(net.state_dict()) == set(task.model.state_dict())  # the file is the embedding network alone
 
 
+def test_fine_tuning_starts_at_the_model_and_its_proxies_at_class_mean_directions(tiny_model):
+    from siamdiff.similarity.embed import embed
+    from siamdiff.similarity.losses import normsoftmax_loss
+
+    net, meta = load_model(tiny_model, kind="similarity")
+    task, _ = _task(loss="normsoftmax")
+    random_proxies = task.loss_module.weight.detach().clone()
+    task.start_from(net, str(tiny_model), meta)
+    assert all(torch.equal(a, b) for a, b in zip(task.model.state_dict().values(), net.state_dict().values()))
+    emb = torch.from_numpy(embed(net, task.train_set.images))
+    y = task.train_set.labels
+    means = torch.stack([emb[y == k].mean(0) for k in range(10)])  # every sample class has < PROXY_IMAGES images
+    assert torch.allclose(task.loss_module.weight.detach(), means / means.norm(dim=1, keepdim=True), atol=1e-5)
+    # the trained embedding already fits these proxies far better than the random ones a fresh run starts with
+    assert normsoftmax_loss(emb, y, task.loss_module.weight.detach()) < 0.5 * normsoftmax_loss(emb, y, random_proxies)
+    assert task.init["from"] == str(tiny_model) and task.init["epochs"] == 1 and task.init["previous"] is None
+
+
 def test_bf16_autocast_where_the_hardware_has_it(monkeypatch):
     import siamdiff.train as train_mod
 
