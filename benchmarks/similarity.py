@@ -102,10 +102,21 @@ def train_and_eval(dataset: str, model: str, args: argparse.Namespace) -> dict:
     stdout, _ = run(exe + ecmd[1:])
     metrics = json.loads(stdout)
     print(f"evaluated {dataset}:{model}: " + ", ".join(f"{k} {metrics[k]:.4f}" for k in METRICS), flush=True)
-    return {"dataset": dataset, "model": model, "epochs": len(history), "train_seconds": round(train_seconds, 1),
-            "train_device": history[-1].get("device", "cpu"),
-            "train_command": shlex.join(cmd), "eval_command": shlex.join(ecmd), "metrics": metrics,
-            "model_path": str(shipped)}
+    row = {"dataset": dataset, "model": model, "epochs": len(history), "train_seconds": round(train_seconds, 1),
+           "train_device": history[-1].get("device", "cpu"),
+           "train_command": shlex.join(cmd), "eval_command": shlex.join(ecmd), "metrics": metrics,
+           "model_path": str(shipped)}
+    init = read_metadata(out / "model.safetensors")["extra"].get("init")
+    return {**row, "init": init} if init else row
+
+
+def earlier_runs(row: dict) -> list[dict]:
+    """The runs a fine-tuned row's model started from, oldest first (each: command, epochs, seconds, device)."""
+    chain, init = [], row.get("init")
+    while init:
+        chain.append(init)
+        init = init.get("previous")
+    return chain[::-1]
 
 
 def time_calls(fn, repeats: int, digits: int = 3) -> dict:
@@ -145,14 +156,16 @@ def latency(model_path: str, data_dir: str, dataset: str, repeats: int = 200) ->
     return {"score_pair": pair, "search_query": query, "index_size": len(train), "threads": 2}
 
 
-def _float_dtypes(path: str) -> set:
-    from safetensors.torch import load_file
+def _float_dtypes(path: str) -> set[str]:
+    """The safetensors dtype names (``F16``, ``F32``, ...) of the floating-point tensors in ``path``, read from the
+    file's header without loading the weights."""
+    from safetensors import safe_open
 
-    return {t.dtype for t in load_file(path).values() if t.is_floating_point()}
+    with safe_open(path, framework="pt") as f:
+        return {d for d in (f.get_slice(k).get_dtype() for k in f.keys()) if d.startswith(("F", "BF"))}
 
 
 def write_card(row: dict, hw: dict, version: str, dest: Path) -> None:
-    import torch
 
     from siamdiff.checkpoint import read_metadata
 
@@ -166,7 +179,10 @@ def write_card(row: dict, hw: dict, version: str, dest: Path) -> None:
             "config": meta["config"], "recipe": meta["extra"].get("recipe"),
             "calibration": meta["extra"].get("calibration"), "metrics": row["metrics"],
             "weights": "float16 copy of the trained float32 weights; the metrics are the float16 copy's"
-            if _float_dtypes(row["model_path"]) == {torch.float16} else "as trained"}
+            if _float_dtypes(row["model_path"]) == {"F16"} else "as trained"}
+    if row.get("init"):  # fine-tuned: the run(s) it started from, with their own commands and times
+        card["init"] = row["init"]
+        card["data"] += "; fine-tuned from the model named in 'init' on the same data"
     shutil.copyfile(row["model_path"], dest / f"similarity-{row['dataset']}.safetensors")
     (dest / f"similarity-{row['dataset']}.json").write_text(json.dumps(card, indent=2) + "\n")
 
@@ -183,13 +199,18 @@ def markdown(result: dict) -> str:
              "| dataset | model | epochs | train s | trained on | R@1 | R@5 | MAP@R | verif. acc | ROC-AUC | EER | "
              "hard acc | hard acc SSIM | code |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
-        m = r["metrics"]
-        lines.append(f"| {r['dataset']} | {r['model']} | {r['epochs']} | {r['train_seconds']:.0f} | "
+        m, runs = r["metrics"], earlier_runs(r)
+        epochs = " + ".join(str(x) for x in [*(e["epochs"] for e in runs), r["epochs"]])
+        seconds = sum(e["train_seconds"] for e in runs) + r["train_seconds"]
+        lines.append(f"| {r['dataset']} | {r['model']} | {epochs} | {seconds:.0f} | "
                      f"{r.get('train_device', 'cpu')} | "
                      + " | ".join(f"{m[k]:.4f}" for k in METRICS) + f" | `{r['code_version']}` |")
-    lines += ["", "Commands per row (train, then evaluate):", ""]
+    lines += ["", "Commands per row (train — a fine-tuned model's earlier runs first —, then evaluate); "
+                  "`a + b` epochs: a fine-tuning run of b epochs from a model trained for a:", ""]
     for r in result["rows"]:
-        lines += [f"- {r['dataset']} / {r['model']}: `{r['train_command']}` then `{r['eval_command']}`"]
+        train = " then ".join(f"`{e['command']}`" for e in earlier_runs(r))
+        lines += [f"- {r['dataset']} / {r['model']}: {train + ' then ' if train else ''}`{r['train_command']}` "
+                  f"then `{r['eval_command']}`"]
     if result.get("latency"):
         lat = result["latency"]
         lines += ["", f"Latency on the CPU with {lat['threads']} threads, shipped MNIST model, median (p25-p75) of "
