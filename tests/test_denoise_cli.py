@@ -62,7 +62,7 @@ def test_denoise_writes_pngs_and_json(capsys, tiny_ddpm, noisy_pngs, tmp_path):
 @pytest.mark.parametrize("extra,message", [
     (["--sigma", "-0.1"], "--sigma"), (["--sigma", "abc"], "--sigma"), (["--steps", "0"], "--steps"),
     (["--label", "12"], "--label"), (["--label", "3", "--guidance", "nan"], "--guidance"),
-    (["--method", "ancestral", "--seed", str(2 ** 70)], "--seed"),
+    (["--method", "ancestral", "--seed", str(2 ** 70)], "--seed"), (["--sigma", "1e6"], "beyond the noise"),
 ])
 def test_denoise_bad_arguments(capsys, tiny_ddpm, noisy_pngs, tmp_path, extra, message):
     code, _, err = run(capsys, "denoise", noisy_pngs[0], "--out", tmp_path / "x.png", "--model", tiny_ddpm, *extra)

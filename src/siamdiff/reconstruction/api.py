@@ -22,7 +22,7 @@ from ..similarity.api import resolve_model_path, shipped_name, shipped_path
 from .diffusion import METHODS, denoise
 from .estimate import wavelet_sigma
 from .noise import declip
-from .schedule import Schedule
+from .schedule import Schedule, sigma_for_step
 
 
 @dataclass(frozen=True)
@@ -162,6 +162,10 @@ class Denoiser:
             value = float(sigma)
             if not np.isfinite(value) or value < 0:
                 raise SiamdiffError(f"--sigma must be 'auto' or a number of 0 or more, got {sigma}")
+            top = float(sigma_for_step(self.schedule, self.schedule.steps - 1))
+            if value > top:  # the chain cannot start noisier than its last step: the input would be out of range
+                raise SiamdiffError(f"--sigma {sigma} is beyond the noise this model's schedule reaches "
+                                    f"(sigma {top:.4g} at its last step)")
             sig = torch.full((len(images),), value, dtype=torch.float64)
         if clipped:
             images = declip(images.float(), sig)
