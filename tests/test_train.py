@@ -83,6 +83,15 @@ def test_fine_tuning_starts_at_the_model_and_its_proxies_at_class_mean_direction
     assert normsoftmax_loss(emb, y, task.loss_module.weight.detach()) < 0.5 * normsoftmax_loss(emb, y, random_proxies)
     assert task.init["from"] == str(tiny_model) and task.init["epochs"] == 1 and task.init["previous"] is None
 
+    # a class with no training images (possible in a small folder dataset) keeps its random proxy, not a NaN
+    train, val = _sets()
+    task = SimilarityTask(recipe("tiny", "mnist", 1, 28, loss="normsoftmax", device="cpu"),
+                          train.subset(torch.nonzero(train.labels != 3).flatten()), val)
+    random_proxies = task.loss_module.weight.detach().clone()
+    task.start_from(net, str(tiny_model), meta)
+    assert torch.equal(task.loss_module.weight[3], random_proxies[3]) and torch.isfinite(task.loss_module.weight).all()
+    assert not torch.equal(task.loss_module.weight[4], random_proxies[4])
+
 
 def test_bf16_autocast_where_the_hardware_has_it(monkeypatch):
     import siamdiff.train as train_mod

@@ -126,9 +126,10 @@ class SimilarityTask:
             labels = self.train_set.labels.numpy()
             rows = [np.flatnonzero(labels == k)[:PROXY_IMAGES] for k in range(len(self.train_set.classes))]
             emb = torch.from_numpy(embed(self.model, self.train_set.images[np.concatenate(rows)]))
-            means = torch.stack([m.mean(0) for m in emb.split([len(r) for r in rows])])
-            with torch.no_grad():
-                self.loss_module.weight.copy_(torch.nn.functional.normalize(means, dim=1))
+            with torch.no_grad():  # a class without training images keeps its random proxy
+                for k, m in enumerate(emb.split([len(r) for r in rows])):
+                    if len(m):
+                        self.loss_module.weight[k] = torch.nn.functional.normalize(m.mean(0), dim=0)
         self.init = init_record(source, meta)
 
     def n_batches(self) -> int:
