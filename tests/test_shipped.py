@@ -1,6 +1,7 @@
 """The shipped weights, their model cards, and the demo that uses them."""
 
 import json
+import shlex
 
 import pytest
 
@@ -18,7 +19,16 @@ def test_shipped_model_has_card_and_loads(name):
     card = json.loads(path.with_suffix(".json").read_text())
     for field in CARD_FIELDS:
         assert field in card, field
-    assert card["command"].startswith("siamdiff train similarity --dataset " + name)
+    # made by the project's own training command on that dataset; a fine-tuned model's earlier runs too
+    init, commands = card.get("init"), [card["command"]]
+    while init:
+        commands.append(init["command"])
+        init = init.get("previous")
+    for command in commands:
+        words = shlex.split(command)
+        assert words[0] == "siamdiff" and [w for w in words[1:] if w not in ("-v", "--verbose")][:2] == \
+            ["train", "similarity"], command
+        assert words[words.index("--dataset") + 1] == name, command
     model = SimilarityModel.load(name)
     assert model.dataset == name and len(model.classes) == 10
     assert EmbedConfig.from_dict(card["config"]) == model.net.config
