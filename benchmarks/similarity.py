@@ -91,7 +91,8 @@ def train_and_eval(dataset: str, model: str, args: argparse.Namespace) -> dict:
         run(exe + cmd[1:] + ["--resume"])
         history = [json.loads(line) for line in log_path.read_text().splitlines()]
     train_seconds = sum(h["seconds"] for h in history)
-    recorded = read_metadata(out / "model.safetensors")["extra"].get("command")
+    extra = read_metadata(out / "model.safetensors")["extra"]  # after any --resume above: the finished model's
+    recorded = extra.get("command")
     if recorded:  # the command that trained this model (it may have run elsewhere, e.g. on a GPU machine)
         cmd = shlex.split(recorded)
     from siamdiff.checkpoint import save_float16_copy
@@ -106,8 +107,7 @@ def train_and_eval(dataset: str, model: str, args: argparse.Namespace) -> dict:
            "train_device": history[-1].get("device", "cpu"),
            "train_command": shlex.join(cmd), "eval_command": shlex.join(ecmd), "metrics": metrics,
            "model_path": str(shipped)}
-    init = read_metadata(out / "model.safetensors")["extra"].get("init")
-    return {**row, "init": init} if init else row
+    return {**row, "init": extra["init"]} if extra.get("init") else row
 
 
 def earlier_runs(row: dict) -> list[dict]:
@@ -166,7 +166,6 @@ def _float_dtypes(path: str) -> set[str]:
 
 
 def write_card(row: dict, hw: dict, version: str, dest: Path) -> None:
-
     from siamdiff.checkpoint import read_metadata
 
     meta = read_metadata(row["model_path"])
