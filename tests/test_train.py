@@ -93,6 +93,16 @@ def test_fine_tuning_starts_at_the_model_and_its_proxies_at_class_mean_direction
     assert not torch.equal(task.loss_module.weight[4], random_proxies[4])
 
 
+def test_resumed_fine_tuning_keeps_its_start_without_being_told_again(tiny_model, tmp_path):
+    net, meta = load_model(tiny_model, kind="similarity")
+    task, r = _task(loss="normsoftmax")
+    task.start_from(net, str(tiny_model), meta)
+    fit_killed_after_first_epoch(task, r.train, tmp_path)
+    fit(_task(loss="normsoftmax")[0], r.train, tmp_path, resume=True)  # resumed with no start given
+    record = load_model(tmp_path / "model.safetensors", kind="similarity")[1]["extra"]["init"]
+    assert record is not None and record["from"] == str(tiny_model) and record["epochs"] == 1
+
+
 def test_bf16_autocast_where_the_hardware_has_it(monkeypatch):
     import siamdiff.train as train_mod
 

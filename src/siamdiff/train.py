@@ -71,7 +71,8 @@ class Task(Protocol):
     # Optional: ``after_step()`` runs after each optimizer step (EMA updates); ``extra_state()`` and
     # ``load_extra_state(state)`` carry task state (EMA weights) through ``--resume``; ``loss_module``, an
     # ``nn.Module`` (or None) whose parameters belong to the loss (class proxies), is optimised with the model and
-    # kept through ``--resume`` but not saved in the model file.
+    # kept through ``--resume`` but not saved in the model file; ``init``, the record of a fine-tuning run's start
+    # (:func:`siamdiff.checkpoint.init_record`), is kept through ``--resume`` too.
 
 
 def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
@@ -209,6 +210,8 @@ def fit(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
             start = int(state["epoch"]) + 1
             if hasattr(task, "load_extra_state"):
                 task.load_extra_state(state["task"])
+            if state.get("init") is not None:  # a fine-tuning run keeps its start, with or without --init again
+                task.init = state["init"]
         except (KeyError, ValueError, RuntimeError, TypeError) as exc:
             raise SiamdiffError(f"cannot resume from damaged '{state_path}': {exc}") from None
         log.info("resuming at epoch %d", start + 1)
@@ -258,7 +261,8 @@ def fit(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
         save_state(state_path, {"model": trainable.state_dict(), "optimizer": opt.state_dict(),
                                 "scheduler": sched.state_dict(), "epoch": epoch, "history": history,
                                 "train_config": cfg.to_dict(), "signature": signature,
-                                "task": task.extra_state() if hasattr(task, "extra_state") else {}})
+                                "task": task.extra_state() if hasattr(task, "extra_state") else {},
+                                "init": getattr(task, "init", None)})
         text = "".join(json.dumps(r) + "\n" for r in history)
         atomic_write(out / "log.jsonl", lambda tmp, text=text: tmp.write_text(text))
     return history
