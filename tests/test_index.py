@@ -52,6 +52,22 @@ def test_search_refuses_bad_k_and_other_models(tiny_model, digit_folder, tmp_pat
         build_index(digit_folder, model, tmp_path / "j.safetensors")
 
 
+def test_an_index_is_not_updated_from_another_folder(tiny_model, digit_folder, tmp_path):
+    model = SimilarityModel.load(tiny_model)
+    out = tmp_path / "idx.safetensors"
+    build_index(digit_folder, model, out)
+    before = out.read_bytes()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "a.png").write_bytes(sorted(digit_folder.rglob("*.png"))[0].read_bytes())
+    with pytest.raises(SiamdiffError, match="holds the images of"):
+        build_index(other, model, out)  # would have dropped the 80 images of digit_folder
+    assert out.read_bytes() == before
+    assert Index.load(out).folder == str(digit_folder.resolve())
+    # the same folder named another way (relative, with a trailing ..) is the same folder
+    assert build_index(digit_folder / "0" / "..", model, out)[1]["kept"] == 80
+
+
 def test_score_is_symmetric_and_identity_is_closest(tiny_model, digit_folder):
     model = SimilarityModel.load(tiny_model)
     files = sorted(digit_folder.rglob("*.png"))

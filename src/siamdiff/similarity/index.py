@@ -1,6 +1,7 @@
 """A searchable index of a folder's images: embeddings in safetensors, paths and the model's fingerprint as metadata.
 
-``build_index`` embeds only files that are new (or changed: size or modification time) when the index exists;
+``build_index`` embeds only files that are new (or changed: size or modification time) when the index exists, and
+refuses to update it from another folder (that would drop every image of the first);
 ``search`` returns the k nearest images. Search is exact (one matrix product) by default; with ``use_faiss`` and
 faiss installed, an exact flat L2 faiss index is used instead (same neighbours).
 """
@@ -27,19 +28,20 @@ INDEX_FORMAT = "siamdiff-index/1"
 
 @dataclass
 class Index:
-    """Embeddings ``(N, D)`` float32 of ``paths`` made by the model with ``fingerprint``."""
+    """Embeddings ``(N, D)`` float32 of ``paths`` (the images of ``folder``) made by the model with ``fingerprint``."""
 
     embeddings: np.ndarray
     paths: list[str]
     stamps: list[tuple[int, int]]  # (size, mtime_ns) per path
     fingerprint: str
     model: str
+    folder: str = ""  # absolute; empty for an index not made from a folder (or made before this was recorded)
 
     def save(self, path: str | os.PathLike) -> Path:
         from safetensors.numpy import save_file
 
         meta = {"format": INDEX_FORMAT, "fingerprint": self.fingerprint, "model": self.model,
-                "paths": json.dumps(self.paths), "stamps": json.dumps(self.stamps)}
+                "folder": self.folder, "paths": json.dumps(self.paths), "stamps": json.dumps(self.stamps)}
         tensors = {"embeddings": np.ascontiguousarray(self.embeddings, dtype=np.float32)}
         return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
@@ -68,7 +70,7 @@ class Index:
             raise SiamdiffError(f"cannot open index '{path}': damaged (paths, stamps and embeddings differ in number)")
         if not np.isfinite(emb).all():  # NaN distances would rank nonsense silently
             raise SiamdiffError(f"cannot open index '{path}': damaged (embeddings that are not finite numbers)")
-        return cls(emb, paths, stamps, meta["fingerprint"], meta.get("model", ""))
+        return cls(emb, paths, stamps, meta["fingerprint"], meta.get("model", ""), meta.get("folder", ""))
 
 
 def _stamp(p: Path) -> tuple[int, int]:
@@ -84,10 +86,14 @@ def build_index(folder: str | os.PathLike, model: SimilarityModel, out: str | os
     """
     out = Path(out)
     files = list_images(folder)
+    where = str(Path(folder).resolve())
     old = Index.load(out) if out.exists() else None
     if old is not None and old.fingerprint != model.fingerprint:
         raise SiamdiffError(f"index '{out}' was built by another model ({old.model}); use that model or a new "
                             f"--out")
+    if old is not None and old.folder and old.folder != where:
+        raise SiamdiffError(f"index '{out}' holds the images of '{old.folder}', not '{folder}': updating it would "
+                            f"drop them; give '{folder}' a new --out")
     known = {p: (i, tuple(s)) for i, (p, s) in enumerate(zip(old.paths, old.stamps))} if old else {}
     keep_rows, keep_paths, keep_stamps, todo = [], [], [], []
     for f in files:
@@ -118,7 +124,8 @@ def build_index(folder: str | os.PathLike, model: SimilarityModel, out: str | os
     emb = np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
     if len(emb) == 0:
         raise SiamdiffError(f"no readable images in '{folder}'" + (f" ({skipped} unreadable)" if skipped else ""))
-    index = Index(emb, keep_paths + new_paths, keep_stamps + new_stamps, model.fingerprint, model.source)
+    index = Index(emb, keep_paths + new_paths, keep_stamps + new_stamps, model.fingerprint, model.source,
+                  where)
     index.save(out)
     removed = (len(old.paths) - len(keep_rows)) if old else 0
     return index, {"added": len(new_paths), "kept": len(keep_rows), "removed": removed, "skipped": skipped}
