@@ -76,6 +76,14 @@ def test_wrong_kind_wrong_architecture_and_garbage(tmp_path):
         load_model(tmp_path / "missing.safetensors")
 
 
+@pytest.mark.parametrize("size", [10 ** 6, 0, "28"])
+def test_a_damaged_image_size_is_refused_before_building(tmp_path, size):
+    net = EmbeddingNet(PRESETS["tiny-1"])
+    path = save_model(tmp_path / "m.safetensors", net, "similarity", {**net.config.to_dict(), "image_size": size})
+    with pytest.raises(CheckpointError, match="damaged config"):
+        load_model(path)  # image_size 10**6 used to load, then hang on its first image
+
+
 def test_save_into_missing_folder_is_clear(tmp_path):
     net = EmbeddingNet(PRESETS["tiny-1"])
     with pytest.raises(SiamdiffError, match="does not exist"):

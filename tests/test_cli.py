@@ -191,6 +191,7 @@ def _exit_code(argv):
     ["eval", "similarity", "--dataset", "sample:mnist", "--n-pairs", "-3"],
     ["search", "x.png", "--index", "{tmp}/none.safetensors", "-k", "abc"],
     ["frobnicate"],
+    ["train", "similarity", "--dataset", "folder:{tmp}", "--out", "{tmp}/x", "--image-size", "100000"],
 ])
 def test_bad_arguments_exit_2_with_one_line(capsys, tmp_path, argv):
     code = _exit_code([a.replace("{tmp}", str(tmp_path)) for a in argv])

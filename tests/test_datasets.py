@@ -167,3 +167,8 @@ def test_folder_classes_are_first_level_folders(tmp_path):
     found = read_folder(tmp_path, 1, (5, 5), class_from_parent=True)
     assert sorted(found.labels) == ["cats", "cats", "dogs"]
     assert [(p.name, reason) for p, reason in found.skipped] == [("stray.png", "not inside a class folder")]
+
+
+def test_folder_image_size_out_of_range_is_refused_before_reading(tmp_path):
+    with pytest.raises(SiamdiffError, match="not a side from 1 to"):
+        ds.load_splits(f"folder:{tmp_path}", ("train",), image_size=100_000)  # would allocate 10 GB per image

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .config import MAX_IMAGE_SIZE
 from .errors import CheckpointError
 from .files import atomic_write
 
@@ -119,6 +120,10 @@ def load_model(path: str | os.PathLike, kind: str | None = None,
         raise CheckpointError(f"'{path}' is a {meta['kind']} model, not a {kind} model")
     if meta["kind"] not in BUILDERS:
         raise CheckpointError(f"'{path}' is of unknown kind '{meta['kind']}'")
+    size = meta["config"].get("image_size") if isinstance(meta["config"], dict) else None
+    if size is not None and not (isinstance(size, int) and 1 <= size <= MAX_IMAGE_SIZE):
+        raise CheckpointError(f"cannot rebuild model '{path}': damaged config (image_size {size!r} is not a side "
+                              f"from 1 to {MAX_IMAGE_SIZE})")
     module, func = BUILDERS[meta["kind"]].split(":")
     try:
         model = getattr(importlib.import_module(module), func)(meta["config"])

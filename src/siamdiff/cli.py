@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
+from .config import MAX_IMAGE_SIZE
 from .errors import SiamdiffError
 from .files import check_writable
 
@@ -43,6 +44,7 @@ def _number(parse, ok, wanted: str):
 
 
 _positive_int = _number(int, lambda v: v >= 1, "a positive number")
+_image_size = _number(int, lambda v: 1 <= v <= MAX_IMAGE_SIZE, f"a side from 1 to {MAX_IMAGE_SIZE}")
 _positive_float = _number(float, lambda v: 0 < v < float("inf"), "a positive number")
 _guidance = _number(float, lambda v: 0 <= v < float("inf"), "a number of 0 or more")
 _seed = _number(int, lambda v: 0 <= v < 2 ** 63, "a whole number from 0 to 2**63 - 1")  # torch's manual_seed range
@@ -65,7 +67,7 @@ def _train_parser(sub, name: str, text: str, models: list[str]) -> argparse.Argu
     t.add_argument("--seed", type=_seed, default=0)
     t.add_argument("--device", default="auto", help="auto, cpu or cuda")
     t.add_argument("--max-batches", type=_positive_int, help="cap batches per epoch (smoke runs)")
-    t.add_argument("--image-size", type=_positive_int, help="folder datasets: square size (default 32)")
+    t.add_argument("--image-size", type=_image_size, help="folder datasets: square size (default 32)")
     t.add_argument("--channels", type=int, choices=[1, 3], help="folder datasets: 1 or 3 (default 3)")
     t.add_argument("--out", required=True, help="run folder: model.safetensors, state.pt, log.jsonl")
     t.add_argument("--resume", action="store_true", help="continue from OUT/state.pt")
@@ -130,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto", help="auto, cpu or cuda (the noise is drawn on the CPU either way)")
     e.add_argument("--batch-size", type=_positive_int, default=250, help="images per network batch")
     e.add_argument("--declip", action="store_true", help="diffusion methods: undo the bias of clipped pixels first")
-    e.add_argument("--image-size", type=_positive_int, help="folder datasets (default: the model's, else 32)")
+    e.add_argument("--image-size", type=_image_size, help="folder datasets (default: the model's, else 32)")
     e.add_argument("--channels", type=int, choices=[1, 3], help="folder datasets (default: the model's, else 3)")
     e.add_argument("--json", action="store_true")
     _data_args(e)

@@ -7,6 +7,10 @@ from typing import Any, TypeVar
 
 T = TypeVar("T", bound="JsonConfig")
 
+# siamdiff works on small images: a larger side is refused (``--image-size``, a model file's config) instead of
+# allocating gigabytes for one image — a damaged config with image_size 10⁶ made a model that hung on its first image.
+MAX_IMAGE_SIZE = 1024
+
 
 class JsonConfig:
     """Mixin for frozen dataclass configs: ``to_dict`` for JSON, ``from_dict`` turns JSON lists back into tuples."""
