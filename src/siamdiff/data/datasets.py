@@ -143,11 +143,9 @@ def load_splits(name: str, splits: tuple[str, ...], root: str | os.PathLike | No
         return [load_sample(canonical_name(name[len("sample:"):]))] * len(splits)
     name = canonical_name(name)
     if name.startswith("folder:"):
-        from ..config import MAX_IMAGE_SIZE
         from .folder import load_folder_splits
-        if image_size is not None and not 1 <= image_size <= MAX_IMAGE_SIZE:
-            raise SiamdiffError(f"image size {image_size} is not a side from 1 to {MAX_IMAGE_SIZE}")
-        return load_folder_splits(name[len("folder:"):], splits, image_size or 32, channels or 3)
+        return load_folder_splits(name[len("folder:"):], splits, 32 if image_size is None else image_size,
+                                  channels or 3)
     folder = data_dir(root)
     sources: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     out = []

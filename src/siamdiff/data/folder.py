@@ -7,6 +7,7 @@ import logging
 import numpy as np
 import torch
 
+from ..config import MAX_IMAGE_SIZE
 from ..errors import SiamdiffError
 from .imageio import read_folder
 
@@ -39,6 +40,8 @@ def load_folder_splits(path: str, splits: tuple[str, ...], image_size: int, chan
     """The requested splits of ``PATH/<class>/<images>``, reading the folder once."""
     from .datasets import ImageSet
 
+    if not 1 <= image_size <= MAX_IMAGE_SIZE:
+        raise SiamdiffError(f"image size {image_size} is not a side from 1 to {MAX_IMAGE_SIZE}")
     found = read_folder(path, channels=channels, size=(image_size, image_size), class_from_parent=True)
     if found.skipped:
         log.warning("skipped %d unreadable file(s) in '%s'", len(found.skipped), path)
