@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from siamdiff.cli import main
@@ -313,3 +314,44 @@ def test_compile_failure_is_one_clear_error(tiny_ddpm, monkeypatch):
     with pytest.raises(SiamdiffError, match=r"torch.compile failed \(RuntimeError: InductorError: no working C\+\+ "
                                             r"compiler found\); use the network without compile\(\)$"):
         den.denoise(torch.rand(1, 1, 28, 28), sigma=0.3)
+
+
+def test_eval_measures_a_model_of_another_size_at_its_size(tiny_companions, digit_folder, tmp_path, monkeypatch):
+    """The seed design's case (32x32 on 28x28 digits), here 16x16: the clean images are resized and the noise is
+    drawn at the model's size, so the model sees white noise of the sigma it is told, not resized noise."""
+    from siamdiff.data.datasets import load_sample
+    from siamdiff.reconstruction import evaluate as ev
+
+    assert main(["train", "ddpm", "--dataset", f"folder:{digit_folder}", "--model", "tiny", "--epochs", "1",
+                 "--channels", "1", "--image-size", "16", "--out", str(tmp_path / "m16")]) == 0
+    seen = []
+
+    def identity(net, schedule, x, sigma, method, *args):
+        seen.append(x.clone())
+        return x.clamp(0, 1), None
+
+    monkeypatch.setattr(ev, "denoise", identity)
+    rows = ev.evaluate_denoise("sample:mnist", [0.2], "tweedie", model=tmp_path / "m16", n=20, sigma_mode="true",
+                               classifier=tiny_companions["classifier"], device="cpu")
+    clean = ev.at_size(load_sample("mnist").images[:20].float() / 255, 16)
+    noise = torch.cat(seen) - clean
+    assert noise.shape[-1] == 16 and rows[0]["image_size"] == 16
+    assert abs(float(noise.std()) - 0.2) < 0.01  # resizing the noisy 28x28 image instead gives about 0.13
+    assert rows[0]["class_accuracy"] is not None  # the 28x28 classifier saw the outputs at its size
+
+
+def test_eval_at_another_size_resizes_the_clean_images(capsys, tiny_ddpm):
+    """--image-size measures a model-free method at another size (the report's 32x32 protocol); a model is only
+    measured at its own size."""
+    rows = {}
+    for size in ("28", "32"):
+        code, out, err = run(capsys, "eval", "denoise", "--dataset", "sample:mnist", "--method", "noisy", "--sigmas",
+                             "0.1", "--sigma-mode", "true", "--n", 30, "--image-size", size, "--json")
+        assert code == 0, err
+        rows[size] = json.loads(out)["results"][0]
+    assert rows["28"]["image_size"] == 28 and rows["32"]["image_size"] == 32
+    # the same noise level on either grid: the noisy input's PSNR barely moves (clamping helps a little on black)
+    assert abs(rows["28"]["psnr"] - rows["32"]["psnr"]) < 0.5
+    code, _, err = run(capsys, "eval", "denoise", "--dataset", "sample:mnist", "--method", "tweedie", "--model",
+                       tiny_ddpm, "--image-size", 32, "--n", 2)
+    assert code == 2 and "takes 28x28" in err and err.count("\n") == 1

@@ -132,7 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto", help="auto, cpu or cuda (the noise is drawn on the CPU either way)")
     e.add_argument("--batch-size", type=_positive_int, default=250, help="images per network batch")
     e.add_argument("--declip", action="store_true", help="diffusion methods: undo the bias of clipped pixels first")
-    e.add_argument("--image-size", type=_image_size, help="folder datasets (default: the model's, else 32)")
+    e.add_argument("--image-size", type=_image_size, help="measure at this size: the clean test images are resized "
+                   "(bilinear) and the noise drawn at it; folders are read at it (default: the model's, else the "
+                   "dataset's own; folders 32)")
     e.add_argument("--channels", type=int, choices=[1, 3], help="folder datasets (default: the model's, else 3)")
     e.add_argument("--json", action="store_true")
     _data_args(e)
