@@ -63,16 +63,18 @@ def plot_chain(net, schedule, noisy: torch.Tensor, sigma: float, path: Path, fra
 def plot_psnr_curves(rows: list[dict], path: Path, title: str = "") -> Path:
     """PSNR against σ, one line per method, from benchmark rows ``{"name", "sigma", "psnr"}``."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for name in dict.fromkeys(r["name"] for r in rows):
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for i, name in enumerate(dict.fromkeys(r["name"] for r in rows)):
         pts = sorted((r["sigma"], r["psnr"]) for r in rows if r["name"] == name)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=name)
+        # the colour cycle has 10 colours: later lines are dashed, so no two lines look the same
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=name, ls=("-", "--", ":")[i // 10 % 3])
     ax.set_xscale("log")
     ax.set_xlabel("noise sigma ([0, 1] scale)")
     ax.set_ylabel("PSNR (dB)")
     ax.set_title(title or "PSNR versus noise level", fontsize=9)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     ax.grid(alpha=0.3)
+    fig.tight_layout()
     return _save(fig, path)
 
 
