@@ -321,23 +321,40 @@ def test_eval_measures_a_model_of_another_size_at_its_size(tiny_companions, digi
     drawn at the model's size, so the model sees white noise of the sigma it is told, not resized noise."""
     from siamdiff.data.datasets import load_sample
     from siamdiff.reconstruction import evaluate as ev
+    from siamdiff.reconstruction.metrics import psnr
 
     assert main(["train", "ddpm", "--dataset", f"folder:{digit_folder}", "--model", "tiny", "--epochs", "1",
                  "--channels", "1", "--image-size", "16", "--out", str(tmp_path / "m16")]) == 0
-    seen = []
+    seen, classified = [], []
 
     def identity(net, schedule, x, sigma, method, *args):
         seen.append(x.clone())
         return x.clamp(0, 1), None
 
+    real_load = ev._load
+
+    def load(kind, path):  # records the size of what the classifier is given (it would pool any size silently)
+        net, meta = real_load(kind, path)
+        if kind == "classifier":
+            net.register_forward_pre_hook(lambda module, args: classified.append(args[0].shape[-1]))
+        return net, meta
+
     monkeypatch.setattr(ev, "denoise", identity)
+    monkeypatch.setattr(ev, "_load", load)
     rows = ev.evaluate_denoise("sample:mnist", [0.2], "tweedie", model=tmp_path / "m16", n=20, sigma_mode="true",
                                classifier=tiny_companions["classifier"], device="cpu")
-    clean = ev.at_size(load_sample("mnist").images[:20].float() / 255, 16)
+    clean = torch.nn.functional.interpolate(load_sample("mnist").images[:20].float() / 255, size=(16, 16),
+                                            mode="bilinear", align_corners=False).clamp(0, 1)
     noise = torch.cat(seen) - clean
     assert noise.shape[-1] == 16 and rows[0]["image_size"] == 16
     assert abs(float(noise.std()) - 0.2) < 0.01  # resizing the noisy 28x28 image instead gives about 0.13
-    assert rows[0]["class_accuracy"] is not None  # the 28x28 classifier saw the outputs at its size
+    # PSNR against the clean images at 16x16 (the identity's output is the noisy input)
+    assert rows[0]["psnr"] == pytest.approx(float(psnr(torch.cat(seen).clamp(0, 1), clean).mean()), abs=1e-4)
+    assert classified and set(classified) == {28}  # the 28x28 classifier saw the outputs at its size
+    classified.clear()
+    ev.evaluate_denoise("sample:mnist", [0.5], "tweedie", model=tmp_path / "m16", n=20, sigma_mode="true",
+                        classifier=tiny_companions["classifier"], labels="predicted", device="cpu")
+    assert len(classified) == 2 and set(classified) == {28}  # the pilot estimate too, for --labels predicted
 
 
 def test_eval_at_another_size_resizes_the_clean_images(capsys, tiny_ddpm):
@@ -354,4 +371,14 @@ def test_eval_at_another_size_resizes_the_clean_images(capsys, tiny_ddpm):
     assert abs(rows["28"]["psnr"] - rows["32"]["psnr"]) < 0.5
     code, _, err = run(capsys, "eval", "denoise", "--dataset", "sample:mnist", "--method", "tweedie", "--model",
                        tiny_ddpm, "--image-size", 32, "--n", 2)
-    assert code == 2 and "takes 28x28" in err and err.count("\n") == 1
+    assert code == 2 and "28x28 images: leave out --image-size" in err and err.count("\n") == 1
+
+
+def test_eval_refuses_images_the_model_cannot_take(capsys, tiny_ddpm, digit_folder):
+    for argv, message in (
+            (["--dataset", "sample:cifar10", "--model", tiny_ddpm], "3 channel(s) but this model takes 1-channel"),
+            (["--dataset", f"folder:{digit_folder}", "--model", tiny_ddpm, "--channels", 3], "leave out --channels"),
+            (["--dataset", "sample:mnist", "--method", "noisy", "--image-size", 5], "too small")):
+        argv = ["eval", "denoise", "--sigmas", "0.1", "--n", 2, *argv]
+        code, _, err = run(capsys, *(argv if "--method" in argv else argv + ["--method", "tweedie"]))
+        assert code == 2 and message in err and err.count("\n") == 1, err

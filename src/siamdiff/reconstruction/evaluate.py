@@ -144,13 +144,19 @@ def evaluate_denoise(dataset: str, sigmas: list[float], method: str, model: str 
         raise SiamdiffError("--n and --steps must be at least 1")
     runner = _Runner(method, model, steps, guidance, labels, dev, declip)
     if runner.net is not None:  # measured at the model's size; folder datasets are read at it
-        model_size = runner.net.config.image_size
-        if image_size is not None and image_size != model_size:
-            raise SiamdiffError(f"this model takes {model_size}x{model_size} images: leave out --image-size or give "
-                                f"{model_size}")
-        image_size = model_size
-        channels = channels or runner.net.config.in_channels
+        model_size, model_channels = runner.net.config.image_size, runner.net.config.in_channels
+        for option, given, wanted in (("--image-size", image_size, model_size), ("--channels", channels,
+                                                                                  model_channels)):
+            if given is not None and given != wanted:
+                raise SiamdiffError(f"this model takes {model_channels}-channel {model_size}x{model_size} images: "
+                                    f"leave out {option} or give {wanted}")
+        image_size, channels = model_size, model_channels
+    if image_size is not None and image_size < 7:
+        raise SiamdiffError(f"images of {image_size}x{image_size} are too small to measure: SSIM needs 7x7 or more")
     test = load_dataset(dataset, "test", data_root, download, image_size=image_size, channels=channels)
+    if runner.net is not None and test.images.shape[1] != runner.net.config.in_channels:
+        raise SiamdiffError(f"the {dataset} images have {test.images.shape[1]} channel(s) but this model takes "
+                            f"{runner.net.config.in_channels}-channel images")
     test = test.subset(np.arange(min(n, len(test))))
     if MODEL_KIND.get(method) == "diffusion" and model is not None:  # as in `siamdiff denoise`: a shipped model
         path = resolve_model_path("diffusion", model)  # brings its own estimator and classifier
