@@ -30,6 +30,7 @@ from .estimate import relative_error, wavelet_sigma
 from .metrics import psnr, ssim
 from .noise import declip, gaussian
 from .schedule import Schedule
+from .train import at_size
 
 METHODS = ("noisy", *DIFFUSION_METHODS, "direct", "vae", "nlm", "wavelet")
 MODEL_KIND = {"tweedie": "diffusion", "ddim": "diffusion", "ancestral": "diffusion", "direct": "denoiser",
@@ -98,9 +99,8 @@ class _Runner:
                 raise SiamdiffError("guidance needs a class-conditional diffusion model")
         return self._network(noisy, sigma, m, labels)
 
-    def _network(self, noisy: torch.Tensor, sigma: np.ndarray, m: str, labels: torch.Tensor | None) -> torch.Tensor:
-        """The direct denoiser or a diffusion method, on images at the model's size."""
-        x = noisy  # already at the model's size (see at_size)
+    def _network(self, x: torch.Tensor, sigma: np.ndarray, m: str, labels: torch.Tensor | None) -> torch.Tensor:
+        """The direct denoiser or a diffusion method, on noisy images at the model's size (see :func:`at_size`)."""
         if m == "direct":
             t = torch.zeros(len(x), dtype=torch.long, device=x.device)
             out = ((self.net(x * 2 - 1, t, None) + 1) / 2).clamp(0, 1)
@@ -111,19 +111,6 @@ class _Runner:
             out, _ = denoise(self.net, schedule, x, torch.as_tensor(sigma), m, self.steps, labels,
                              self.guidance if labels is not None else 0.0, self.generator)
         return out.clamp(0, 1)
-
-
-def at_size(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Images in [0, 1] resized (bilinear, as a model's training data of another size was made) to ``size``.
-
-    The protocol resizes the *clean* test images for a model made for another size (the seed design's 32×32 on
-    28×28 digits) and draws the noise there, as the report did: resizing the noisy image instead would hand the
-    model correlated noise of about 0.67σ while telling it σ, and resizing its output back would cap the PSNR at
-    that of the round trip (25.2 dB on MNIST)."""
-    if images.shape[-1] == size:
-        return images
-    return torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear",
-                                           align_corners=False).clamp(0, 1)
 
 
 def evaluate_denoise(dataset: str, sigmas: list[float], method: str, model: str | Path | None = None,
@@ -216,4 +203,4 @@ def evaluate_denoise(dataset: str, sigmas: list[float], method: str, model: str 
     return rows
 
 
-__all__ = ["METHODS", "evaluate_denoise"]
+__all__ = ["METHODS", "at_size", "evaluate_denoise"]

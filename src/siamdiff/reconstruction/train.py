@@ -37,12 +37,22 @@ class DiffusionRecipe:
                 "loss": self.loss, "label_dropout": self.label_dropout, "ema": self.ema, "flip": self.flip}
 
 
+def at_size(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Images in [0, 1] resized (bilinear) to ``size``: how a model made for another size sees a dataset, in
+    training (:func:`to_model_range`) and in the evaluation protocol.
+
+    The protocol resizes the *clean* test images for such a model (the seed design's 32×32 on 28×28 digits) and
+    draws the noise there, as the report did: resizing the noisy image instead would hand the model correlated noise
+    of about 0.67σ while telling it σ, and resizing its output back would cap the PSNR at that of the round trip
+    (25.2 dB on MNIST)."""
+    if images.shape[-1] == size:
+        return images
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
+
+
 def to_model_range(images: torch.Tensor, size: int) -> torch.Tensor:
     """uint8 ``(N, C, H, W)`` -> float in [−1, 1], resized (bilinear) when the model's size differs."""
-    x = images.float() / 127.5 - 1.0
-    if x.shape[-1] != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    return x
+    return at_size(images.float() / 255.0, size) * 2 - 1
 
 
 class DiffusionTask:
@@ -136,7 +146,7 @@ class DiffusionTask:
         save_model(path, self.ema, "diffusion", self.recipe.model.to_dict(), extra)
 
 
-__all__ = ["DiffusionRecipe", "DiffusionTask", "to_model_range"]
+__all__ = ["DiffusionRecipe", "DiffusionTask", "at_size", "to_model_range"]
 
 
 def diffusion_recipe(model: str, in_channels: int, image_size: int, epochs: int | None = None,
