@@ -382,3 +382,20 @@ def test_eval_refuses_images_the_model_cannot_take(capsys, tiny_ddpm, digit_fold
         argv = ["eval", "denoise", "--sigmas", "0.1", "--n", 2, *argv]
         code, _, err = run(capsys, *(argv if "--method" in argv else argv + ["--method", "tweedie"]))
         assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_train_ddpm_at_another_size_on_a_builtin_dataset(capsys, data_root, tmp_path):
+    from siamdiff.checkpoint import load_model
+
+    base = ["train", "ddpm", "--dataset", "mnist", "--data-dir", data_root, "--epochs", "1", "--max-batches", "1"]
+    # MNIST is read at 28x28; --image-size gives the model's size and training resizes to it, as for the seed
+    code, _, err = run(capsys, *base, "--model", "tiny", "--image-size", "16", "--out", tmp_path / "at16")
+    assert code == 0, err
+    net, _ = load_model(tmp_path / "at16" / "model.safetensors", kind="diffusion")
+    assert net.config.image_size == 16
+    code, _, err = run(capsys, *base, "--model", "seed", "--image-size", "28", "--out", tmp_path / "seed")
+    assert code == 2 and "the seed design is 32x32" in err
+    code, _, err = run(capsys, "train", "denoiser", "--dataset", "mnist", "--image-size", "16", "--channels", "3",
+                       "--out", tmp_path / "den")
+    assert code == 2 and "--image-size and --channels apply to folder datasets only" in err
+    assert not (tmp_path / "seed").exists() and not (tmp_path / "den").exists()

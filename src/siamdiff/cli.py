@@ -67,7 +67,9 @@ def _train_parser(sub, name: str, text: str, models: list[str]) -> argparse.Argu
     t.add_argument("--seed", type=_seed, default=0)
     t.add_argument("--device", default="auto", help="auto, cpu or cuda")
     t.add_argument("--max-batches", type=_positive_int, help="cap batches per epoch (smoke runs)")
-    t.add_argument("--image-size", type=_image_size, help="folder datasets: square size (default 32)")
+    t.add_argument("--image-size", type=_image_size,
+                   help="folder datasets: square size (default 32); train ddpm on a built-in dataset: the model's "
+                        "size, images resized to it")
     t.add_argument("--channels", type=int, choices=[1, 3], help="folder datasets: 1 or 3 (default 3)")
     t.add_argument("--out", required=True, help="run folder: model.safetensors, state.pt, log.jsonl")
     t.add_argument("--resume", action="store_true", help="continue from OUT/state.pt")
@@ -201,6 +203,13 @@ def _print_json(obj: object) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     command = "siamdiff " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    if not args.dataset.startswith("folder:"):
+        given = [f"--{k.replace('_', '-')}" for k in ("image_size", "channels") if getattr(args, k) is not None
+                 and not (k == "image_size" and args.what == "ddpm")]
+        if given:
+            verb = "applies" if len(given) == 1 else "apply"
+            raise SiamdiffError(f"{' and '.join(given)} {verb} to folder datasets only; '{args.dataset}' has a fixed "
+                                "size and channel count")
     if args.what in ("vae", "denoiser", "classifier", "noise-estimator"):
         from .reconstruction.tasks import train_reconstruction
 

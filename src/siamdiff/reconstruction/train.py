@@ -188,6 +188,7 @@ def train_diffusion(dataset: str, out_dir: str | Path, model: str = "unet", data
     size."""
     from ..checkpoint import load_model
     from ..data.datasets import load_splits
+    from ..errors import SiamdiffError
     from ..similarity.api import resolve_model_path
     from ..train import fit
 
@@ -204,7 +205,10 @@ def train_diffusion(dataset: str, out_dir: str | Path, model: str = "unet", data
         return fit(task, r.train, out_dir, resume, overwrite)
     train, val = load_splits(dataset, ("train", "val"), data_root, download, image_size, channels)
     c, h, _ = train.shape
-    r = diffusion_recipe(model, c, 32 if model == "seed" else h, **overrides)
+    if model == "seed" and image_size not in (None, 32) and not dataset.startswith("folder:"):
+        raise SiamdiffError(f"the seed design is 32x32; --image-size {image_size} does not apply to it")
+    # a built-in dataset is read at its own size; --image-size then gives the model's, and training resizes to it
+    r = diffusion_recipe(model, c, 32 if model == "seed" else (image_size or h), **overrides)
     if r.model.num_classes and len(train.classes) != r.model.num_classes:
         r = DiffusionRecipe(UNetConfig(**{**r.model.to_dict(), "num_classes": len(train.classes)}), r.schedule,
                             r.train, r.loss, r.label_dropout, r.ema, r.flip)
