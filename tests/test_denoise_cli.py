@@ -384,6 +384,17 @@ def test_eval_refuses_images_the_model_cannot_take(capsys, tiny_ddpm, digit_fold
         assert code == 2 and message in err and err.count("\n") == 1, err
 
 
+def test_eval_refuses_a_measurement_that_does_not_fit_in_memory(capsys, monkeypatch):
+    import siamdiff.reconstruction.evaluate as evaluate
+
+    monkeypatch.setattr(evaluate, "EVAL_MEMORY_BYTES", 2**20)  # 30 images x 3 copies: 0.28 MB at 28, 1.5 MB at 64
+    argv = ["eval", "denoise", "--dataset", "sample:mnist", "--method", "noisy", "--sigmas", "0.1", "--n", 30]
+    code, _, err = run(capsys, *argv, "--image-size", 64)
+    assert code == 2 and "30 images at 64x64 needs about" in err and "smaller --n" in err and err.count("\n") == 1
+    code, _, err = run(capsys, *argv)
+    assert code == 0, err
+
+
 def test_train_ddpm_at_another_size_on_a_builtin_dataset(capsys, data_root, tmp_path):
     from siamdiff.checkpoint import load_model
 

@@ -113,6 +113,9 @@ class _Runner:
         return out.clamp(0, 1)
 
 
+EVAL_MEMORY_BYTES = 8 * 2**30  # the evaluation holds every image three times; past this it refuses up front
+
+
 def evaluate_denoise(dataset: str, sigmas: list[float], method: str, model: str | Path | None = None,
                      n: int = 1000, clip: bool = False, sigma_mode: str = "auto", estimator: str | Path | None = None,
                      classifier: str | Path | None = None, labels: str = "none", guidance: float = 1.0,
@@ -160,6 +163,10 @@ def evaluate_denoise(dataset: str, sigmas: list[float], method: str, model: str 
         raise SiamdiffError("--labels predicted needs --classifier")
     native = test.images.shape[-1]
     size = image_size or native
+    need = 3 * len(test) * test.images.shape[1] * size * size * 4  # clean, noisy and denoised float32 copies
+    if need > EVAL_MEMORY_BYTES:
+        raise SiamdiffError(f"measuring {len(test)} images at {size}x{size} needs about {need / 2**30:.1f} GiB "
+                            f"(limit {EVAL_MEMORY_BYTES / 2**30:.0f} GiB): use a smaller --n or --image-size")
     clean_all = at_size(test.images.float() / 255.0, size)
     rows = []
     for sigma in sigmas:
