@@ -28,7 +28,9 @@ SIGMAS = (0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
 # name -> (train sub-command, --model value); the seed VAE only exists for 28x28 grayscale data
 MODELS = {"ddpm": ("ddpm", "unet"), "ddpm-seed": ("ddpm", "seed"), "denoiser": ("denoiser", "default"),
           "classifier": ("classifier", "default"), "estimator": ("noise-estimator", "default"),
-          "vae-seed": ("vae", "seed"), "vae-conv": ("vae", "default")}
+          "vae-seed": ("vae", "seed"), "vae-conv": ("vae", "default"), "ddpm-32": ("ddpm", "unet")}
+# siamdiff's U-Net trained on the seed design's 32x32 grid (MNIST only): the like-for-like comparison with the seed
+SIZE = {"ddpm-32": 32}
 
 
 def run(cmd: list[str]) -> str:
@@ -51,6 +53,7 @@ def train(dataset: str, name: str, args: argparse.Namespace) -> Path:
             cmd += ["--epochs", str(epochs)]
         if args.preset == "tiny":
             cmd += ["--max-batches", "2"]
+        cmd += ["--image-size", str(SIZE[name])] if name in SIZE else []
         run(cmd + (["--overwrite"] if out.exists() else []))
         print(f"trained {dataset}:{name}", flush=True)
     return out / "model.safetensors"
@@ -88,7 +91,8 @@ def benchmark_dataset(dataset: str, args: argparse.Namespace, emit) -> None:
     """``--part net``: every method that runs a network (fit for a GPU); ``--part cpu``: scikit-image baselines and
     the wavelet-MAD sigma row; ``--part all``: both. ``emit(rows)`` receives the rows of each evaluation as they
     come (the most important first: unclipped, then guidance, then as-a-file)."""
-    names = [m for m in MODELS if not (m == "vae-seed" and dataset == "cifar10")]
+    names = [m for m in MODELS if not (m == "vae-seed" and dataset == "cifar10") and not (m in SIZE and
+                                                                                        dataset != "mnist")]
     if args.part == "cpu":
         names = ["classifier", "estimator"]
     models = {m: train(dataset, m, args) for m in names}
@@ -101,7 +105,8 @@ def benchmark_dataset(dataset: str, args: argparse.Namespace, emit) -> None:
         specs = [("tweedie", models.get("ddpm"), "tweedie"), ("direct", models.get("denoiser"), "direct"),
                  ("noisy", None, "noisy"), ("ddim", models.get("ddpm"), "ddim"),
                  ("tweedie", models.get("ddpm-seed"), "seed-tweedie"), ("vae", models.get("vae-seed"), "vae-seed"),
-                 ("vae", models.get("vae-conv"), "vae-conv")] if net else []
+                 ("vae", models.get("vae-conv"), "vae-conv"), ("tweedie", models.get("ddpm-32"), "tweedie (32x32)")
+                 ] if net else []
         specs += [("nlm", None, "nlm"), ("wavelet", None, "wavelet")] if cpu else []
         for method, model, tag in specs:
             if (model is None and method in ("vae", "tweedie", "ddim", "direct")) or not wanted(tag, clip):
@@ -240,18 +245,22 @@ def summary(result: dict) -> list[str]:
     lines = ["## Against the targets", "",
              "MNIST, blind, unclipped, 1,000 test images: the default method (tweedie) against the supervised direct "
              "denoiser and the seed design's ancestral chain (started from the true sigma and measured on its 32x32 grid, "
-             "as the report did; that grid is the easier one, see the last table).", "",
+             "as the report did; that grid is the easier one, see the last table). Like for like: siamdiff's U-Net "
+             "trained on that grid too (`tweedie (32x32)`, its row's model file names its run).", "",
              "| sigma | tweedie dB | direct dB | tweedie - direct | seed ancestral dB | tweedie - seed | "
-             "tweedie class acc |", "|---|---|---|---|---|---|---|"]
+             "tweedie (32x32) dB | tweedie (32x32) - seed | tweedie class acc |", "|---" * 9 + "|"]
     notes = []
     for sigma in (0.1, 0.2, 0.3, 0.5):
         t, d = _find(result, "mnist", "tweedie", sigma), _find(result, "mnist", "direct", sigma)
         a = _find(result, "mnist", "seed-ancestral (true sigma)", sigma)
+        g = _find(result, "mnist", "tweedie (32x32)", sigma)
         if t and d and a:
             mark = " †" if a.get("protocol_note") else ""
             notes += [a["protocol_note"]] if mark and a["protocol_note"] not in notes else []
             lines.append(f"| {sigma} | {t['psnr']:.2f} | {d['psnr']:.2f} | {t['psnr'] - d['psnr']:+.2f} | "
-                         f"{a['psnr']:.2f}{mark} | {t['psnr'] - a['psnr']:+.2f}{mark} | {t['class_accuracy']:.3f} |")
+                         f"{a['psnr']:.2f}{mark} | {t['psnr'] - a['psnr']:+.2f}{mark} | "
+                         + ("| | " if g is None else f"{g['psnr']:.2f} | {g['psnr'] - a['psnr']:+.2f}{mark} | ")
+                         + f"{t['class_accuracy']:.3f} |")
     lines += [line for note in notes for line in ("", "† " + note)]
     lines += ["", "Training budgets differ between these models: each row's command names its model file, and each "
                   "shipped model's card (src/siamdiff/weights/*.json) and docs/reconstruction.md give its epochs.",
