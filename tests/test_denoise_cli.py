@@ -387,12 +387,31 @@ def test_eval_refuses_images_the_model_cannot_take(capsys, tiny_ddpm, digit_fold
 def test_eval_refuses_a_measurement_that_does_not_fit_in_memory(capsys, monkeypatch):
     import siamdiff.reconstruction.evaluate as evaluate
 
-    monkeypatch.setattr(evaluate, "EVAL_MEMORY_BYTES", 2**20)  # 30 images x 3 copies: 0.28 MB at 28, 1.5 MB at 64
+    monkeypatch.setattr(evaluate, "EVAL_MEMORY_BYTES", 2**20)  # 30 images x 2 copies: 0.19 MB at 28, 2.2 MB at 96
     argv = ["eval", "denoise", "--dataset", "sample:mnist", "--method", "noisy", "--sigmas", "0.1", "--n", 30]
-    code, _, err = run(capsys, *argv, "--image-size", 64)
-    assert code == 2 and "30 images at 64x64 needs about" in err and "smaller --n" in err and err.count("\n") == 1
+    code, _, err = run(capsys, *argv, "--image-size", 96)
+    assert code == 2 and "30 images at 96x96 holds about" in err and err.count("\n") == 1
+    assert "smaller --n or --image-size" in err  # a model-free method can be measured at a smaller size
     code, _, err = run(capsys, *argv)
     assert code == 0, err
+
+
+def test_train_refuses_sizes_a_builtin_dataset_cannot_take(capsys, tiny_ddpm, tmp_path):
+    """Refused before any data is read (these run without the datasets): each one line, exit 2, nothing written."""
+    for argv, message in (
+            (["denoiser", "--image-size", 16, "--channels", 3], "--image-size and --channels apply to folder datasets "
+                                                               "only; 'mnist' has a fixed size and channel count"),
+            (["similarity", "--channels", 3], "--channels applies to folder datasets only"),
+            (["ddpm", "--channels", 3], "'mnist' has a fixed channel count"),
+            (["ddpm", "--model", "seed", "--image-size", 28], "the seed design is 32x32; --image-size 28"),
+            (["ddpm", "--init", tiny_ddpm, "--image-size", 16], "is a 28x28 model; --image-size 16 does not apply")):
+        out = tmp_path / "run"
+        code, _, err = run(capsys, "train", argv[0], "--dataset", "mnist", "--data-dir", tmp_path / "no-data",
+                           *argv[1:], "--out", out)
+        assert code == 2 and message in err and err.count("\n") == 1, err
+        assert not out.exists()
+    code, _, err = run(capsys, "train", "ddpm", "--dataset", "mnsit", "--image-size", 16, "--out", tmp_path / "x")
+    assert code == 2 and "unknown dataset 'mnsit'" in err
 
 
 def test_train_ddpm_at_another_size_on_a_builtin_dataset(capsys, data_root, tmp_path):
@@ -404,9 +423,3 @@ def test_train_ddpm_at_another_size_on_a_builtin_dataset(capsys, data_root, tmp_
     assert code == 0, err
     net, _ = load_model(tmp_path / "at16" / "model.safetensors", kind="diffusion")
     assert net.config.image_size == 16
-    code, _, err = run(capsys, *base, "--model", "seed", "--image-size", "28", "--out", tmp_path / "seed")
-    assert code == 2 and "the seed design is 32x32" in err
-    code, _, err = run(capsys, "train", "denoiser", "--dataset", "mnist", "--image-size", "16", "--channels", "3",
-                       "--out", tmp_path / "den")
-    assert code == 2 and "--image-size and --channels apply to folder datasets only" in err
-    assert not (tmp_path / "seed").exists() and not (tmp_path / "den").exists()

@@ -113,7 +113,7 @@ class _Runner:
         return out.clamp(0, 1)
 
 
-EVAL_MEMORY_BYTES = 8 * 2**30  # the evaluation holds every image three times; past this it refuses up front
+EVAL_MEMORY_BYTES = 8 * 2**30  # the evaluation holds every image twice (clean, noisy); past this it refuses
 
 
 def evaluate_denoise(dataset: str, sigmas: list[float], method: str, model: str | Path | None = None,
@@ -163,16 +163,17 @@ def evaluate_denoise(dataset: str, sigmas: list[float], method: str, model: str 
         raise SiamdiffError("--labels predicted needs --classifier")
     native = test.images.shape[-1]
     size = image_size or native
-    need = 3 * len(test) * test.images.shape[1] * size * size * 4  # clean, noisy and denoised float32 copies
+    need = 2 * len(test) * test.images.shape[1] * size * size * 4  # the clean and noisy float32 copies
     if need > EVAL_MEMORY_BYTES:
-        raise SiamdiffError(f"measuring {len(test)} images at {size}x{size} needs about {need / 2**30:.1f} GiB "
-                            f"(limit {EVAL_MEMORY_BYTES / 2**30:.0f} GiB): use a smaller --n or --image-size")
+        raise SiamdiffError(f"measuring {len(test)} images at {size}x{size} holds about {need / 2**30:.1f} GiB of "
+                            f"images (limit {EVAL_MEMORY_BYTES / 2**30:.0f} GiB): use a smaller --n"
+                            + ("" if runner.net is not None else " or --image-size"))
     clean_all = at_size(test.images.float() / 255.0, size)
     rows = []
     for sigma in sigmas:
         gen = torch.Generator().manual_seed(1000 + round(1000 * sigma))
         noisy_all = gaussian(clean_all, sigma, gen, clip=clip)
-        outs, estimates, seconds = [], [], 0.0
+        psnrs, ssims, preds, estimates, seconds = [], [], [], [], 0.0
         for s in range(0, len(test), batch_size):
             noisy = noisy_all[s:s + batch_size].to(dev)
             with torch.no_grad():
@@ -190,22 +191,24 @@ def evaluate_denoise(dataset: str, sigmas: list[float], method: str, model: str 
             out = runner(noisy, sig, test.labels[s:s + batch_size].to(dev), predicted)
             synchronize(dev)
             seconds += time.perf_counter() - began
-            outs.append(out.cpu())
+            clean = clean_all[s:s + batch_size]  # measured batch by batch: no third copy of every image
+            host = out.cpu()
+            psnrs.append(psnr(host, clean))
+            ssims.append(ssim(host, clean))
+            if clf is not None:
+                with torch.no_grad():
+                    preds.append(clf(at_size(out, native)).argmax(1).cpu())
             estimates.append(sig)
-        out = torch.cat(outs)
         est_all = np.concatenate(estimates)
         row = {"sigma": sigma, "method": method, "clip": clip, "sigma_mode": sigma_mode, "labels": labels,
                "device": str(dev), "declip": declip, "image_size": size,
                "sigma_estimator": None if sigma_mode != "auto" else "learned" if est is not None else "wavelet-MAD",
-               "psnr": float(psnr(out, clean_all).mean()), "ssim": float(ssim(out, clean_all).mean()),
+               "psnr": float(torch.cat(psnrs).mean()), "ssim": float(np.concatenate(ssims).mean()),
                "class_accuracy": None, "sigma_rel_error": float(np.median(relative_error(est_all, sigma)))
                if sigma_mode == "auto" else None, "n": len(test),
                "seconds_per_image": seconds / len(test)}
         if clf is not None:
-            with torch.no_grad():
-                pred = torch.cat([clf(at_size(out[s:s + batch_size].to(dev), native)).argmax(1).cpu()
-                                  for s in range(0, len(out), batch_size)])
-                row["class_accuracy"] = float((pred == test.labels).float().mean())
+            row["class_accuracy"] = float((torch.cat(preds) == test.labels).float().mean())
         rows.append(row)
     return rows
 

@@ -192,10 +192,14 @@ def train_diffusion(dataset: str, out_dir: str | Path, model: str = "unet", data
     from ..similarity.api import resolve_model_path
     from ..train import fit
 
+    builtin = not dataset.startswith(("folder:", "sample:"))  # read at its own size; --image-size is the model's
     if init is not None:
         path = resolve_model_path("diffusion", init)
         net, meta = load_model(path, kind="diffusion")
         cfg = net.config
+        if builtin and image_size not in (None, cfg.image_size):
+            raise SiamdiffError(f"--init '{init}' is a {cfg.image_size}x{cfg.image_size} model; --image-size "
+                                f"{image_size} does not apply to it")
         train, val = load_splits(dataset, ("train", "val"), data_root, download, image_size or cfg.image_size,
                                  channels or cfg.in_channels)
         r = _recipe_of(init, cfg, meta, train.shape[0], len(train.classes), seed=overrides.pop("seed", 0),
@@ -203,11 +207,11 @@ def train_diffusion(dataset: str, out_dir: str | Path, model: str = "unet", data
         task = DiffusionTask(r, train, val, command)
         task.start_from(net, str(path), meta)
         return fit(task, r.train, out_dir, resume, overwrite)
+    if model == "seed" and builtin and image_size not in (None, 32):
+        raise SiamdiffError(f"the seed design is 32x32; --image-size {image_size} does not apply to it")
     train, val = load_splits(dataset, ("train", "val"), data_root, download, image_size, channels)
     c, h, _ = train.shape
-    if model == "seed" and image_size not in (None, 32) and not dataset.startswith("folder:"):
-        raise SiamdiffError(f"the seed design is 32x32; --image-size {image_size} does not apply to it")
-    # a built-in dataset is read at its own size; --image-size then gives the model's, and training resizes to it
+    # a built-in dataset gives the model its size through --image-size, and training resizes to it
     r = diffusion_recipe(model, c, 32 if model == "seed" else (image_size or h), **overrides)
     if r.model.num_classes and len(train.classes) != r.model.num_classes:
         r = DiffusionRecipe(UNetConfig(**{**r.model.to_dict(), "num_classes": len(train.classes)}), r.schedule,
