@@ -53,7 +53,7 @@ def main() -> None:
                      generator=torch.Generator().manual_seed(0)))
     result = json.loads((ROOT / "docs" / "benchmarks" / "denoise.json").read_text())
     keep = {"tweedie", "ddim", "ancestral", "direct", "noisy", "nlm", "wavelet", "seed-tweedie",
-            "seed-ancestral (true sigma)", "vae-seed", "vae-conv"}
+            "seed-ancestral (true sigma)", "vae-seed", "vae-conv", "tweedie (32x32)"}
     for dataset in dict.fromkeys(r["dataset"] for r in result["rows"]):
         rows = [{**r, "name": r["name"] + (" † protocol error" if r.get("protocol_note") else "")}
                 for r in result["rows"] if r["dataset"] == dataset and not r["clip"] and r["name"] in keep]
