@@ -256,23 +256,19 @@ def summary(result: dict) -> list[str]:
              "epochs (`tweedie (32x32)`; each row's command gives its model file).", "",
              "| sigma | tweedie dB | direct dB | tweedie - direct | seed ancestral dB (n) | tweedie - seed | "
              "tweedie (32x32) - seed | tweedie class acc |", "|---" * 8 + "|"]
-    notes = []
 
-    def minus(row: dict | None, a: dict, mark: str) -> str:
-        return "" if row is None or row["n"] != a["n"] else f"{row['psnr'] - a['psnr']:+.2f}{mark}"
+    def minus(row: dict | None, a: dict) -> str:
+        return "" if row is None or row["n"] != a["n"] else f"{row['psnr'] - a['psnr']:+.2f}"
 
     for sigma in (0.1, 0.2, 0.3, 0.5):
         t, d = _find(result, "mnist", "tweedie", sigma), _find(result, "mnist", "direct", sigma)
         a = _find(result, "mnist", "seed-ancestral (true sigma)", sigma)
         if t and d and a:
-            mark = " †" if a.get("protocol_note") else ""
-            notes += [a["protocol_note"]] if mark and a["protocol_note"] not in notes else []
             same = [_find(result, "mnist", name, sigma) for name in ("tweedie, chain images",
                                                                       "tweedie (32x32), chain images")]
             lines.append(f"| {sigma} | {t['psnr']:.2f} | {d['psnr']:.2f} | {t['psnr'] - d['psnr']:+.2f} | "
-                         f"{a['psnr']:.2f}{mark} ({a['n']}) | {minus(same[0], a, mark)} | {minus(same[1], a, mark)} | "
+                         f"{a['psnr']:.2f} ({a['n']}) | {minus(same[0], a)} | {minus(same[1], a)} | "
                          f"{t['class_accuracy']:.3f} |")
-    lines += [line for note in notes for line in ("", "† " + note)]
     lines += ["", "Training budgets differ between these models: each row's command names its model file, and each "
                   "shipped model's card (src/siamdiff/weights/*.json) and docs/reconstruction.md give its epochs.",
               "", "Noise-level estimation, median relative error, unclipped (as a file in brackets):", "",
@@ -334,7 +330,6 @@ def markdown(result: dict) -> str:
              "another size, and rows marked 32x32: the clean images resized to it, the noise drawn there), Gaussian "
              "noise with a fixed seed per sigma; blind rows use the learned sigma estimate; class accuracy by the project's "
              "classifier.", ""]
-    notes: list[str] = []
     for dataset in dict.fromkeys(r["dataset"] for r in result["rows"]):
         acc = result.get("classifier_clean_accuracy", {}).get(dataset)
         if acc:
@@ -350,11 +345,9 @@ def markdown(result: dict) -> str:
             for r in rows:
                 acc = "" if r["class_accuracy"] is None else f"{r['class_accuracy']:.4f}"
                 err = "" if r["sigma_rel_error"] is None else f"{r['sigma_rel_error']:.3f}"
-                notes += [r["protocol_note"]] if r.get("protocol_note") and r["protocol_note"] not in notes else []
-                lines.append(f"| {r['name']}{' †' if r.get('protocol_note') else ''} | {r['sigma']} | {r['psnr']:.2f} | {r['ssim']:.4f} | {acc} | {err} | "
+                lines.append(f"| {r['name']} | {r['sigma']} | {r['psnr']:.2f} | {r['ssim']:.4f} | {acc} | {err} | "
                              f"{1000 * r['seconds_per_image']:.2f} | {r.get('device', 'cpu')} | {r['n']} |")
             lines.append("")
-    lines += [f"† {note}" for note in notes] + ([""] if notes else [])
     if result.get("latency"):
         lat = result["latency"]
         lines += ["## Latency", "", f"CPU, {lat['threads']} threads, one 28x28 MNIST image, shipped model, median "

@@ -55,8 +55,7 @@ def main() -> None:
     keep = {"tweedie", "ddim", "ancestral", "direct", "noisy", "nlm", "wavelet", "seed-tweedie",
             "seed-ancestral (true sigma)", "vae-seed", "vae-conv", "tweedie (32x32)"}
     for dataset in dict.fromkeys(r["dataset"] for r in result["rows"]):
-        rows = [{**r, "name": r["name"] + (" † protocol error" if r.get("protocol_note") else "")}
-                for r in result["rows"] if r["dataset"] == dataset and not r["clip"] and r["name"] in keep]
+        rows = [r for r in result["rows"] if r["dataset"] == dataset and not r["clip"] and r["name"] in keep]
         print(plot_psnr_curves(rows, out / f"{dataset}-psnr-vs-sigma.png", f"{dataset}, unclipped, blind"))
     clf, _ = load_model(runs / "mnist-classifier" / "model.safetensors", kind="classifier")
     est, _ = load_model(runs / "mnist-estimator" / "model.safetensors", kind="sigma")
