@@ -1,6 +1,6 @@
 """The reconstruction pictures of docs/reconstruction.md, from the benchmark's models and its JSON.
 
-    python benchmarks/denoise_figures.py --runs runs/s4 --data-dir ../shared/data
+    python benchmarks/denoise_figures.py --runs runs/s7 --data-dir ../shared/data
 
 Writes docs/images/: the report's VAE four-row grid (seed MLP VAE and the convolutional VAE, MNIST, sigma 0.1 and
 0.3), one MNIST reverse chain from the noisy input to the output, PSNR-versus-sigma curves per dataset (unclipped,
