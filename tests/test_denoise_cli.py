@@ -423,3 +423,19 @@ def test_train_ddpm_at_another_size_on_a_builtin_dataset(capsys, data_root, tmp_
     assert code == 0, err
     net, _ = load_model(tmp_path / "at16" / "model.safetensors", kind="diffusion")
     assert net.config.image_size == 16
+
+
+def test_train_ddpm_loss_option(capsys, tiny_ddpm, digit_folder, tmp_path):
+    from siamdiff.checkpoint import read_metadata
+
+    base = ["train", "ddpm", "--dataset", f"folder:{digit_folder}", "--model", "tiny", "--epochs", "1",
+            "--max-batches", "1", "--channels", "1", "--image-size", "16"]
+    code, _, err = run(capsys, *base, "--loss", "l1", "--out", tmp_path / "l1")
+    assert code == 0, err
+    assert read_metadata(tmp_path / "l1" / "model.safetensors")["extra"]["recipe"]["loss"] == "l1"
+    code, _, err = run(capsys, *base, "--out", tmp_path / "mse")
+    assert code == 0, err
+    assert read_metadata(tmp_path / "mse" / "model.safetensors")["extra"]["recipe"]["loss"] == "mse"
+    code, _, err = run(capsys, *base, "--init", tiny_ddpm, "--loss", "l1", "--out", tmp_path / "ft")
+    assert code == 2 and "--init keeps the model's loss" in err and err.count("\n") == 1
+    assert not (tmp_path / "ft").exists()

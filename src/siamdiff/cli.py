@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                       ["unet", "seed", "tiny"])
     t.add_argument("--init", help="fine-tune this diffusion model (a shipped name or a path): its network, schedule "
                                   "and loss are kept, --model is ignored")
+    t.add_argument("--loss", choices=["mse", "l1"], help="loss on the predicted noise (default: the design's own, "
+                                                         "mse for unet, l1 for seed)")
     _train_parser(what, "vae", "a VAE (--model seed: the report's 784-400-20 MLP; default: convolutional)",
                   ["default", "seed", "tiny"])
     _train_parser(what, "denoiser", "the supervised direct denoiser (U-Net, MSE, sigma in [0.01, 1.2])",
@@ -230,7 +232,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                      if getattr(args, k) is not None}
         history = train_diffusion(args.dataset, args.out, args.model, args.data_dir, args.download, args.resume,
                                   args.overwrite, command, image_size=args.image_size, channels=args.channels,
-                                  init=args.init, seed=args.seed, device=args.device, **overrides)
+                                  init=args.init, loss=args.loss, seed=args.seed, device=args.device, **overrides)
         print(f"wrote {Path(args.out) / 'model.safetensors'} after {len(history)} epoch(s): "
               f"val_eps_mse={history[-1]['val_eps_mse']:.4f}")
         return 0

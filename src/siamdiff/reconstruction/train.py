@@ -179,13 +179,13 @@ def diffusion_recipe(model: str, in_channels: int, image_size: int, epochs: int 
 def train_diffusion(dataset: str, out_dir: str | Path, model: str = "unet", data_root: str | None = None,
                     download: bool = False, resume: bool = False, overwrite: bool = False, command: str = "",
                     image_size: int | None = None, channels: int | None = None, init: str | None = None,
-                    **overrides: Any) -> list[dict[str, Any]]:
+                    loss: str | None = None, **overrides: Any) -> list[dict[str, Any]]:
     """Train a DDPM on ``dataset`` (``train`` split, validation ε-MSE on ``val``) and write it to ``out_dir``.
 
     ``init`` (a shipped name or a model path) fine-tunes that diffusion model: its network, schedule and loss are
     kept (``model`` is then ignored; a folder dataset is read at the model's size and channel count unless
     ``image_size``/``channels`` say otherwise); ``overrides`` set the new run's epochs, learning rate and batch
-    size."""
+    size. ``loss`` (``mse`` or ``l1``) replaces the design's loss on the noise, for a new model only."""
     from ..checkpoint import load_model
     from ..data.datasets import load_splits
     from ..errors import SiamdiffError
@@ -193,7 +193,11 @@ def train_diffusion(dataset: str, out_dir: str | Path, model: str = "unet", data
     from ..train import fit
 
     builtin = not dataset.startswith(("folder:", "sample:"))  # read at its own size; --image-size is the model's
+    if loss not in (None, "mse", "l1"):
+        raise SiamdiffError(f"unknown loss '{loss}': use mse or l1")
     if init is not None:
+        if loss is not None:
+            raise SiamdiffError("--init keeps the model's loss; leave out --loss")
         path = resolve_model_path("diffusion", init)
         net, meta = load_model(path, kind="diffusion")
         cfg = net.config
@@ -216,6 +220,8 @@ def train_diffusion(dataset: str, out_dir: str | Path, model: str = "unet", data
     if r.model.num_classes and len(train.classes) != r.model.num_classes:
         r = DiffusionRecipe(UNetConfig(**{**r.model.to_dict(), "num_classes": len(train.classes)}), r.schedule,
                             r.train, r.loss, r.label_dropout, r.ema, r.flip)
+    if loss is not None:
+        r = DiffusionRecipe(r.model, r.schedule, r.train, loss, r.label_dropout, r.ema, r.flip)
     return fit(DiffusionTask(r, train, val, command), r.train, out_dir, resume, overwrite)
 
 
