@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -217,11 +217,10 @@ def train_diffusion(dataset: str, out_dir: str | Path, model: str = "unet", data
     c, h, _ = train.shape
     # a built-in dataset gives the model its size through --image-size, and training resizes to it
     r = diffusion_recipe(model, c, 32 if model == "seed" else (image_size or h), **overrides)
+    changes: dict[str, Any] = {"loss": loss} if loss is not None else {}
     if r.model.num_classes and len(train.classes) != r.model.num_classes:
-        r = DiffusionRecipe(UNetConfig(**{**r.model.to_dict(), "num_classes": len(train.classes)}), r.schedule,
-                            r.train, r.loss, r.label_dropout, r.ema, r.flip)
-    if loss is not None:
-        r = DiffusionRecipe(r.model, r.schedule, r.train, loss, r.label_dropout, r.ema, r.flip)
+        changes["model"] = UNetConfig(**{**r.model.to_dict(), "num_classes": len(train.classes)})
+    r = replace(r, **changes)
     return fit(DiffusionTask(r, train, val, command), r.train, out_dir, resume, overwrite)
 
 
