@@ -172,3 +172,24 @@ def test_folder_classes_are_first_level_folders(tmp_path):
 def test_folder_image_size_out_of_range_is_refused_before_reading(tmp_path):
     with pytest.raises(SiamdiffError, match="not a side from 1 to"):
         ds.load_splits(f"folder:{tmp_path}", ("train",), image_size=100_000)  # would allocate 10 GB per image
+
+
+def test_training_apis_refuse_size_options_a_builtin_dataset_would_ignore(tmp_path):
+    """The Python API refuses them as the CLI does, before any data is read (the data folder here is empty)."""
+    from siamdiff.reconstruction.tasks import train_reconstruction
+    from siamdiff.reconstruction.train import train_diffusion
+    from siamdiff.similarity.train import train_similarity
+
+    out, empty = tmp_path / "run", tmp_path / "no-data"
+    for call, message in (
+            (lambda: train_reconstruction("denoiser", "MNIST", out, data_root=empty, image_size=16),
+             "--image-size applies to folder datasets only; 'mnist' has a fixed size and channel count"),
+            (lambda: train_similarity("fashion-mnist", out, data_root=empty, image_size=32, channels=3),
+             "--image-size and --channels apply to folder datasets only"),
+            (lambda: train_diffusion("cifar10", out, data_root=empty, channels=1),
+             "--channels applies to folder datasets only; 'cifar10' has a fixed channel count")):
+        with pytest.raises(SiamdiffError, match=message):
+            call()
+        assert not out.exists()
+    with pytest.raises(SiamdiffError, match="unknown dataset 'mnsit'"):
+        train_reconstruction("denoiser", "mnsit", out, data_root=empty, image_size=16)

@@ -204,17 +204,7 @@ def _print_json(obj: object) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .data.datasets import BUILTIN, canonical_name
-
     command = "siamdiff " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    if not args.dataset.startswith(("folder:", "sample:")) and canonical_name(args.dataset) in BUILTIN:
-        ddpm = args.what == "ddpm"  # --image-size then gives the diffusion model's size
-        given = [f"--{k.replace('_', '-')}" for k in ("image_size", "channels") if getattr(args, k) is not None
-                 and not (k == "image_size" and ddpm)]
-        if given:
-            verb = "applies" if len(given) == 1 else "apply"
-            raise SiamdiffError(f"{' and '.join(given)} {verb} to folder datasets only; '{args.dataset}' has a fixed "
-                                + ("channel count" if ddpm else "size and channel count"))
     if args.what in ("vae", "denoiser", "classifier", "noise-estimator"):
         from .reconstruction.tasks import train_reconstruction
 

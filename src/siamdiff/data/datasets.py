@@ -115,6 +115,20 @@ def canonical_name(name: str) -> str:
     return key
 
 
+def refuse_shape_options(name: str, image_size: int | None = None, channels: int | None = None) -> None:
+    """Refuse ``image_size`` / ``channels`` for a built-in dataset, before any data is read: its images are read as
+    they are, so the options would be silently ignored. They apply to ``folder:`` datasets (and to the model's size
+    in ``train ddpm``, whose caller leaves ``image_size`` out); ``sample:`` and ``folder:`` names pass."""
+    if name.startswith(("folder:", "sample:")):
+        return
+    name = canonical_name(name)  # an unknown name gets the loader's error
+    given = [opt for opt, value in (("--image-size", image_size), ("--channels", channels)) if value is not None]
+    if given:
+        verb = "applies" if len(given) == 1 else "apply"
+        raise SiamdiffError(f"{' and '.join(given)} {verb} to folder datasets only; '{name}' has a fixed "
+                            + ("channel count" if image_size is None else "size and channel count"))
+
+
 def classes_of(name: str) -> list[str]:
     return CIFAR_CLASSES if name == "cifar10" else _IDX_SPECS[name].classes
 

@@ -20,7 +20,7 @@ from torch import nn
 from .. import __version__
 from ..checkpoint import save_model
 from ..data.augment import augment
-from ..data.datasets import ImageSet, load_splits
+from ..data.datasets import ImageSet, load_splits, refuse_shape_options
 from ..errors import SiamdiffError
 from ..train import TrainConfig, epoch_generator, fit, shuffled_batches
 from .estimate import SigmaNet, SigmaNetConfig
@@ -175,6 +175,7 @@ def train_reconstruction(what: str, dataset: str, out_dir: str | Path, model: st
     from .models import PRESETS as UNETS
     from .vae import PRESETS as VAES
 
+    refuse_shape_options(dataset, image_size, channels)
     train, val = load_splits(dataset, ("train", "val"), data_root, download, image_size, channels)
     c, h, _ = train.shape
     tiny = model == "tiny"

@@ -187,12 +187,13 @@ def train_diffusion(dataset: str, out_dir: str | Path, model: str = "unet", data
     ``image_size``/``channels`` say otherwise); ``overrides`` set the new run's epochs, learning rate and batch
     size. ``loss`` (``mse`` or ``l1``) replaces the design's loss on the noise, for a new model only."""
     from ..checkpoint import load_model
-    from ..data.datasets import load_splits
+    from ..data.datasets import load_splits, refuse_shape_options
     from ..errors import SiamdiffError
     from ..similarity.api import resolve_model_path
     from ..train import fit
 
     builtin = not dataset.startswith(("folder:", "sample:"))  # read at its own size; --image-size is the model's
+    refuse_shape_options(dataset, channels=channels)
     if loss not in (None, "mse", "l1"):
         raise SiamdiffError(f"unknown loss '{loss}': use mse or l1")
     if init is not None:

@@ -14,7 +14,7 @@ import torch
 from .. import __version__
 from ..checkpoint import init_record, load_model, save_model
 from ..data.augment import augment
-from ..data.datasets import ImageSet, load_splits
+from ..data.datasets import ImageSet, load_splits, refuse_shape_options
 from ..train import TrainConfig, epoch_generator, fit, shuffled_batches
 from .calibration import calibrate
 from .embed import embed
@@ -197,6 +197,7 @@ def train_similarity(dataset: str, out_dir: str | Path, model: str = "default", 
     ``init`` (a shipped name or a model path) fine-tunes that similarity model: its network is kept (``model`` is
     then ignored; a folder dataset is read at the model's size and channel count), the rest is the dataset's
     recipe for that kind of network with ``overrides`` (epochs, learning rate, loss, ...) for the new run."""
+    refuse_shape_options(dataset, image_size, channels)
     net = meta = None
     if init is not None:
         from .api import resolve_model_path
