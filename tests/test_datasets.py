@@ -174,6 +174,21 @@ def test_folder_image_size_out_of_range_is_refused_before_reading(tmp_path):
         ds.load_splits(f"folder:{tmp_path}", ("train",), image_size=100_000)  # would allocate 10 GB per image
 
 
+def test_folder_that_would_not_fit_in_memory_is_refused_before_reading(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from siamdiff import config
+
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(8):
+            Image.fromarray(np.full((20, 20), 30 * i, np.uint8)).save(tmp_path / c / f"{i}.png")
+    monkeypatch.setattr(config, "IMAGE_MEMORY_BYTES", 16 * 3 * 64 * 64 - 1)  # one byte short at 64x64 RGB
+    with pytest.raises(SiamdiffError, match="reading the 16 images of .* at 64x64 would take 0.0 GiB"):
+        ds.load_splits(f"folder:{tmp_path}", ("train",), image_size=64, channels=3)
+    assert ds.load_splits(f"folder:{tmp_path}", ("train",), image_size=63, channels=3)[0].shape == (3, 63, 63)
+
+
 def test_training_apis_refuse_size_options_a_builtin_dataset_would_ignore(tmp_path):
     """The Python API refuses them as the CLI does, before any data is read (the data folder here is empty)."""
     from siamdiff.reconstruction.tasks import train_reconstruction

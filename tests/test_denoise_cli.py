@@ -385,9 +385,9 @@ def test_eval_refuses_images_the_model_cannot_take(capsys, tiny_ddpm, digit_fold
 
 
 def test_eval_refuses_a_measurement_that_does_not_fit_in_memory(capsys, monkeypatch):
-    import siamdiff.reconstruction.evaluate as evaluate
+    from siamdiff import config
 
-    monkeypatch.setattr(evaluate, "EVAL_MEMORY_BYTES", 2**20)  # 30 images x 2 copies: 0.19 MB at 28, 2.2 MB at 96
+    monkeypatch.setattr(config, "IMAGE_MEMORY_BYTES", 2**20)  # 30 images x 2 copies: 0.19 MB at 28, 2.2 MB at 96
     argv = ["eval", "denoise", "--dataset", "sample:mnist", "--method", "noisy", "--sigmas", "0.1", "--n", 30]
     code, _, err = run(capsys, *argv, "--image-size", 96)
     assert code == 2 and "30 images at 96x96 holds about" in err and err.count("\n") == 1

@@ -11,6 +11,10 @@ T = TypeVar("T", bound="JsonConfig")
 # allocating gigabytes for one image — a damaged config with image_size 10⁶ made a model that hung on its first image.
 MAX_IMAGE_SIZE = 1024
 
+# The most memory one batch of images held at once may take (a folder read as uint8, an evaluation's clean and noisy
+# float copies): past it siamdiff refuses with a one-line error instead of being killed for memory part-way.
+IMAGE_MEMORY_BYTES = 8 * 2**30
+
 
 class JsonConfig:
     """Mixin for frozen dataclass configs: ``to_dict`` for JSON, ``from_dict`` turns JSON lists back into tuples."""

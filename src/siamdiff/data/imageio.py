@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from .. import config
 from ..errors import ImageReadError
 from ..files import atomic_write
 
@@ -421,6 +422,11 @@ def read_folder(
     if not files:
         raise ImageReadError(f"no images found in '{root}'")
 
+    need = len(files) * channels * height * width
+    if need > config.IMAGE_MEMORY_BYTES:
+        raise ImageReadError(f"reading the {len(files)} images of '{root}' at {width}x{height} would take "
+                             f"{need / 2**30:.1f} GiB (limit {config.IMAGE_MEMORY_BYTES / 2**30:.0f} GiB): use a "
+                             f"smaller image size or fewer images")
     batch = np.empty((len(files), channels, height, width), dtype=np.uint8)
     paths: list[Path] = []
     labels: list[str] = []

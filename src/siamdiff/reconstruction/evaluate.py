@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import config
 from ..checkpoint import load_model
 from ..data.datasets import load_dataset
 from ..errors import SiamdiffError
@@ -113,9 +114,6 @@ class _Runner:
         return out.clamp(0, 1)
 
 
-EVAL_MEMORY_BYTES = 8 * 2**30  # the evaluation holds every image twice (clean, noisy); past this it refuses
-
-
 def evaluate_denoise(dataset: str, sigmas: list[float], method: str, model: str | Path | None = None,
                      n: int = 1000, clip: bool = False, sigma_mode: str = "auto", estimator: str | Path | None = None,
                      classifier: str | Path | None = None, labels: str = "none", guidance: float = 1.0,
@@ -164,9 +162,9 @@ def evaluate_denoise(dataset: str, sigmas: list[float], method: str, model: str 
     native = test.images.shape[-1]
     size = image_size or native
     need = 2 * len(test) * test.images.shape[1] * size * size * 4  # the clean and noisy float32 copies
-    if need > EVAL_MEMORY_BYTES:
+    if need > config.IMAGE_MEMORY_BYTES:
         raise SiamdiffError(f"measuring {len(test)} images at {size}x{size} holds about {need / 2**30:.1f} GiB of "
-                            f"images (limit {EVAL_MEMORY_BYTES / 2**30:.0f} GiB): use a smaller --n"
+                            f"images (limit {config.IMAGE_MEMORY_BYTES / 2**30:.0f} GiB): use a smaller --n"
                             + ("" if runner.net is not None else " or --image-size"))
     clean_all = at_size(test.images.float() / 255.0, size)
     rows = []
