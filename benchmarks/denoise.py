@@ -212,16 +212,18 @@ def row_key(r: dict) -> tuple:
     return r["dataset"], r["name"], r["clip"], r["sigma"]
 
 
-def latency(repeats: int = 100) -> dict:
+def latency(command: str, repeats: int = 100) -> dict:
     """Median (p25, p75) ms on the CPU with 2 threads for one 28x28 image and the shipped MNIST model: tweedie with
     sigma given, tweedie blind (learned estimator + network), DDIM with 10 steps (blind); then the same after
-    ``Denoiser.compile()`` (its one-time compile time recorded)."""
+    ``Denoiser.compile()`` (its one-time compile time recorded). The record names the machine and code version:
+    CPUs differ by 2x here, so each machine keeps its own record (see ``main``)."""
     import torch
 
     from siamdiff.data.datasets import load_sample
     from siamdiff.reconstruction.api import Denoiser
     from siamdiff.reconstruction.noise import gaussian
 
+    hw = hardware()
     torch.set_num_threads(2)
     den = Denoiser.load("mnist")
     image = gaussian(load_sample("mnist").images[:1].float() / 255, 0.3, torch.Generator().manual_seed(0))
@@ -232,7 +234,8 @@ def latency(repeats: int = 100) -> dict:
     with torch.inference_mode():
         result = {"tweedie, sigma given": timed(sigma=0.3), "tweedie, blind": timed(sigma="auto"),
                   "ddim 10 steps, blind": timed(sigma="auto", method="ddim", steps=10), "threads": 2,
-                  "repeats": repeats}
+                  "repeats": repeats, "hardware": f"{hw['cpu']} ({hw['cores']} cores)", "torch": hw["torch"],
+                  "code_version": code_version(), "date": time.strftime("%Y-%m-%d"), "command": command}
         began = time.perf_counter()
         den.compile().denoise(image, sigma="auto")  # compiles the network and the estimator for this shape
         result["compile_seconds"] = round(time.perf_counter() - began, 1)
@@ -349,15 +352,18 @@ def markdown(result: dict) -> str:
                              f"{1000 * r['seconds_per_image']:.2f} | {r.get('device', 'cpu')} | {r['n']} |")
             lines.append("")
     if result.get("latency"):
-        lat = result["latency"]
-        lines += ["## Latency", "", f"CPU, {lat['threads']} threads, one 28x28 MNIST image, shipped model, median "
-                  f"(p25-p75) of {lat['repeats']} calls after 10 warm-up calls (`{result.get('latency_command')}`); "
-                  f"'compiled' rows after `Denoiser.compile()`, whose first call took {lat.get('compile_seconds')} s:",
-                  "", "| operation | median ms | p25 ms | p75 ms |", "|---|---|---|---|"]
-        for k, v in lat.items():
-            if isinstance(v, dict):
-                lines.append(f"| {k} | {v['median_ms']} | {v['p25_ms']} | {v['p75_ms']} |")
-        lines.append("")
+        runs = result["latency"]
+        ops = [k for k, v in runs[0].items() if isinstance(v, dict)]
+        lines += ["## Latency", "", f"CPU, {runs[0]['threads']} threads, one 28x28 MNIST image, shipped model, median "
+                  f"ms (p25-p75) of {runs[0]['repeats']} calls after 10 warm-up calls; 'compiled' rows after "
+                  "`Denoiser.compile()`. One column per machine, each with its own code version and command "
+                  "(below).", "",
+                  "| operation | " + " | ".join(r["hardware"] for r in runs) + " |", "|---" * (len(runs) + 1) + "|"]
+        for op in ops:
+            lines.append(f"| {op} | " + " | ".join(f"{r[op]['median_ms']} ({r[op]['p25_ms']}-{r[op]['p75_ms']})"
+                                                  for r in runs) + " |")
+        lines += [""] + [f"- {r['hardware']}: code `{r['code_version']}`, torch {r['torch']}, {r['date']}, first "
+                         f"compiled call {r.get('compile_seconds')} s; `{r['command']}`" for r in runs] + [""]
     lines += summary(result)
     lines += ["Each row's exact command is in denoise.json (`command`)."]
     return "\n".join(lines) + "\n"
@@ -402,11 +408,12 @@ def main() -> None:
         return
     if args.latency_only:
         result = json.loads(json_path.read_text())
-        result["latency"] = latency()
-        result["latency_command"] = command
+        measured = latency(command)  # replaces this machine's earlier record; other machines' records stay
+        result["latency"] = [r for r in result.get("latency", []) if r["hardware"] != measured["hardware"]] + \
+            [measured]
         json_path.write_text(json.dumps(result, indent=2) + "\n")
         (out / f"{name}.md").write_text(markdown(result))
-        print(json.dumps(result["latency"]))
+        print(json.dumps(measured))
         return
     result = json.loads(json_path.read_text()) if args.merge and json_path.is_file() else \
         {"rows": [], "commands": [], "classifier_clean_accuracy": {}}
