@@ -233,3 +233,63 @@ def test_train_refuses_to_replace_a_run(capsys, digit_folder, tmp_path):
     before = (tmp_path / "model.safetensors").read_bytes()
     code, _, err = run(capsys, *args)
     assert code == 2 and "--overwrite" in err and (tmp_path / "model.safetensors").read_bytes() == before
+
+
+def test_damaged_index_is_refused_and_never_rewritten(capsys, tiny_model, digit_folder, tmp_path):
+    from safetensors.numpy import load_file, save_file
+    from safetensors import safe_open
+
+    idx = tmp_path / "digits.safetensors"
+    assert run(capsys, "index", digit_folder, "--out", idx, "--model", tiny_model)[0] == 0
+    with safe_open(str(idx), framework="numpy") as f:
+        meta = f.metadata()
+    emb = load_file(str(idx))["embeddings"]
+    query = sorted(digit_folder.rglob("*.png"))[0]
+    for name, tensor, extra, message in (
+            ("narrow", emb[:, :3], {}, "its embeddings have 3 numbers"),
+            ("empty", emb[:0], {"paths": "[]", "stamps": "[]"}, "no embeddings"),
+            ("ints", emb.astype(np.int32), {}, "not float ones"),
+            ("stamps", emb, {"stamps": "5"}, "its list of images is unreadable")):
+        bad = tmp_path / f"{name}.safetensors"
+        save_file({"embeddings": np.ascontiguousarray(tensor)}, str(bad), metadata={**meta, **extra})
+        before = bad.read_bytes()
+        code, _, err = run(capsys, "search", query, "--index", bad, "--model", tiny_model)
+        assert code == 2 and message in err and err.count("\n") == 1, (name, err)
+        code, _, err = run(capsys, "index", digit_folder, "--out", bad, "--model", tiny_model)
+        assert code == 2 and message in err and bad.read_bytes() == before, (name, err)
+    code, _, err = run(capsys, "search", query, "--index", tiny_model)  # a model file, not an index
+    assert code == 2 and "not a siamdiff index" in err
+
+
+def test_index_of_a_model_trained_again_says_so(capsys, digit_folder, tmp_path):
+    out, idx = tmp_path / "run", tmp_path / "digits.safetensors"
+    train = ["train", "similarity", "--dataset", f"folder:{digit_folder}", "--model", "tiny", "--epochs", 1,
+             "--channels", 1, "--image-size", 28, "--out", out]
+    assert run(capsys, *train)[0] == 0
+    assert run(capsys, "index", digit_folder, "--out", idx, "--model", out)[0] == 0
+    assert run(capsys, *train, "--overwrite", "--seed", 1)[0] == 0
+    code, _, err = run(capsys, "search", sorted(digit_folder.rglob("*.png"))[0], "--index", idx)
+    assert code == 2 and "built by an earlier version of" in err and "build a new index" in err
+
+
+def test_failed_training_starts_leave_no_folder_and_damaged_state_is_one_line(capsys, tiny_model, digit_folder,
+                                                                              tmp_path):
+    base = ["train", "similarity", "--dataset", f"folder:{digit_folder}", "--model", "tiny", "--epochs", 1,
+            "--channels", 1, "--image-size", 28]
+    for extra, message in ((["--resume"], "does not exist"), (["--device", "tpu"], "")):
+        code, _, err = run(capsys, *base, "--out", tmp_path / "new", *extra)
+        assert code == 2 and message in err and err.count("\n") == 1, err
+        assert not (tmp_path / "new").exists()
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for content in (b"", b"\x00" * 40):
+        (damaged / "state.pt").write_bytes(content)
+        code, _, err = run(capsys, *base, "--out", damaged, "--resume")
+        assert code == 2 and "damaged or not a siamdiff training state" in err and err.count("\n") == 1, err
+
+
+def test_demo_never_overwrites_a_folder_of_other_files(capsys, tmp_path):
+    (tmp_path / "report.md").write_text("my notes\n")
+    code, _, err = run(capsys, "demo", "--out", tmp_path)
+    assert code == 2 and "holds other files" in err and err.count("\n") == 1
+    assert (tmp_path / "report.md").read_text() == "my notes\n" and len(list(tmp_path.iterdir())) == 1

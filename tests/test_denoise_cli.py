@@ -105,8 +105,10 @@ def test_companions_made_for_other_images_are_refused(capsys, tiny_ddpm, noisy_p
     code, _, err = run(capsys, "eval", "denoise", "--model", tiny_ddpm, "--dataset", "sample:mnist", "--n", 2,
                        "--method", "tweedie", "--estimator", colour)
     assert code == 2 and "3-channel" in err
-    code, _, err = run(capsys, "eval", "denoise", "--dataset", "sample:mnist", "--method", "noisy", "--sigmas=")
-    assert code == 2 and "--sigmas is empty" in err
+    for sigmas in ("", "0.1,,0.3", "0.1,"):  # an empty item is a typo, not a value to drop silently
+        code, _, err = run(capsys, "eval", "denoise", "--dataset", "sample:mnist", "--method", "noisy",
+                           f"--sigmas={sigmas}")
+        assert code == 2 and "--sigmas must be comma-separated numbers" in err, sigmas
 
 
 def test_denoise_refuses_other_sizes_and_similarity_models(capsys, tiny_ddpm, tiny_model, tmp_path):
@@ -439,3 +441,36 @@ def test_train_ddpm_loss_option(capsys, tiny_ddpm, digit_folder, tmp_path):
     code, _, err = run(capsys, *base, "--init", tiny_ddpm, "--loss", "l1", "--out", tmp_path / "ft")
     assert code == 2 and "--init keeps the model's loss" in err and err.count("\n") == 1
     assert not (tmp_path / "ft").exists()
+
+
+def test_paths_and_numbers_a_careless_user_types(capsys, tiny_ddpm, noisy_pngs, tmp_path):
+    """Found by feeding the CLI bad input: each was a traceback ('internal error', exit 1), a hang, or garbage
+    accepted with exit 0. Now each is one line, exit 2, and nothing is written."""
+    for argv, message in (
+            (["denoise", noisy_pngs[0], "--out", tmp_path / ("a" * 300 + ".png")], "file name too long"),
+            (["denoise", *noisy_pngs[:2], "--out", tmp_path / "o.png"], "is one file but there are 2 inputs"),
+            (["denoise", noisy_pngs[0], "--out", ""], "argument --out: must not be empty"),
+            (["denoise", noisy_pngs[0], "--out", tmp_path / "o.png", "--model", ""], "no model given"),
+            (["denoise", noisy_pngs[0], "--out", tmp_path / "o.png", "--model", tmp_path / "gone.safetensors"],
+             "model file '"),
+            (["denoise", noisy_pngs[0], "--out", tmp_path / "o.png", "--label", 1, "--guidance", "1e300"],
+             "must be a number from 0 to 100"),
+            (["sample", "--model", tiny_ddpm, "--steps", 100_000, "--out", tmp_path / "o.png"],
+             "--steps must be from 1 to the model's"),
+            (["sample", "--model", tiny_ddpm, "--n", 100_000_000, "--out", tmp_path / "o.png"], "ask for fewer"),
+            (["eval", "denoise", "--dataset", "folder:", "--method", "noisy", "--n", 2], "folder: needs a path")):
+        code, _, err = run(capsys, *argv)
+        assert code == 2 and message in err and err.count("\n") == 1, (argv, err)
+        assert not (tmp_path / "o.png").exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sample_draws_in_batches(tiny_ddpm):
+    from siamdiff.reconstruction.api import Denoiser
+    from siamdiff.reconstruction.sample import sample
+
+    model = Denoiser.load(tiny_ddpm)
+    images = sample(model, 5, steps=2, batch_size=2)  # batches of 2, 2 and 1
+    assert images.shape == (5, 1, 28, 28) and 0 <= images.min() and images.max() <= 1
+    assert torch.equal(images, sample(model, 5, steps=2, batch_size=2))  # the seed fixes every batch
+    assert not torch.equal(images[:2], images[2:4])  # each batch draws its own noise

@@ -44,7 +44,7 @@ def test_search_refuses_bad_k_and_other_models(tiny_model, digit_folder, tmp_pat
     index, _ = build_index(digit_folder, model, tmp_path / "i.safetensors")
     with pytest.raises(SiamdiffError, match="positive"):
         search(index, model, np.zeros((28, 28, 1), np.uint8), k=0)
-    index.fingerprint = "someone-else"
+    index.fingerprint, index.model = "someone-else", "other.safetensors"
     with pytest.raises(SiamdiffError, match="another model"):
         search(index, model, np.zeros((28, 28, 1), np.uint8), k=1)
     with pytest.raises(SiamdiffError, match="another model"):

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .config import MAX_IMAGE_SIZE
-from .errors import CheckpointError
+from .errors import CheckpointError, first_line
 from .files import atomic_write
 
 FORMAT = "siamdiff/1"
@@ -128,7 +128,7 @@ def load_model(path: str | os.PathLike, kind: str | None = None,
     try:
         model = getattr(importlib.import_module(module), func)(meta["config"])
     except Exception as exc:  # noqa: BLE001 - any config the builder cannot use is a damaged checkpoint
-        raise CheckpointError(f"cannot rebuild model '{path}': {exc}") from None
+        raise CheckpointError(f"cannot rebuild model '{path}': {first_line(exc)}") from None
     try:
         state = load_file(str(path), device=str(map_location))
         model.load_state_dict(state, strict=True)
@@ -153,4 +153,5 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
     except FileNotFoundError:
         raise CheckpointError(f"cannot resume: '{path}' does not exist") from None
     except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"cannot resume from '{path}': {str(exc).splitlines()[0]}") from None
+        raise CheckpointError(f"cannot resume from '{path}': damaged or not a siamdiff training state "
+                              f"({first_line(exc)[:120]})") from None

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import MAX_IMAGE_SIZE
-from .errors import SiamdiffError
+from .errors import SiamdiffError, first_line
 from .files import check_writable
 
 log = logging.getLogger("siamdiff")
@@ -46,7 +46,14 @@ def _number(parse, ok, wanted: str):
 _positive_int = _number(int, lambda v: v >= 1, "a positive number")
 _image_size = _number(int, lambda v: 1 <= v <= MAX_IMAGE_SIZE, f"a side from 1 to {MAX_IMAGE_SIZE}")
 _positive_float = _number(float, lambda v: 0 < v < float("inf"), "a positive number")
-_guidance = _number(float, lambda v: 0 <= v < float("inf"), "a number of 0 or more")
+_guidance = _number(float, lambda v: 0 <= v <= 100, "a number from 0 to 100")  # useful weights are about 0-10; 1e300 gave NaN images
+
+
+def _path(text: str) -> str:
+    """An argparse ``type`` for a path: an empty one is refused (it would quietly mean the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
 _seed = _number(int, lambda v: 0 <= v < 2 ** 63, "a whole number from 0 to 2**63 - 1")  # torch's manual_seed range
 
 
@@ -71,7 +78,7 @@ def _train_parser(sub, name: str, text: str, models: list[str]) -> argparse.Argu
                    help="folder datasets: square size (default 32); train ddpm on a built-in dataset: the model's "
                         "size, images resized to it")
     t.add_argument("--channels", type=int, choices=[1, 3], help="folder datasets: 1 or 3 (default 3)")
-    t.add_argument("--out", required=True, help="run folder: model.safetensors, state.pt, log.jsonl")
+    t.add_argument("--out", type=_path, required=True, help="run folder: model.safetensors, state.pt, log.jsonl")
     t.add_argument("--resume", action="store_true", help="continue from OUT/state.pt")
     t.add_argument("--overwrite", action="store_true", help="replace a run already in OUT")
     _data_args(t)
@@ -85,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("demo", help="offline demo on the embedded sample with the shipped weights")
-    p.add_argument("--out", default="siamdiff-demo", help="folder for the pictures and report")
+    p.add_argument("--out", type=_path, default="siamdiff-demo", help="folder for the pictures and report")
 
     p = sub.add_parser("train", help="train a model")
     what = p.add_subparsers(dest="what", required=True, parser_class=_Parser)
@@ -151,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", type=int)
     p.add_argument("--guidance", type=_guidance, default=1.0)
     p.add_argument("--seed", type=_seed, default=0)
-    p.add_argument("--out", required=True, help="PNG grid")
+    p.add_argument("--out", type=_path, required=True, help="PNG grid")
 
     p = sub.add_parser("similarity", help="how similar are two images (probability of same category)")
     p.add_argument("a")
@@ -161,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("index", help="embed a folder of images into a search index")
     p.add_argument("folder")
-    p.add_argument("--out", required=True, help="index file (.safetensors); updated in place if it exists")
+    p.add_argument("--out", type=_path, required=True, help="index file (.safetensors); updated in place if it exists")
     p.add_argument("--model", default="mnist")
 
     p = sub.add_parser("search", help="nearest images of an index")
@@ -174,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("denoise", help="clean noisy images with a diffusion model")
     p.add_argument("inputs", nargs="+", metavar="INPUT")
-    p.add_argument("--out", required=True, help="a .png file for one input, else a folder")
+    p.add_argument("--out", type=_path, required=True, help="a .png file for one input, else a folder")
     p.add_argument("--model", default="mnist", help="mnist, fashion-mnist, cifar10 or a diffusion model file/folder")
     p.add_argument("--method", default="tweedie", choices=["tweedie", "ddim", "ancestral"])
     p.add_argument("--sigma", default="auto", help="noise level on the [0, 1] scale, or auto (default)")
@@ -194,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = what.add_parser("similarity")
     q.add_argument("--model", default="mnist")
     q.add_argument("--dataset", default="sample:mnist")
-    q.add_argument("--out", required=True, help="folder for the PNGs")
+    q.add_argument("--out", type=_path, required=True, help="folder for the PNGs")
     _data_args(q)
     return parser
 
@@ -246,11 +253,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         from .reconstruction.evaluate import evaluate_denoise
 
         try:
-            sigmas = [float(s) for s in args.sigmas.split(",") if s.strip()]
+            sigmas = [float(s) for s in args.sigmas.split(",")]
         except ValueError:
-            raise SiamdiffError(f"--sigmas must be comma-separated numbers, got '{args.sigmas}'") from None
-        if not sigmas:
-            raise SiamdiffError("--sigmas is empty: give comma-separated noise levels, e.g. 0.1,0.3")
+            raise SiamdiffError(f"--sigmas must be comma-separated numbers, e.g. 0.1,0.3, got '{args.sigmas}'") \
+                from None
         rows = evaluate_denoise(args.dataset, sigmas, args.method, args.model, args.n, args.clip, args.sigma_mode,
                                 args.estimator, args.classifier, args.labels, args.guidance, args.steps,
                                 args.data_dir, args.download, image_size=args.image_size, channels=args.channels,
@@ -427,10 +433,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MemoryError:
         print("siamdiff: error: out of memory", file=sys.stderr)
         return 2
+    except OSError as exc:  # the file system refused a path the user gave (a name too long, say): not a bug
+        where = f": '{exc.filename}'" if exc.filename else ""
+        print(f"siamdiff: error: {_one_line((exc.strerror or first_line(exc)).lower() + where)}", file=sys.stderr)
+        return 2
     except Exception as exc:  # noqa: BLE001 - a bug of ours: one line, the traceback only with --verbose
+        if "can't allocate memory" in str(exc):  # torch's CPU allocator fails with a RuntimeError, not MemoryError
+            print("siamdiff: error: out of memory", file=sys.stderr)
+            return 2
         if args.verbose:
             raise
-        first = _one_line(str(exc).strip().splitlines()[0]) if str(exc).strip() else ""
-        print(f"siamdiff: internal error: {type(exc).__name__}: {first} (run with -v for the traceback)",
-              file=sys.stderr)
+        print(f"siamdiff: internal error: {type(exc).__name__}: {_one_line(first_line(exc))} (run with -v for the "
+              f"traceback)", file=sys.stderr)
         return 1

@@ -114,12 +114,19 @@ def _denoise_section(name: str, out: Path) -> list[str]:
     return lines
 
 
+REPORT_TITLE = "# siamdiff demo"  # a folder whose report.md starts so holds a previous demo, which a new one replaces
+
+
 def run_demo(out: str | Path = "siamdiff-demo") -> Path:
     """Run the demo into ``out``; returns the path of ``report.md``."""
     began = time.perf_counter()
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise SiamdiffError(f"--out '{out}' exists and is not a folder")
+    report = out / "report.md"
+    if out.is_dir() and any(out.iterdir()) and not (report.is_file() and report.read_text(errors="replace")
+                                                    .startswith(REPORT_TITLE)):
+        raise SiamdiffError(f"--out '{out}' holds other files: give a new or empty folder, or a previous demo's")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -127,7 +134,7 @@ def run_demo(out: str | Path = "siamdiff-demo") -> Path:
     names = [n for n in SHIPPED if shipped_path("similarity", n).is_file()]
     if not names:
         raise SiamdiffError("no shipped similarity weights are installed")
-    lines = ["# siamdiff demo", "",
+    lines = [REPORT_TITLE, "",
              "Similarity: the shipped Siamese models score pairs of the embedded sample images (30 test images "
              "per class), search an index of them, and draw the pictures. p(same) is the probability of "
              "\"same category\" calibrated on validation pairs. Denoising: the shipped diffusion models clean noisy "

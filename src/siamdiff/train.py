@@ -181,11 +181,13 @@ def fit(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
     if not resume and not overwrite and (state_path.exists() or (out / "model.safetensors").exists()):
         raise SiamdiffError(f"'{out}' already holds a training run: pass --resume to continue it, --overwrite to "
                             f"replace it, or another --out")
+    if resume and not state_path.is_file():  # checked, like the device, before the output folder is made
+        raise SiamdiffError(f"cannot resume: '{state_path}' does not exist")
+    device = resolve_device(cfg.device)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SiamdiffError(f"cannot create output folder '{out}': {exc.strerror}") from None
-    device = resolve_device(cfg.device)
     model = task.model.to(device)
     loss_module = getattr(task, "loss_module", None)
     trainable = model if loss_module is None else nn.ModuleList([model, loss_module.to(device)])

@@ -107,6 +107,8 @@ def data_dir(explicit: str | os.PathLike | None = None) -> Path:
 def canonical_name(name: str) -> str:
     """Normalise a dataset name (``MNIST``, ``fashion_mnist``, ``CIFAR-10`` ...); ``folder:PATH`` passes through."""
     if name.startswith("folder:"):
+        if not name[len("folder:"):].strip():  # an empty path would read the current folder
+            raise SiamdiffError("folder: needs a path, e.g. folder:my_images")
         return name
     key = name.lower().replace("_", "-")
     key = {"fashionmnist": "fashion-mnist", "fmnist": "fashion-mnist", "cifar-10": "cifar10"}.get(key, key)

@@ -17,7 +17,7 @@ import torch
 
 from ..checkpoint import load_model
 from ..data.imageio import IMAGE_EXTENSIONS, fit_to, read_image
-from ..errors import SiamdiffError
+from ..errors import SiamdiffError, first_line
 from ..similarity.api import resolve_model_path, shipped_name, shipped_path
 from .diffusion import METHODS, denoise
 from .estimate import wavelet_sigma
@@ -195,9 +195,8 @@ class _Compiled(torch.nn.Module):
         try:
             return self.compiled(*args)
         except Exception as exc:  # noqa: BLE001 - inductor raises many types (no compiler, unsupported op)
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise SiamdiffError(f"torch.compile failed ({type(exc).__name__}: {first[:200]}); use the network "
-                                f"without compile()") from None
+            raise SiamdiffError(f"torch.compile failed ({type(exc).__name__}: {first_line(exc)[:200]}); use the "
+                                f"network without compile()") from None
 
 
 def check_fits(model: torch.nn.Module, kind: str, path: str | os.PathLike, channels: int, image_size: int) -> None:
@@ -219,6 +218,8 @@ def output_paths(inputs: list[Path], out: Path) -> list[Path]:
     """
     if len(inputs) == 1 and out.suffix.lower() == ".png" and not out.is_dir():
         targets = [out]
+    elif out.suffix.lower() == ".png" and not out.is_dir():
+        raise SiamdiffError(f"--out '{out}' is one file but there are {len(inputs)} inputs: give a folder")
     elif out.suffix.lower() in IMAGE_EXTENSIONS and not out.is_dir():
         raise SiamdiffError(f"denoised images are written as PNG: name --out '{out.with_suffix('.png')}' or a folder")
     else:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import config
 from ..data.imageio import write_png_atomic
 from ..errors import SiamdiffError
 from .diffusion import ancestral, ddim
@@ -14,22 +15,32 @@ from .diffusion import ancestral, ddim
 
 @torch.no_grad()
 def sample(model, n: int, method: str = "ddim", steps: int = 50, label: int | None = None,
-           guidance: float = 1.0, seed: int = 0) -> torch.Tensor:
-    """``n`` images ``(n, C, S, S)`` in [0, 1] from a :class:`~siamdiff.reconstruction.api.Denoiser`."""
+           guidance: float = 1.0, seed: int = 0, batch_size: int = 256) -> torch.Tensor:
+    """``n`` images ``(n, C, S, S)`` in [0, 1] from a :class:`~siamdiff.reconstruction.api.Denoiser`, drawn
+    ``batch_size`` at a time (the network's memory stays bounded whatever ``n``)."""
     net, schedule = model.net, model.schedule
     c, s = net.config.in_channels, net.config.image_size
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn((n, c, s, s), generator=gen)
-    t = torch.full((n,), schedule.steps - 1, dtype=torch.long)
-    labels = model.class_labels(label, n)
-    w = guidance if labels is not None else 0.0
-    if method == "ddim":
-        x0 = ddim(net, schedule, x, t, steps, labels, w)
-    elif method == "ddpm":
-        x0 = ancestral(net, schedule, x, t, labels, w, generator=gen)
-    else:
+    if method not in ("ddim", "ddpm"):
         raise SiamdiffError(f"unknown sampling method '{method}': use ddim or ddpm")
-    return ((x0 + 1) / 2).clamp(0, 1)
+    if not 1 <= steps <= schedule.steps:  # more DDIM steps than the chain has would repeat steps, slowly
+        raise SiamdiffError(f"--steps must be from 1 to the model's {schedule.steps} diffusion steps, got {steps}")
+    need = n * c * s * s * 4
+    if need > config.IMAGE_MEMORY_BYTES:
+        raise SiamdiffError(f"{n} images of {s}x{s} take {need / 2**30:.1f} GiB (limit "
+                            f"{config.IMAGE_MEMORY_BYTES / 2**30:.0f} GiB): ask for fewer with --n")
+    model.class_labels(label, 1)  # refuses a class the model lacks before any work
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for start in range(0, n, batch_size):
+        k = min(batch_size, n - start)
+        x = torch.randn((k, c, s, s), generator=gen)
+        t = torch.full((k,), schedule.steps - 1, dtype=torch.long)
+        labels = model.class_labels(label, k)
+        w = guidance if labels is not None else 0.0
+        x0 = ddim(net, schedule, x, t, steps, labels, w) if method == "ddim" else \
+            ancestral(net, schedule, x, t, labels, w, generator=gen)
+        out.append(((x0 + 1) / 2).clamp(0, 1))
+    return torch.cat(out)
 
 
 def save_grid(images: torch.Tensor, path: Path, columns: int = 8) -> Path:

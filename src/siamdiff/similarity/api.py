@@ -43,6 +43,8 @@ def shipped_name(kind: str, path: Path) -> str | None:
 def resolve_model_path(kind: str, name_or_path: str | os.PathLike) -> Path:
     """A shipped model name (``mnist``, ``fashion-mnist``, ``cifar10``) or a path to a ``.safetensors`` file."""
     text = str(name_or_path)
+    if not text.strip():  # Path("") is the current folder
+        raise SiamdiffError(f"no model given: use one of {', '.join(SHIPPED)} or a path to a model file")
     key = text.lower().replace("_", "-")
     key = {"fashionmnist": "fashion-mnist", "cifar-10": "cifar10"}.get(key, key)
     if key in SHIPPED:
@@ -53,6 +55,8 @@ def resolve_model_path(kind: str, name_or_path: str | os.PathLike) -> Path:
     path = Path(text).expanduser()
     if path.is_dir() and (path / "model.safetensors").is_file():
         return path / "model.safetensors"
+    if not path.exists() and (path.suffix or len(path.parts) > 1):  # meant as a path
+        raise SiamdiffError(f"model file '{text}' does not exist")
     if not path.exists():
         raise SiamdiffError(f"unknown model '{text}': use one of {', '.join(SHIPPED)} or a path to a model file")
     if path.is_dir():

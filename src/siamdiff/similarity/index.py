@@ -18,7 +18,7 @@ import numpy as np
 
 from ..files import atomic_write
 from ..data.imageio import list_images
-from ..errors import ImageReadError, SiamdiffError
+from ..errors import ImageReadError, SiamdiffError, first_line
 from .api import ImageLike, SimilarityModel
 from .metrics import knn_search
 
@@ -57,20 +57,42 @@ class Index:
         try:
             with safe_open(str(path), framework="numpy") as f:
                 meta = f.metadata() or {}
+                if meta.get("format") != INDEX_FORMAT:  # another safetensors file (a model, say)
+                    raise SiamdiffError(f"cannot open index '{path}': not a siamdiff index")
                 emb = f.get_tensor("embeddings")
-            if meta.get("format") != INDEX_FORMAT:
-                raise ValueError("not a siamdiff index")
-            paths = json.loads(meta["paths"])
-            stamps = [tuple(s) for s in json.loads(meta["stamps"])]
+        except SiamdiffError:
+            raise
         except Exception as exc:  # noqa: BLE001 - any damage is one message
             reason = "not a siamdiff index" if "header" in str(exc).lower() else \
-                (str(exc).splitlines()[0] if str(exc) else "damaged")  # safetensors' words for "not its format"
+                f"damaged ({first_line(exc)})"  # safetensors' words for "not its format"
             raise SiamdiffError(f"cannot open index '{path}': {reason}") from None
+        try:
+            paths = [str(p) for p in json.loads(meta["paths"])]
+            stamps = [(int(a), int(b)) for a, b in json.loads(meta["stamps"])]
+            fingerprint = str(meta["fingerprint"])
+        except (KeyError, TypeError, ValueError):
+            raise SiamdiffError(f"cannot open index '{path}': damaged (its list of images is unreadable)") from None
         if emb.ndim != 2 or len(paths) != len(emb) or len(stamps) != len(emb):
             raise SiamdiffError(f"cannot open index '{path}': damaged (paths, stamps and embeddings differ in number)")
+        if len(emb) == 0 or not np.issubdtype(emb.dtype, np.floating):  # siamdiff never writes either
+            raise SiamdiffError(f"cannot open index '{path}': damaged (no embeddings, or not float ones)")
         if not np.isfinite(emb).all():  # NaN distances would rank nonsense silently
             raise SiamdiffError(f"cannot open index '{path}': damaged (embeddings that are not finite numbers)")
-        return cls(emb, paths, stamps, meta["fingerprint"], meta.get("model", ""), meta.get("folder", ""))
+        return cls(emb, paths, stamps, fingerprint, meta.get("model", ""), meta.get("folder", ""))
+
+    def check_model(self, model: SimilarityModel, name: str = "the index") -> None:
+        """Refuse a model other than the one that built this index, and embeddings of another width than its own
+        (a damaged file whose fingerprint survived): searching or updating would mix two embeddings."""
+        if self.fingerprint != model.fingerprint and self.model and self.model == model.source:
+            raise SiamdiffError(f"{name} was built by an earlier version of '{self.model}' (its weights have changed "
+                                f"since): build a new index")
+        if self.fingerprint != model.fingerprint:
+            raise SiamdiffError(f"{name} was built by another model ({self.model}); pass --model {self.model} or "
+                                f"build a new index")
+        width = model.net.config.embed_dim
+        if self.embeddings.shape[1] != width:
+            raise SiamdiffError(f"{name} is damaged: its embeddings have {self.embeddings.shape[1]} numbers, the "
+                                f"model's {width}")
 
 
 def _stamp(p: Path) -> tuple[int, int]:
@@ -88,9 +110,8 @@ def build_index(folder: str | os.PathLike, model: SimilarityModel, out: str | os
     files = list_images(folder)
     where = str(Path(folder).resolve())
     old = Index.load(out) if out.exists() else None
-    if old is not None and old.fingerprint != model.fingerprint:
-        raise SiamdiffError(f"index '{out}' was built by another model ({old.model}); use that model or a new "
-                            f"--out")
+    if old is not None:
+        old.check_model(model, f"index '{out}'")
     if old is not None and old.folder and old.folder != where:
         raise SiamdiffError(f"index '{out}' holds the images of '{old.folder}', not '{folder}': updating it would "
                             f"drop them; give '{folder}' a new --out")
@@ -136,8 +157,7 @@ def search(index: Index, model: SimilarityModel, query: ImageLike | np.ndarray, 
     """The ``k`` nearest images to ``query``: ``[{"path", "distance", "probability"}]``, nearest first."""
     if k < 1:
         raise SiamdiffError(f"-k must be a positive number, got {k}")
-    if index.fingerprint != model.fingerprint:
-        raise SiamdiffError(f"index was built by another model ({index.model}); pass --model {index.model}")
+    index.check_model(model)
     q = model.embed([query])[0] if not (isinstance(query, np.ndarray) and query.ndim == 1) else query
     dist, idx = nearest(index.embeddings, q[None, :], min(k, len(index.paths)), use_faiss)
     prob = model.probability(dist[0]) if model.calibration else np.full(len(idx[0]), np.nan)
