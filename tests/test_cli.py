@@ -276,7 +276,8 @@ def test_failed_training_starts_leave_no_folder_and_damaged_state_is_one_line(ca
                                                                               tmp_path):
     base = ["train", "similarity", "--dataset", f"folder:{digit_folder}", "--model", "tiny", "--epochs", 1,
             "--channels", 1, "--image-size", 28]
-    for extra, message in ((["--resume"], "does not exist"), (["--device", "tpu"], "")):
+    for extra, message in ((["--resume"], "does not exist"), (["--device", "tpu"], ""),
+                           (["--resume", "--overwrite"], "give one of them")):
         code, _, err = run(capsys, *base, "--out", tmp_path / "new", *extra)
         assert code == 2 and message in err and err.count("\n") == 1, err
         assert not (tmp_path / "new").exists()

@@ -1,6 +1,7 @@
 """`siamdiff train ddpm` and `siamdiff denoise` on a tiny model: outputs, JSON fields, and bad input."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -474,3 +475,14 @@ def test_sample_draws_in_batches(tiny_ddpm):
     assert images.shape == (5, 1, 28, 28) and 0 <= images.min() and images.max() <= 1
     assert torch.equal(images, sample(model, 5, steps=2, batch_size=2))  # the seed fixes every batch
     assert not torch.equal(images[:2], images[2:4])  # each batch draws its own noise
+
+
+def test_wavelet_estimator_by_name_and_no_stray_warnings_on_tiny_images(capsys, tiny_ddpm, noisy_pngs, tmp_path):
+    code, out, err = run(capsys, "denoise", noisy_pngs[0], "--out", tmp_path / "w.png", "--model", tiny_ddpm,
+                         "--estimator", "wavelet", "--json")
+    assert code == 0 and json.loads(out)["sigma_estimator"] == "wavelet-MAD", err
+    from siamdiff.reconstruction.estimate import wavelet_sigma
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scikit-image's warning about a 1-pixel image would fail here
+        assert wavelet_sigma(torch.full((2, 1, 1, 1), 0.5)).shape == (2,)

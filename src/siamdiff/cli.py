@@ -188,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=10, help="DDIM steps")
     p.add_argument("--label", help="keep this class (a number), or auto: the class predicted from the unguided "
                                    "estimate (class-conditional models)")
-    p.add_argument("--estimator", help="noise estimator model file (shipped models bring theirs; else wavelet-MAD)")
+    p.add_argument("--estimator", help="noise estimator model file, or 'wavelet' for wavelet-MAD (shipped models "
+                                       "bring a learned one; other models use wavelet-MAD)")
     p.add_argument("--classifier", help="classifier model file for --label auto (shipped models bring theirs)")
     p.add_argument("--no-declip", action="store_true",
                    help="do not undo the bias of pixels clipped at 0 or 1 (on by default: PNG inputs are clipped)")

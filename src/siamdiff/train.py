@@ -176,6 +176,8 @@ def fit(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
     """
     if cfg.epochs < 1:
         raise SiamdiffError("--epochs must be at least 1")
+    if resume and overwrite:
+        raise SiamdiffError("--resume continues the run in --out and --overwrite replaces it: give one of them")
     out = Path(out_dir)
     state_path = out / "state.pt"
     if not resume and not overwrite and (state_path.exists() or (out / "model.safetensors").exists()):

@@ -20,7 +20,7 @@ from ..data.imageio import IMAGE_EXTENSIONS, fit_to, read_image
 from ..errors import SiamdiffError, first_line
 from ..similarity.api import resolve_model_path, shipped_name, shipped_path
 from .diffusion import METHODS, denoise
-from .estimate import wavelet_sigma
+from .estimate import WAVELET, wavelet_sigma
 from .noise import declip
 from .schedule import Schedule, sigma_for_step
 
@@ -63,7 +63,8 @@ class Denoiser:
     def load(cls, name_or_path: str | os.PathLike, estimator: str | os.PathLike | None = None,
              classifier: str | os.PathLike | None = None) -> Denoiser:
         """A shipped name (``mnist``, ``fashion-mnist``, ``cifar10``: with its learned noise estimator and its
-        classifier) or a model file / run folder (with the ``estimator`` and ``classifier`` files given, if any)."""
+        classifier) or a model file / run folder (with the ``estimator`` and ``classifier`` files given, if any).
+        ``estimator="wavelet"`` estimates σ by wavelet-MAD even where a learned estimator would come along."""
         path = resolve_model_path("diffusion", name_or_path)
         net, meta = load_model(path, kind="diffusion")
 
@@ -75,7 +76,8 @@ class Denoiser:
             check_fits(model, kind, found, net.config.in_channels, net.config.image_size)
             return model
 
-        return cls(net, meta, str(name_or_path), companion("sigma", estimator), companion("classifier", classifier))
+        sigma_net = None if str(estimator).lower() in WAVELET else companion("sigma", estimator)
+        return cls(net, meta, str(name_or_path), sigma_net, companion("classifier", classifier))
 
     def compile(self) -> Denoiser:
         """Compile the diffusion network and the noise estimator with ``torch.compile`` (in place; returns self).

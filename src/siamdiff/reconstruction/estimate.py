@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -9,6 +10,9 @@ import torch
 from torch import nn
 
 from ..config import JsonConfig
+
+
+WAVELET = ("wavelet", "wavelet-mad")  # the names that choose wavelet-MAD where a noise estimator model is asked for
 
 
 def wavelet_sigma(images: torch.Tensor) -> np.ndarray:
@@ -20,8 +24,10 @@ def wavelet_sigma(images: torch.Tensor) -> np.ndarray:
 
     x = images.detach().cpu().double().numpy()
     multi = x.shape[1] > 1
-    return np.array([estimate_sigma(im.transpose(1, 2, 0) if multi else im[0], average_sigmas=True,
-                                    channel_axis=-1 if multi else None) for im in x])
+    with warnings.catch_warnings():  # scikit-image warns about images of a pixel or two: noise, not a message
+        warnings.simplefilter("ignore", UserWarning)
+        return np.array([estimate_sigma(im.transpose(1, 2, 0) if multi else im[0], average_sigmas=True,
+                                        channel_axis=-1 if multi else None) for im in x])
 
 
 @dataclass(frozen=True)

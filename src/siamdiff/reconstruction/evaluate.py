@@ -27,7 +27,7 @@ from ..errors import SiamdiffError
 from ..similarity.api import resolve_model_path
 from .api import check_fits, companion_path
 from .diffusion import METHODS as DIFFUSION_METHODS, denoise
-from .estimate import relative_error, wavelet_sigma
+from .estimate import WAVELET, relative_error, wavelet_sigma
 from .metrics import psnr, ssim
 from .noise import declip, gaussian
 from .schedule import Schedule
@@ -150,7 +150,7 @@ def evaluate_denoise(dataset: str, sigmas: list[float], method: str, model: str 
         path = resolve_model_path("diffusion", model)  # brings its own estimator and classifier
         estimator = companion_path("sigma", path, estimator)
         classifier = companion_path("classifier", path, classifier)
-    if str(estimator).lower() in ("wavelet", "wavelet-mad"):
+    if str(estimator).lower() in WAVELET:
         estimator = None
     clf = _load("classifier", classifier)[0].to(dev) if classifier else None
     est = _load("sigma", estimator)[0].to(dev) if estimator else None
