@@ -276,7 +276,7 @@ def test_failed_training_starts_leave_no_folder_and_damaged_state_is_one_line(ca
                                                                               tmp_path):
     base = ["train", "similarity", "--dataset", f"folder:{digit_folder}", "--model", "tiny", "--epochs", 1,
             "--channels", 1, "--image-size", 28]
-    for extra, message in ((["--resume"], "does not exist"), (["--device", "tpu"], ""),
+    for extra, message in ((["--resume"], "does not exist"), (["--device", "tpu"], "unknown device 'tpu'"),
                            (["--resume", "--overwrite"], "give one of them")):
         code, _, err = run(capsys, *base, "--out", tmp_path / "new", *extra)
         assert code == 2 and message in err and err.count("\n") == 1, err
@@ -290,7 +290,15 @@ def test_failed_training_starts_leave_no_folder_and_damaged_state_is_one_line(ca
 
 
 def test_demo_never_overwrites_a_folder_of_other_files(capsys, tmp_path):
+    from siamdiff.demo import _holds_only_a_demo
+
     (tmp_path / "report.md").write_text("my notes\n")
     code, _, err = run(capsys, "demo", "--out", tmp_path)
     assert code == 2 and "holds other files" in err and err.count("\n") == 1
     assert (tmp_path / "report.md").read_text() == "my notes\n" and len(list(tmp_path.iterdir())) == 1
+    stopped = tmp_path / "stopped"  # a demo stopped before its report: its own files only, so it may run again
+    (stopped / "plots" / "mnist").mkdir(parents=True)
+    (stopped / "index-mnist.safetensors").write_bytes(b"x")
+    assert _holds_only_a_demo(stopped)
+    (stopped / "notes.txt").write_text("mine")
+    assert not _holds_only_a_demo(stopped)

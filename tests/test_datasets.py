@@ -184,9 +184,14 @@ def test_folder_that_would_not_fit_in_memory_is_refused_before_reading(tmp_path,
         for i in range(8):
             Image.fromarray(np.full((20, 20), 30 * i, np.uint8)).save(tmp_path / c / f"{i}.png")
     monkeypatch.setattr(config, "IMAGE_MEMORY_BYTES", 16 * 3 * 64 * 64 - 1)  # one byte short at 64x64 RGB
-    with pytest.raises(SiamdiffError, match="reading the 16 images of .* at 64x64 would take 0.0 GiB"):
+    with pytest.raises(SiamdiffError, match="reading the 16 images of .* at 64x64 would take 0.0 GiB, over the limit"):
         ds.load_splits(f"folder:{tmp_path}", ("train",), image_size=64, channels=3)
     assert ds.load_splits(f"folder:{tmp_path}", ("train",), image_size=63, channels=3)[0].shape == (3, 63, 63)
+    monkeypatch.setenv(config.MEMORY_ENV, "1")  # the user's own limit replaces the default
+    assert ds.load_splits(f"folder:{tmp_path}", ("train",), image_size=64, channels=3)[0].shape == (3, 64, 64)
+    monkeypatch.setenv(config.MEMORY_ENV, "lots")
+    with pytest.raises(SiamdiffError, match="SIAMDIFF_MEMORY_GB must be a number of GiB"):
+        ds.load_splits(f"folder:{tmp_path}", ("train",), image_size=64, channels=3)
 
 
 def test_training_apis_refuse_size_options_a_builtin_dataset_would_ignore(tmp_path):

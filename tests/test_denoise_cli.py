@@ -134,7 +134,7 @@ def test_eval_denoise_json_rows(capsys, tiny_ddpm, digit_folder):
             assert r["n"] == 4 and r["method"] == method and r["sigma_rel_error"] >= 0
     code, _, err = run(capsys, "eval", "denoise", "--dataset", f"folder:{digit_folder}", "--method", "tweedie",
                        "--sigmas", "0.1,-2")
-    assert code == 2 and "positive" in err
+    assert code == 2 and "must be a number above 0 and at most 100" in err
 
 
 def test_noisy_psnr_matches_the_noise_level(capsys, digit_folder):
@@ -393,7 +393,7 @@ def test_eval_refuses_a_measurement_that_does_not_fit_in_memory(capsys, monkeypa
     monkeypatch.setattr(config, "IMAGE_MEMORY_BYTES", 2**20)  # 30 images x 2 copies: 0.19 MB at 28, 2.2 MB at 96
     argv = ["eval", "denoise", "--dataset", "sample:mnist", "--method", "noisy", "--sigmas", "0.1", "--n", 30]
     code, _, err = run(capsys, *argv, "--image-size", 96)
-    assert code == 2 and "30 images at 96x96 holds about" in err and err.count("\n") == 1
+    assert code == 2 and "30 images at 96x96 would take" in err and err.count("\n") == 1
     assert "smaller --n or --image-size" in err  # a model-free method can be measured at a smaller size
     code, _, err = run(capsys, *argv)
     assert code == 0, err
@@ -459,6 +459,10 @@ def test_paths_and_numbers_a_careless_user_types(capsys, tiny_ddpm, noisy_pngs, 
             (["sample", "--model", tiny_ddpm, "--steps", 100_000, "--out", tmp_path / "o.png"],
              "--steps must be from 1 to the model's"),
             (["sample", "--model", tiny_ddpm, "--n", 100_000_000, "--out", tmp_path / "o.png"], "ask for fewer"),
+            (["denoise", noisy_pngs[0], "--out", tmp_path / "o.png", "--method", "ddim", "--steps", 100_000],
+             "--steps must be from 1 to the model's"),
+            (["eval", "denoise", "--dataset", "sample:mnist", "--method", "noisy", "--n", 2, "--sigmas", "1e300"],
+             "at most 100"),
             (["eval", "denoise", "--dataset", "folder:", "--method", "noisy", "--n", 2], "folder: needs a path")):
         code, _, err = run(capsys, *argv)
         assert code == 2 and message in err and err.count("\n") == 1, (argv, err)
@@ -471,7 +475,10 @@ def test_sample_draws_in_batches(tiny_ddpm):
     from siamdiff.reconstruction.sample import sample
 
     model = Denoiser.load(tiny_ddpm)
-    images = sample(model, 5, steps=2, batch_size=2)  # batches of 2, 2 and 1
+    sizes = []
+    model.net.register_forward_pre_hook(lambda net, args: sizes.append(len(args[0])))
+    images = sample(model, 5, steps=2, batch_size=2)
+    assert sizes == [2, 2, 2, 2, 1, 1]  # two network calls (steps) for each batch of 2, 2 and 1
     assert images.shape == (5, 1, 28, 28) and 0 <= images.min() and images.max() <= 1
     assert torch.equal(images, sample(model, 5, steps=2, batch_size=2))  # the seed fixes every batch
     assert not torch.equal(images[:2], images[2:4])  # each batch draws its own noise

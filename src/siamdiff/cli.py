@@ -46,7 +46,9 @@ def _number(parse, ok, wanted: str):
 _positive_int = _number(int, lambda v: v >= 1, "a positive number")
 _image_size = _number(int, lambda v: 1 <= v <= MAX_IMAGE_SIZE, f"a side from 1 to {MAX_IMAGE_SIZE}")
 _positive_float = _number(float, lambda v: 0 < v < float("inf"), "a positive number")
-_guidance = _number(float, lambda v: 0 <= v <= 100, "a number from 0 to 100")  # useful weights are about 0-10; 1e300 gave NaN images
+# useful guidance weights are about 0-10; 1e300 gave NaN images
+_guidance = _number(float, lambda v: 0 <= v <= 100, "a number from 0 to 100")
+_seed = _number(int, lambda v: 0 <= v < 2 ** 63, "a whole number from 0 to 2**63 - 1")  # torch's manual_seed range
 
 
 def _path(text: str) -> str:
@@ -54,7 +56,6 @@ def _path(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("must not be empty")
     return text
-_seed = _number(int, lambda v: 0 <= v < 2 ** 63, "a whole number from 0 to 2**63 - 1")  # torch's manual_seed range
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -435,8 +436,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("siamdiff: error: out of memory", file=sys.stderr)
         return 2
     except OSError as exc:  # the file system refused a path the user gave (a name too long, say): not a bug
+        if args.verbose:
+            raise
+        reason = exc.strerror.lower() if exc.strerror else first_line(exc)
         where = f": '{exc.filename}'" if exc.filename else ""
-        print(f"siamdiff: error: {_one_line((exc.strerror or first_line(exc)).lower() + where)}", file=sys.stderr)
+        print(f"siamdiff: error: {_one_line(reason + where)}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - a bug of ours: one line, the traceback only with --verbose
         if "can't allocate memory" in str(exc):  # torch's CPU allocator fails with a RuntimeError, not MemoryError

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict
 from typing import Any, TypeVar
 
@@ -12,8 +13,25 @@ T = TypeVar("T", bound="JsonConfig")
 MAX_IMAGE_SIZE = 1024
 
 # The most memory one batch of images held at once may take (a folder read as uint8, an evaluation's clean and noisy
-# float copies): past it siamdiff refuses with a one-line error instead of being killed for memory part-way.
+# float copies, sampled images): past it siamdiff refuses with a one-line error instead of being killed for memory
+# part-way. $SIAMDIFF_MEMORY_GB raises (or lowers) it on a machine with more (or less) memory.
+MEMORY_ENV = "SIAMDIFF_MEMORY_GB"
 IMAGE_MEMORY_BYTES = 8 * 2**30
+
+
+def over_memory(need: int, what: str, fix: str) -> str | None:
+    """The one-line refusal when ``need`` bytes of ``what`` exceed the limit, else None."""
+    limit = IMAGE_MEMORY_BYTES
+    text = os.environ.get(MEMORY_ENV, "").strip()
+    if text:
+        try:
+            limit = int(float(text) * 2**30)
+        except ValueError:
+            return f"${MEMORY_ENV} must be a number of GiB, got '{text}'"
+    if need <= limit:
+        return None
+    return (f"{what} would take {need / 2**30:.1f} GiB, over the limit of {limit / 2**30:g} GiB: {fix} (or raise "
+            f"${MEMORY_ENV})")
 
 
 class JsonConfig:

@@ -114,7 +114,20 @@ def _denoise_section(name: str, out: Path) -> list[str]:
     return lines
 
 
-REPORT_TITLE = "# siamdiff demo"  # a folder whose report.md starts so holds a previous demo, which a new one replaces
+REPORT_TITLE = "# siamdiff demo"  # a report.md that starts so is a previous demo's, which a new one replaces
+
+
+def _holds_only_a_demo(out: Path) -> bool:
+    """Whether every entry of ``out`` is one a demo writes (finished or stopped part-way), with no report.md but
+    a demo's: only then may a new demo write over them."""
+    for entry in out.iterdir():
+        if entry.name == "report.md":
+            if not (entry.is_file() and entry.read_text(errors="replace").startswith(REPORT_TITLE)):
+                return False
+        elif not (entry.name in ("report.html", "images", "plots")
+                  or (entry.name.startswith("index-") and entry.name.endswith(".safetensors"))):
+            return False
+    return True
 
 
 def run_demo(out: str | Path = "siamdiff-demo") -> Path:
@@ -123,9 +136,7 @@ def run_demo(out: str | Path = "siamdiff-demo") -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise SiamdiffError(f"--out '{out}' exists and is not a folder")
-    report = out / "report.md"
-    if out.is_dir() and any(out.iterdir()) and not (report.is_file() and report.read_text(errors="replace")
-                                                    .startswith(REPORT_TITLE)):
+    if out.is_dir() and not _holds_only_a_demo(out):
         raise SiamdiffError(f"--out '{out}' holds other files: give a new or empty folder, or a previous demo's")
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -184,7 +184,8 @@ def fit(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
         raise SiamdiffError(f"'{out}' already holds a training run: pass --resume to continue it, --overwrite to "
                             f"replace it, or another --out")
     if resume and not state_path.is_file():  # checked, like the device, before the output folder is made
-        raise SiamdiffError(f"cannot resume: '{state_path}' does not exist")
+        raise SiamdiffError(f"cannot resume: '{state_path}' " + ("is not a file" if state_path.exists() else
+                                                                  "does not exist"))
     device = resolve_device(cfg.device)
     try:
         out.mkdir(parents=True, exist_ok=True)

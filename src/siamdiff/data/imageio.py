@@ -422,11 +422,11 @@ def read_folder(
     if not files:
         raise ImageReadError(f"no images found in '{root}'")
 
-    need = len(files) * channels * height * width
-    if need > config.IMAGE_MEMORY_BYTES:
-        raise ImageReadError(f"reading the {len(files)} images of '{root}' at {width}x{height} would take "
-                             f"{need / 2**30:.1f} GiB (limit {config.IMAGE_MEMORY_BYTES / 2**30:.0f} GiB): use a "
-                             f"smaller image size or fewer images")
+    refusal = config.over_memory(len(files) * channels * height * width,
+                                 f"reading the {len(files)} images of '{root}' at {width}x{height}",
+                                 "use a smaller image size or fewer images")
+    if refusal:
+        raise ImageReadError(refusal)
     batch = np.empty((len(files), channels, height, width), dtype=np.uint8)
     paths: list[Path] = []
     labels: list[str] = []

@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import torch
 
+from ..errors import SiamdiffError
 from .schedule import Schedule, step_for_sigma
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
@@ -51,6 +52,13 @@ def tweedie(model: EpsModel, schedule: Schedule, x_t: torch.Tensor, t: torch.Ten
             labels: torch.Tensor | None = None, guidance: float = 0.0) -> torch.Tensor:
     """Posterior mean of ``x_0`` given ``x_t`` from one network call."""
     return x0_from_eps(schedule, x_t, t, predict_eps(model, x_t, t, labels, guidance))
+
+
+def check_steps(steps: int, schedule: Schedule) -> None:
+    """Refuse a DDIM step count outside 1 .. the schedule's steps: more would only repeat steps (100,000 of them ran
+    for hours)."""
+    if not 1 <= steps <= schedule.steps:
+        raise SiamdiffError(f"--steps must be from 1 to the model's {schedule.steps} diffusion steps, got {steps}")
 
 
 def ddim_steps(t_start: torch.Tensor, steps: int) -> list[torch.Tensor]:

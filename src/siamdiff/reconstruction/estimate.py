@@ -11,7 +11,6 @@ from torch import nn
 
 from ..config import JsonConfig
 
-
 WAVELET = ("wavelet", "wavelet-mad")  # the names that choose wavelet-MAD where a noise estimator model is asked for
 
 

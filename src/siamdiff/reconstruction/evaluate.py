@@ -26,7 +26,7 @@ from ..data.datasets import load_dataset
 from ..errors import SiamdiffError
 from ..similarity.api import resolve_model_path
 from .api import check_fits, companion_path
-from .diffusion import METHODS as DIFFUSION_METHODS, denoise
+from .diffusion import METHODS as DIFFUSION_METHODS, check_steps, denoise
 from .estimate import WAVELET, relative_error, wavelet_sigma
 from .metrics import psnr, ssim
 from .noise import declip, gaussian
@@ -73,6 +73,8 @@ class _Runner:
         self.net, self.meta = _load(MODEL_KIND[method], model) if method in MODEL_KIND else (None, {})
         if self.net is not None:
             self.net.to(device)
+        if method in DIFFUSION_METHODS and self.net is not None:
+            check_steps(steps, Schedule(**self.meta["extra"]["schedule"]))
         self.generator = torch.Generator(device=device).manual_seed(0)
         self.declip = declip
 
@@ -126,8 +128,8 @@ def evaluate_denoise(dataset: str, sigmas: list[float], method: str, model: str 
     from ..train import resolve_device, synchronize
 
     dev = resolve_device(device)
-    if any(not np.isfinite(s) or s <= 0 for s in sigmas):
-        raise SiamdiffError("every --sigmas value must be a positive number")
+    if any(not 0 < s <= 100 for s in sigmas):  # nan fails too; 1e300 overflowed the metrics
+        raise SiamdiffError("every --sigmas value must be a number above 0 and at most 100")
     if n < 1 or steps < 1:
         raise SiamdiffError("--n and --steps must be at least 1")
     runner = _Runner(method, model, steps, guidance, labels, dev, declip)
@@ -161,11 +163,11 @@ def evaluate_denoise(dataset: str, sigmas: list[float], method: str, model: str 
         raise SiamdiffError("--labels predicted needs --classifier")
     native = test.images.shape[-1]
     size = image_size or native
-    need = 2 * len(test) * test.images.shape[1] * size * size * 4  # the clean and noisy float32 copies
-    if need > config.IMAGE_MEMORY_BYTES:
-        raise SiamdiffError(f"measuring {len(test)} images at {size}x{size} holds about {need / 2**30:.1f} GiB of "
-                            f"images (limit {config.IMAGE_MEMORY_BYTES / 2**30:.0f} GiB): use a smaller --n"
-                            + ("" if runner.net is not None else " or --image-size"))
+    refusal = config.over_memory(2 * len(test) * test.images.shape[1] * size * size * 4,  # clean and noisy float32
+                                 f"measuring {len(test)} images at {size}x{size}",
+                                 "use a smaller --n" + ("" if runner.net is not None else " or --image-size"))
+    if refusal:
+        raise SiamdiffError(refusal)
     clean_all = at_size(test.images.float() / 255.0, size)
     rows = []
     for sigma in sigmas:

@@ -10,7 +10,7 @@ import torch
 from .. import config
 from ..data.imageio import write_png_atomic
 from ..errors import SiamdiffError
-from .diffusion import ancestral, ddim
+from .diffusion import ancestral, check_steps, ddim
 
 
 @torch.no_grad()
@@ -22,12 +22,11 @@ def sample(model, n: int, method: str = "ddim", steps: int = 50, label: int | No
     c, s = net.config.in_channels, net.config.image_size
     if method not in ("ddim", "ddpm"):
         raise SiamdiffError(f"unknown sampling method '{method}': use ddim or ddpm")
-    if not 1 <= steps <= schedule.steps:  # more DDIM steps than the chain has would repeat steps, slowly
-        raise SiamdiffError(f"--steps must be from 1 to the model's {schedule.steps} diffusion steps, got {steps}")
-    need = n * c * s * s * 4
-    if need > config.IMAGE_MEMORY_BYTES:
-        raise SiamdiffError(f"{n} images of {s}x{s} take {need / 2**30:.1f} GiB (limit "
-                            f"{config.IMAGE_MEMORY_BYTES / 2**30:.0f} GiB): ask for fewer with --n")
+    if method == "ddim":
+        check_steps(steps, schedule)
+    refusal = config.over_memory(n * c * s * s * 4, f"{n} images of {s}x{s}", "ask for fewer with --n")
+    if refusal:
+        raise SiamdiffError(refusal)
     model.class_labels(label, 1)  # refuses a class the model lacks before any work
     gen = torch.Generator().manual_seed(seed)
     out = []

@@ -36,6 +36,7 @@ class Index:
     fingerprint: str
     model: str
     folder: str = ""  # absolute; empty for an index not made from a folder (or made before this was recorded)
+    source: str = ""  # the file it was loaded from (not stored): named in errors
 
     def save(self, path: str | os.PathLike) -> Path:
         from safetensors.numpy import save_file
@@ -63,26 +64,27 @@ class Index:
         except SiamdiffError:
             raise
         except Exception as exc:  # noqa: BLE001 - any damage is one message
-            reason = "not a siamdiff index" if "header" in str(exc).lower() else \
-                f"damaged ({first_line(exc)})"  # safetensors' words for "not its format"
-            raise SiamdiffError(f"cannot open index '{path}': {reason}") from None
+            if "header" in str(exc).lower():  # safetensors' words for "not its format"
+                raise SiamdiffError(f"cannot open index '{path}': not a siamdiff index") from None
+            raise _damaged(path, first_line(exc)) from None
         try:
             paths = [str(p) for p in json.loads(meta["paths"])]
             stamps = [(int(a), int(b)) for a, b in json.loads(meta["stamps"])]
             fingerprint = str(meta["fingerprint"])
         except (KeyError, TypeError, ValueError):
-            raise SiamdiffError(f"cannot open index '{path}': damaged (its list of images is unreadable)") from None
+            raise _damaged(path, "its list of images is unreadable") from None
         if emb.ndim != 2 or len(paths) != len(emb) or len(stamps) != len(emb):
-            raise SiamdiffError(f"cannot open index '{path}': damaged (paths, stamps and embeddings differ in number)")
+            raise _damaged(path, "paths, stamps and embeddings differ in number")
         if len(emb) == 0 or not np.issubdtype(emb.dtype, np.floating):  # siamdiff never writes either
-            raise SiamdiffError(f"cannot open index '{path}': damaged (no embeddings, or not float ones)")
+            raise _damaged(path, "no embeddings, or not float ones")
         if not np.isfinite(emb).all():  # NaN distances would rank nonsense silently
-            raise SiamdiffError(f"cannot open index '{path}': damaged (embeddings that are not finite numbers)")
-        return cls(emb, paths, stamps, fingerprint, meta.get("model", ""), meta.get("folder", ""))
+            raise _damaged(path, "embeddings that are not finite numbers")
+        return cls(emb, paths, stamps, fingerprint, meta.get("model", ""), meta.get("folder", ""), str(path))
 
-    def check_model(self, model: SimilarityModel, name: str = "the index") -> None:
+    def check_model(self, model: SimilarityModel) -> None:
         """Refuse a model other than the one that built this index, and embeddings of another width than its own
         (a damaged file whose fingerprint survived): searching or updating would mix two embeddings."""
+        name = f"index '{self.source}'" if self.source else "the index"
         if self.fingerprint != model.fingerprint and self.model and self.model == model.source:
             raise SiamdiffError(f"{name} was built by an earlier version of '{self.model}' (its weights have changed "
                                 f"since): build a new index")
@@ -91,8 +93,12 @@ class Index:
                                 f"build a new index")
         width = model.net.config.embed_dim
         if self.embeddings.shape[1] != width:
-            raise SiamdiffError(f"{name} is damaged: its embeddings have {self.embeddings.shape[1]} numbers, the "
-                                f"model's {width}")
+            raise SiamdiffError(f"{name} is damaged (its embeddings have {self.embeddings.shape[1]} numbers, the "
+                                f"model's {width}); build it again into a new file")
+
+
+def _damaged(path: Path, why: str) -> SiamdiffError:
+    return SiamdiffError(f"cannot open index '{path}': damaged ({why}); build it again into a new file")
 
 
 def _stamp(p: Path) -> tuple[int, int]:
@@ -111,7 +117,7 @@ def build_index(folder: str | os.PathLike, model: SimilarityModel, out: str | os
     where = str(Path(folder).resolve())
     old = Index.load(out) if out.exists() else None
     if old is not None:
-        old.check_model(model, f"index '{out}'")
+        old.check_model(model)
     if old is not None and old.folder and old.folder != where:
         raise SiamdiffError(f"index '{out}' holds the images of '{old.folder}', not '{folder}': updating it would "
                             f"drop them; give '{folder}' a new --out")
