@@ -26,7 +26,7 @@ def over_memory(need: int, what: str, fix: str) -> str | None:
     if text:
         try:
             limit = int(float(text) * 2**30)
-        except ValueError:
+        except (ValueError, OverflowError):  # not a number, nan, inf
             return f"${MEMORY_ENV} must be a number of GiB, got '{text}'"
     if need <= limit:
         return None
