@@ -493,3 +493,13 @@ def test_wavelet_estimator_by_name_and_no_stray_warnings_on_tiny_images(capsys, 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # scikit-image's warning about a 1-pixel image would fail here
         assert wavelet_sigma(torch.full((2, 1, 1, 1), 0.5)).shape == (2,)
+
+
+def test_resume_with_another_loss_is_refused(capsys, digit_folder, tmp_path):
+    base = ["train", "ddpm", "--dataset", f"folder:{digit_folder}", "--model", "tiny", "--epochs", "1",
+            "--max-batches", "1", "--channels", "1", "--image-size", "16", "--out", tmp_path / "run"]
+    assert run(capsys, *base, "--loss", "l1")[0] == 0
+    code, _, err = run(capsys, *base, "--resume")  # the design's mse: the run would change loss half-way
+    assert code == 2 and "was written with another loss" in err and err.count("\n") == 1, err
+    code, _, err = run(capsys, *base, "--loss", "l1", "--resume")
+    assert code == 0, err

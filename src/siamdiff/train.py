@@ -201,10 +201,19 @@ def fit(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
     history: list[dict[str, Any]] = []
     start = 0
     signature = {k: list(v.shape) for k, v in trainable.state_dict().items()}
+    # the rest of a task's recipe (loss, margin, pairs, schedule, augmentation): the network is in the signature
+    recipe = {k: v for k, v in task.recipe.to_dict().items() if k not in ("train", "model")} \
+        if hasattr(task, "recipe") else None
     if resume:
         state = load_state(state_path)
         if state.get("train_config") != cfg.to_dict():
             raise SiamdiffError(f"cannot resume: '{state_path}' was written with other training settings")
+        before = state.get("recipe", recipe)  # states written before the recipe was kept are not checked
+        if before != recipe:
+            old, new = (r if isinstance(r, dict) else {} for r in (before, recipe))
+            changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k)) or ["recipe"]
+            raise SiamdiffError(f"cannot resume: '{state_path}' was written with another {', '.join(changed)}; "
+                                f"give the options (or --init) the run started with")
         if state.get("signature") != signature:
             raise SiamdiffError(f"cannot resume: '{state_path}' was written for another model or image size")
         try:
@@ -265,7 +274,7 @@ def fit(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
         task.save(out / "model.safetensors", history)
         save_state(state_path, {"model": trainable.state_dict(), "optimizer": opt.state_dict(),
                                 "scheduler": sched.state_dict(), "epoch": epoch, "history": history,
-                                "train_config": cfg.to_dict(), "signature": signature,
+                                "train_config": cfg.to_dict(), "signature": signature, "recipe": recipe,
                                 "task": task.extra_state() if hasattr(task, "extra_state") else {},
                                 "init": getattr(task, "init", None)})
         text = "".join(json.dumps(r) + "\n" for r in history)
