@@ -290,15 +290,15 @@ def test_failed_training_starts_leave_no_folder_and_damaged_state_is_one_line(ca
 
 
 def test_demo_never_overwrites_a_folder_of_other_files(capsys, tmp_path):
-    from siamdiff.demo import _holds_only_a_demo
+    from siamdiff.demo import MARKER, _is_demo_folder
 
     (tmp_path / "report.md").write_text("my notes\n")
     code, _, err = run(capsys, "demo", "--out", tmp_path)
     assert code == 2 and "holds other files" in err and err.count("\n") == 1
     assert (tmp_path / "report.md").read_text() == "my notes\n" and len(list(tmp_path.iterdir())) == 1
-    stopped = tmp_path / "stopped"  # a demo stopped before its report: its own files only, so it may run again
-    (stopped / "plots" / "mnist").mkdir(parents=True)
-    (stopped / "index-mnist.safetensors").write_bytes(b"x")
-    assert _holds_only_a_demo(stopped)
-    (stopped / "notes.txt").write_text("mine")
-    assert not _holds_only_a_demo(stopped)
+    mine = tmp_path / "mine"  # a user's index under the demo's file name: the demo would delete it
+    mine.mkdir()
+    (mine / "index-mnist.safetensors").write_bytes(b"x")
+    assert not _is_demo_folder(mine)
+    (mine / MARKER).touch()  # a demo stopped before its report leaves its marker: it may run there again
+    assert _is_demo_folder(mine)

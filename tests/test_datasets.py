@@ -189,9 +189,9 @@ def test_folder_that_would_not_fit_in_memory_is_refused_before_reading(tmp_path,
     assert ds.load_splits(f"folder:{tmp_path}", ("train",), image_size=63, channels=3)[0].shape == (3, 63, 63)
     monkeypatch.setenv(config.MEMORY_ENV, "1")  # the user's own limit replaces the default
     assert ds.load_splits(f"folder:{tmp_path}", ("train",), image_size=64, channels=3)[0].shape == (3, 64, 64)
-    for text in ("lots", "inf"):
+    for text in ("lots", "inf", "0", "-1"):
         monkeypatch.setenv(config.MEMORY_ENV, text)
-        with pytest.raises(SiamdiffError, match="SIAMDIFF_MEMORY_GB must be a number of GiB"):
+        with pytest.raises(SiamdiffError, match="SIAMDIFF_MEMORY_GB must be a positive number of GiB"):
             ds.load_splits(f"folder:{tmp_path}", ("train",), image_size=64, channels=3)
 
 

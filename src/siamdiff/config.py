@@ -27,7 +27,9 @@ def over_memory(need: int, what: str, fix: str) -> str | None:
         try:
             limit = int(float(text) * 2**30)
         except (ValueError, OverflowError):  # not a number, nan, inf
-            return f"${MEMORY_ENV} must be a number of GiB, got '{text}'"
+            limit = 0
+        if limit <= 0:
+            return f"${MEMORY_ENV} must be a positive number of GiB, got '{text}'"
     if need <= limit:
         return None
     return (f"{what} would take {need / 2**30:.1f} GiB, over the limit of {limit / 2**30:g} GiB: {fix} (or raise "

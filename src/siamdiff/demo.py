@@ -114,20 +114,16 @@ def _denoise_section(name: str, out: Path) -> list[str]:
     return lines
 
 
-REPORT_TITLE = "# siamdiff demo"  # a report.md that starts so is a previous demo's, which a new one replaces
+REPORT_TITLE = "# siamdiff demo"
+MARKER = ".siamdiff-demo"  # written first into a demo's folder: a later demo may replace what is there
 
 
-def _holds_only_a_demo(out: Path) -> bool:
-    """Whether every entry of ``out`` is one a demo writes (finished or stopped part-way), with no report.md but
-    a demo's: only then may a new demo write over them."""
-    for entry in out.iterdir():
-        if entry.name == "report.md":
-            if not (entry.is_file() and entry.read_text(errors="replace").startswith(REPORT_TITLE)):
-                return False
-        elif not (entry.name in ("report.html", "images", "plots")
-                  or (entry.name.startswith("index-") and entry.name.endswith(".safetensors"))):
-            return False
-    return True
+def _is_demo_folder(out: Path) -> bool:
+    """Whether ``out`` is empty or holds a demo, finished or stopped part-way (its marker, or the report of a demo
+    made before the marker existed): only then may a demo write there, replacing and deleting its own files."""
+    report = out / "report.md"
+    return (not any(out.iterdir()) or (out / MARKER).is_file()
+            or (report.is_file() and report.read_text(errors="replace").startswith(REPORT_TITLE)))
 
 
 def run_demo(out: str | Path = "siamdiff-demo") -> Path:
@@ -136,10 +132,11 @@ def run_demo(out: str | Path = "siamdiff-demo") -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise SiamdiffError(f"--out '{out}' exists and is not a folder")
-    if out.is_dir() and not _holds_only_a_demo(out):
+    if out.is_dir() and not _is_demo_folder(out):
         raise SiamdiffError(f"--out '{out}' holds other files: give a new or empty folder, or a previous demo's")
     try:
         out.mkdir(parents=True, exist_ok=True)
+        (out / MARKER).touch()
     except OSError as exc:
         raise SiamdiffError(f"cannot create '{out}': {exc.strerror}") from None
     names = [n for n in SHIPPED if shipped_path("similarity", n).is_file()]

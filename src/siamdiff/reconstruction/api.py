@@ -153,7 +153,8 @@ class Denoiser:
         pixels is undone first (:func:`~siamdiff.reconstruction.noise.declip`)."""
         if method not in METHODS:
             raise SiamdiffError(f"unknown method '{method}': use one of {', '.join(METHODS)}")
-        check_steps(steps, self.schedule)
+        if method == "ddim":  # the other methods take no steps
+            check_steps(steps, self.schedule)
         estimated: list[float | None] = [None] * len(images)
         if sigma == "auto":
             est = self.estimate_sigma(images)

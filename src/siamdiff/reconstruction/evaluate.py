@@ -73,7 +73,7 @@ class _Runner:
         self.net, self.meta = _load(MODEL_KIND[method], model) if method in MODEL_KIND else (None, {})
         if self.net is not None:
             self.net.to(device)
-        if method in DIFFUSION_METHODS and self.net is not None:
+        if method == "ddim" and self.net is not None:  # the other methods take no steps
             check_steps(steps, Schedule(**self.meta["extra"]["schedule"]))
         self.generator = torch.Generator(device=device).manual_seed(0)
         self.declip = declip
