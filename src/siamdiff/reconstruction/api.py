@@ -19,7 +19,7 @@ from ..checkpoint import load_model
 from ..data.imageio import IMAGE_EXTENSIONS, fit_to, read_image
 from ..errors import SiamdiffError, first_line
 from ..similarity.api import resolve_model_path, shipped_name, shipped_path
-from .diffusion import METHODS, check_steps, denoise
+from .diffusion import METHODS, denoise
 from .estimate import WAVELET, wavelet_sigma
 from .noise import declip
 from .schedule import Schedule, sigma_for_step
@@ -153,8 +153,6 @@ class Denoiser:
         pixels is undone first (:func:`~siamdiff.reconstruction.noise.declip`)."""
         if method not in METHODS:
             raise SiamdiffError(f"unknown method '{method}': use one of {', '.join(METHODS)}")
-        if method == "ddim":  # the other methods take no steps
-            check_steps(steps, self.schedule)
         estimated: list[float | None] = [None] * len(images)
         if sigma == "auto":
             est = self.estimate_sigma(images)

@@ -54,13 +54,6 @@ def tweedie(model: EpsModel, schedule: Schedule, x_t: torch.Tensor, t: torch.Ten
     return x0_from_eps(schedule, x_t, t, predict_eps(model, x_t, t, labels, guidance))
 
 
-def check_steps(steps: int, schedule: Schedule) -> None:
-    """Refuse a DDIM step count outside 1 .. the schedule's steps: more would only repeat steps (100,000 of them ran
-    for hours)."""
-    if not 1 <= steps <= schedule.steps:
-        raise SiamdiffError(f"--steps must be from 1 to the model's {schedule.steps} diffusion steps, got {steps}")
-
-
 def ddim_steps(t_start: torch.Tensor, steps: int) -> list[torch.Tensor]:
     """Per-image step sequences: ``steps`` evaluation points from ``t_start`` down, then -1 (clean)."""
     if steps < 1:
@@ -71,7 +64,10 @@ def ddim_steps(t_start: torch.Tensor, steps: int) -> list[torch.Tensor]:
 
 def ddim(model: EpsModel, schedule: Schedule, x_t: torch.Tensor, t_start: torch.Tensor, steps: int = 10,
          labels: torch.Tensor | None = None, guidance: float = 0.0, clip: bool = True) -> torch.Tensor:
-    """Deterministic DDIM from ``t_start (N,)`` to a clean image in ``steps`` network calls."""
+    """Deterministic DDIM from ``t_start (N,)`` to a clean image in ``steps`` network calls (1 .. the schedule's
+    steps, else a one-line :class:`SiamdiffError`: more would only repeat steps, and 100,000 of them ran for hours)."""
+    if not 1 <= steps <= schedule.steps:
+        raise SiamdiffError(f"--steps must be from 1 to the model's {schedule.steps} diffusion steps, got {steps}")
     seq = ddim_steps(t_start, steps)
     x = x_t
     for now, nxt in zip(seq[:-1], seq[1:]):

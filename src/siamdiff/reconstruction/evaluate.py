@@ -26,7 +26,7 @@ from ..data.datasets import load_dataset
 from ..errors import SiamdiffError
 from ..similarity.api import resolve_model_path
 from .api import check_fits, companion_path
-from .diffusion import METHODS as DIFFUSION_METHODS, check_steps, denoise
+from .diffusion import METHODS as DIFFUSION_METHODS, denoise
 from .estimate import WAVELET, relative_error, wavelet_sigma
 from .metrics import psnr, ssim
 from .noise import declip, gaussian
@@ -73,8 +73,6 @@ class _Runner:
         self.net, self.meta = _load(MODEL_KIND[method], model) if method in MODEL_KIND else (None, {})
         if self.net is not None:
             self.net.to(device)
-        if method == "ddim" and self.net is not None:  # the other methods take no steps
-            check_steps(steps, Schedule(**self.meta["extra"]["schedule"]))
         self.generator = torch.Generator(device=device).manual_seed(0)
         self.declip = declip
 
