@@ -153,7 +153,7 @@ def clean_accuracy(dataset: str, args: argparse.Namespace) -> dict:
     """The fixed classifier's accuracy on the first n clean test images (the ceiling for class accuracy rows)."""
     import torch
 
-    from siamdiff.checkpoint import load_model
+    from siamdiff.core.checkpoint import load_model
     from siamdiff.data.datasets import load_dataset
 
     clf, meta = load_model(Path(args.runs) / f"{dataset}-classifier" / "model.safetensors", kind="classifier")
@@ -171,7 +171,7 @@ SHIP = {"ddpm": "diffusion", "estimator": "sigma", "classifier": "classifier"}  
 def ship(result: dict, args: argparse.Namespace) -> None:
     """Copy each dataset's diffusion model, noise estimator and classifier into the package (float16 weights) with
     a model card: the training command and facts from its log, and the benchmark's figures for that model."""
-    from siamdiff.checkpoint import read_metadata, save_float16_copy
+    from siamdiff.core.checkpoint import read_metadata, save_float16_copy
 
     dest = ROOT / "src" / "siamdiff" / "weights"
     for dataset in args.datasets.split(","):

@@ -20,7 +20,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from siamdiff.checkpoint import load_model  # noqa: E402
+from siamdiff.core.checkpoint import load_model  # noqa: E402
 from siamdiff.data.datasets import load_dataset  # noqa: E402
 from siamdiff.reconstruction.api import Denoiser  # noqa: E402
 from siamdiff.reconstruction.diffusion import denoise  # noqa: E402

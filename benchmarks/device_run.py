@@ -197,7 +197,7 @@ def bench(args: argparse.Namespace) -> None:
 
 def collect(args: argparse.Namespace) -> None:
     """Pack the models the package ships or the docs use (as float16) and all logs and results into <= 8 files."""
-    from siamdiff.checkpoint import save_float16_copy
+    from siamdiff.core.checkpoint import save_float16_copy
 
     runs, out = Path(args.runs), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from similarity import code_version, hardware  # noqa: E402
 
-from siamdiff.checkpoint import read_metadata  # noqa: E402
+from siamdiff.core.checkpoint import read_metadata  # noqa: E402
 from siamdiff.data.datasets import load_dataset  # noqa: E402
 from siamdiff.similarity.api import SimilarityModel  # noqa: E402
 from siamdiff.similarity.metrics import retrieval_metrics  # noqa: E402

@@ -41,7 +41,7 @@ def hardware() -> dict:
                 break
     except OSError:
         pass
-    from siamdiff.train import cpu_has_bf16_matrix_units
+    from siamdiff.core.training.loop import cpu_has_bf16_matrix_units
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     # with bfloat16 matrix units (AMX) CPU training runs under bfloat16 autocast, as on a GPU
@@ -82,7 +82,7 @@ def train_and_eval(dataset: str, model: str, args: argparse.Namespace) -> dict:
         _, seconds = run(exe + cmd[1:] + (["--overwrite"] if out.exists() else []))
         print(f"trained {dataset}:{model} in {seconds:.0f} s", flush=True)
     history = [json.loads(line) for line in log_path.read_text().splitlines()]
-    from siamdiff.checkpoint import read_metadata
+    from siamdiff.core.checkpoint import read_metadata
 
     planned = read_metadata(out / "model.safetensors")["extra"]["recipe"]["train"]["epochs"]
     if epochs and int(epochs) != planned:
@@ -95,7 +95,7 @@ def train_and_eval(dataset: str, model: str, args: argparse.Namespace) -> dict:
     recorded = extra.get("command")
     if recorded:  # the command that trained this model (it may have run elsewhere, e.g. on a GPU machine)
         cmd = shlex.split(recorded)
-    from siamdiff.checkpoint import save_float16_copy
+    from siamdiff.core.checkpoint import save_float16_copy
 
     shipped = save_float16_copy(out / "model.safetensors", out / "model-float16.safetensors")  # evaluated as shipped
     ecmd = ["siamdiff", "eval", "similarity", "--model", str(shipped), "--dataset", dataset,
@@ -166,7 +166,7 @@ def _float_dtypes(path: str) -> set[str]:
 
 
 def write_card(row: dict, hw: dict, version: str, dest: Path) -> None:
-    from siamdiff.checkpoint import read_metadata
+    from siamdiff.core.checkpoint import read_metadata
 
     meta = read_metadata(row["model_path"])
     card = {"name": f"similarity-{row['dataset']}", "kind": "similarity", "dataset": row["dataset"],

@@ -27,7 +27,7 @@ def tiny_model(tmp_path_factory) -> Path:
     """A tiny similarity model trained for one short epoch on the embedded MNIST sample."""
     from siamdiff.data.datasets import load_sample
     from siamdiff.similarity.train import SimilarityTask, recipe
-    from siamdiff.train import fit
+    from siamdiff.core.training.loop import fit
 
     data = load_sample("mnist")
     idx = torch.arange(len(data))
@@ -54,7 +54,7 @@ def digit_folder(tmp_path_factory) -> Path:
 
 def fit_killed_after_first_epoch(task, cfg, out) -> None:
     """Run ``fit`` and kill it as the second epoch starts, as a stopped job would be; asserts it was cut there."""
-    from siamdiff.train import fit
+    from siamdiff.core.training.loop import fit
 
     class Killed(Exception):
         pass
@@ -74,7 +74,7 @@ def fit_killed_after_first_epoch(task, cfg, out) -> None:
 
 def same_weights(path_a, path_b) -> bool:
     """Whether two model files hold bit-identical weights."""
-    from siamdiff.checkpoint import load_model
+    from siamdiff.core.checkpoint import load_model
 
     a, b = load_model(path_a)[0].state_dict(), load_model(path_b)[0].state_dict()
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from siamdiff.checkpoint import load_model, read_metadata, save_model
-from siamdiff.errors import CheckpointError, SiamdiffError
-from siamdiff.similarity.models import PRESETS, EmbedConfig, EmbeddingNet, preset
+from siamdiff.core.checkpoint import load_model, read_metadata, save_model
+from siamdiff.core.errors import CheckpointError, SiamdiffError
+from siamdiff.nets.convnet import PRESETS, EmbedConfig, EmbeddingNet, preset
 
 
 @pytest.mark.parametrize("name", ["tiny-1", "tiny-3", "seed-mnist", "default-mnist"])
@@ -98,7 +98,7 @@ def test_config_round_trips_through_json():
 
 
 def test_float16_copy_keeps_metadata_and_loads_as_float32(tmp_path):
-    from siamdiff.checkpoint import save_float16_copy
+    from siamdiff.core.checkpoint import save_float16_copy
 
     torch.manual_seed(0)
     model = EmbeddingNet(PRESETS["tiny-1"]).eval()
@@ -115,7 +115,7 @@ def test_float16_copy_keeps_metadata_and_loads_as_float32(tmp_path):
 
 
 def test_float16_copy_leaves_an_identical_copy_alone(tmp_path):
-    from siamdiff.checkpoint import save_float16_copy
+    from siamdiff.core.checkpoint import save_float16_copy
 
     torch.manual_seed(0)
     model = EmbeddingNet(PRESETS["tiny-1"]).eval()

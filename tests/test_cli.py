@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from siamdiff.cli import main
-from siamdiff.similarity.models import PRESETS, EmbeddingNet
-from siamdiff.checkpoint import save_model
+from siamdiff.nets.convnet import PRESETS, EmbeddingNet
+from siamdiff.core.checkpoint import save_model
 
 
 def run(capsys, *argv):
@@ -153,8 +153,8 @@ def test_train_eval_cli_on_folder_dataset(capsys, digit_folder, tmp_path):
 
 
 def test_train_similarity_fine_tunes_from_init(capsys, tiny_model, digit_folder, tmp_path):
-    from siamdiff.checkpoint import load_model
-    from siamdiff.similarity.models import build_from_config
+    from siamdiff.core.checkpoint import load_model
+    from siamdiff.nets.convnet import build_from_config
 
     # the folder is read at the model's size and channel count (the default for folders is 3 x 32 x 32)
     code, _, err = run(capsys, "train", "similarity", "--dataset", f"folder:{digit_folder}", "--epochs", 1,

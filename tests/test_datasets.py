@@ -12,7 +12,7 @@ import torch
 from siamdiff.data import datasets as ds
 from siamdiff.data.augment import random_cutout, random_flip, random_translate
 from siamdiff.data.folder import folder_split_indices
-from siamdiff.errors import SiamdiffError
+from siamdiff.core.errors import SiamdiffError
 
 
 def _write_idx(path, array):
@@ -177,7 +177,7 @@ def test_folder_image_size_out_of_range_is_refused_before_reading(tmp_path):
 def test_folder_that_would_not_fit_in_memory_is_refused_before_reading(tmp_path, monkeypatch):
     from PIL import Image
 
-    from siamdiff import config
+    from siamdiff.core import config
 
     for c in ("a", "b"):
         (tmp_path / c).mkdir()

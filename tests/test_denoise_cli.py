@@ -90,9 +90,9 @@ def test_denoise_checks_every_output_before_writing_any(capsys, tiny_ddpm, noisy
 
 
 def test_companions_made_for_other_images_are_refused(capsys, tiny_ddpm, noisy_pngs, tmp_path):
-    from siamdiff.checkpoint import save_model
+    from siamdiff.core.checkpoint import save_model
     from siamdiff.reconstruction.estimate import SigmaNet, SigmaNetConfig
-    from siamdiff.similarity.models import EmbedConfig, EmbeddingNet
+    from siamdiff.nets.convnet import EmbedConfig, EmbeddingNet
 
     colour = tmp_path / "sigma-rgb.safetensors"
     save_model(colour, SigmaNet(SigmaNetConfig(3, (4, 4))), "sigma", SigmaNetConfig(3, (4, 4)).to_dict())
@@ -200,7 +200,7 @@ def test_denoise_uses_the_learned_estimator_and_predicted_label(capsys, tiny_ddp
                                                                  tmp_path):
     import torch
 
-    from siamdiff.checkpoint import load_model
+    from siamdiff.core.checkpoint import load_model
     from siamdiff.reconstruction.api import Denoiser
 
     code, out, err = run(capsys, "denoise", noisy_pngs[0], "--out", tmp_path / "a.png", "--model", tiny_ddpm,
@@ -255,7 +255,7 @@ def test_eval_of_a_shipped_model_uses_its_estimator_and_classifier(capsys):
 
 
 def test_train_ddpm_fine_tunes_from_init(capsys, tiny_ddpm, tiny_model, digit_folder, tmp_path):
-    from siamdiff.checkpoint import load_model, read_metadata
+    from siamdiff.core.checkpoint import load_model, read_metadata
     from siamdiff.reconstruction.models import build_from_config
 
     base = ["train", "ddpm", "--dataset", f"folder:{digit_folder}", "--epochs", "1", "--lr", "1e-5"]
@@ -304,7 +304,7 @@ def test_compiled_denoiser_matches_eager(tiny_ddpm):
 def test_compile_failure_is_one_clear_error(tiny_ddpm, monkeypatch):
     import torch
 
-    from siamdiff.errors import SiamdiffError
+    from siamdiff.core.errors import SiamdiffError
     from siamdiff.reconstruction.api import Denoiser
 
     def broken(net, **kw):
@@ -388,7 +388,7 @@ def test_eval_refuses_images_the_model_cannot_take(capsys, tiny_ddpm, digit_fold
 
 
 def test_eval_refuses_a_measurement_that_does_not_fit_in_memory(capsys, monkeypatch):
-    from siamdiff import config
+    from siamdiff.core import config
 
     monkeypatch.setattr(config, "IMAGE_MEMORY_BYTES", 2**20)  # 30 images x 2 copies: 0.19 MB at 28, 2.2 MB at 96
     argv = ["eval", "denoise", "--dataset", "sample:mnist", "--method", "noisy", "--sigmas", "0.1", "--n", 30]
@@ -418,7 +418,7 @@ def test_train_refuses_sizes_a_builtin_dataset_cannot_take(capsys, tiny_ddpm, tm
 
 
 def test_train_ddpm_at_another_size_on_a_builtin_dataset(capsys, data_root, tmp_path):
-    from siamdiff.checkpoint import load_model
+    from siamdiff.core.checkpoint import load_model
 
     base = ["train", "ddpm", "--dataset", "mnist", "--data-dir", data_root, "--epochs", "1", "--max-batches", "1"]
     # MNIST is read at 28x28; --image-size gives the model's size and training resizes to it, as for the seed
@@ -429,7 +429,7 @@ def test_train_ddpm_at_another_size_on_a_builtin_dataset(capsys, data_root, tmp_
 
 
 def test_train_ddpm_loss_option(capsys, tiny_ddpm, digit_folder, tmp_path):
-    from siamdiff.checkpoint import read_metadata
+    from siamdiff.core.checkpoint import read_metadata
 
     base = ["train", "ddpm", "--dataset", f"folder:{digit_folder}", "--model", "tiny", "--epochs", "1",
             "--max-batches", "1", "--channels", "1", "--image-size", "16"]

@@ -24,7 +24,7 @@ from siamdiff.data.imageio import (
     read_image,
     write_png_atomic,
 )
-from siamdiff.errors import ImageReadError, SiamdiffError
+from siamdiff.core.errors import ImageReadError, SiamdiffError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

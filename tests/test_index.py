@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from siamdiff.errors import SiamdiffError
+from siamdiff.core.errors import SiamdiffError
 from siamdiff.similarity.api import SimilarityModel
 from siamdiff.similarity.index import Index, build_index, nearest, search
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from siamdiff.checkpoint import load_model
+from siamdiff.core.checkpoint import load_model
 from siamdiff.cli import main
 from siamdiff.reconstruction.vae import PRESETS, VAE, kl_divergence, vae_loss
 

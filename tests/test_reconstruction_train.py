@@ -4,13 +4,13 @@ import pytest
 import torch
 from conftest import fit_killed_after_first_epoch, same_weights
 
-from siamdiff.checkpoint import load_model
+from siamdiff.core.checkpoint import load_model
 from siamdiff.data.datasets import ImageSet
 from siamdiff.reconstruction.diffusion import denoise
 from siamdiff.reconstruction.models import PRESETS, UNetConfig, build_from_config
 from siamdiff.reconstruction.schedule import Schedule
 from siamdiff.reconstruction.train import DiffusionRecipe, DiffusionTask
-from siamdiff.train import TrainConfig, fit
+from siamdiff.core.training.loop import TrainConfig, fit
 
 
 def _data(n=48, size=8):

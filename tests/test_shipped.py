@@ -6,9 +6,10 @@ import shlex
 import pytest
 
 from siamdiff.demo import run_demo
-from siamdiff.similarity.api import SHIPPED, SimilarityModel, shipped_path
+from siamdiff.core.registry import DATASETS as SHIPPED, shipped_path
+from siamdiff.similarity.api import SimilarityModel
 from siamdiff.similarity.evaluate import evaluate
-from siamdiff.similarity.models import EmbedConfig
+from siamdiff.nets.convnet import EmbedConfig
 
 CARD_FIELDS = ("command", "data", "train_seconds", "hardware", "metrics", "config", "calibration")
 
@@ -64,7 +65,7 @@ RECONSTRUCTION_KINDS = ("diffusion", "sigma", "classifier")
 @pytest.mark.parametrize("name", SHIPPED)
 @pytest.mark.parametrize("kind", RECONSTRUCTION_KINDS)
 def test_shipped_reconstruction_models_have_cards(name, kind):
-    from siamdiff.checkpoint import load_model
+    from siamdiff.core.checkpoint import load_model
 
     path = shipped_path(kind, name)
     card = json.loads(path.with_suffix(".json").read_text())

@@ -6,11 +6,11 @@ import pytest
 import torch
 from conftest import fit_killed_after_first_epoch, same_weights
 
-from siamdiff.checkpoint import load_model
+from siamdiff.core.checkpoint import load_model
 from siamdiff.data.datasets import load_sample
-from siamdiff.errors import SiamdiffError
+from siamdiff.core.errors import SiamdiffError
 from siamdiff.similarity.train import SimilarityTask, recipe
-from siamdiff.train import fit
+from siamdiff.core.training.loop import fit
 
 
 def _sets():
@@ -104,7 +104,7 @@ def test_resumed_fine_tuning_keeps_its_start_without_being_told_again(tiny_model
 
 
 def test_bf16_autocast_where_the_hardware_has_it(monkeypatch):
-    import siamdiff.train as train_mod
+    import siamdiff.core.training.loop as train_mod
 
     cfg = recipe("tiny", "mnist", 1, 28).train
     monkeypatch.setattr(train_mod, "cpu_has_bf16_matrix_units", lambda: False)

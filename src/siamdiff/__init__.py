@@ -7,13 +7,12 @@
 >>> clean, info = Denoiser.load("mnist").denoise(noisy)   # noisy: (N, 1, 28, 28) in [0, 1]; sigma estimated
 """
 
-__version__ = "0.1.0"
-
-from .checkpoint import load_model, save_model  # noqa: E402
-from .data import ImageSet, load_dataset  # noqa: E402
-from .errors import SiamdiffError  # noqa: E402
-from .similarity import Index, SimilarityModel, build_index, search  # noqa: E402
-from .reconstruction.api import Denoiser  # noqa: E402
+from .core.checkpoint import load_model, save_model
+from .core.errors import SiamdiffError
+from .core.version import __version__
+from .data import ImageSet, load_dataset
+from .reconstruction.api import Denoiser
+from .similarity import Index, SimilarityModel, build_index, search
 
 __all__ = ["Denoiser", "ImageSet", "Index", "SiamdiffError", "SimilarityModel", "__version__", "build_index",
            "load_dataset", "load_model", "save_model", "search"]

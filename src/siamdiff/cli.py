@@ -14,10 +14,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import __version__
-from .config import MAX_IMAGE_SIZE
-from .errors import SiamdiffError, first_line
-from .files import check_writable
+from .core.version import __version__
+from .core.config import MAX_IMAGE_SIZE
+from .core.errors import SiamdiffError, first_line
+from .core.files import check_writable
 
 log = logging.getLogger("siamdiff")
 

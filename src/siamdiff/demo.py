@@ -12,11 +12,12 @@ import time
 from pathlib import Path
 
 
-from .files import atomic_write
+from .core.files import atomic_write
 from .data.datasets import load_sample
 from .data.imageio import write_png_atomic
-from .errors import SiamdiffError
-from .similarity.api import SHIPPED, SimilarityModel, shipped_path
+from .core.errors import SiamdiffError
+from .core.registry import shipped
+from .similarity.api import SimilarityModel
 from .similarity.evaluate import evaluate
 from .similarity.index import Index, build_index, search
 from .similarity.pairs import balanced_pairs
@@ -139,7 +140,7 @@ def run_demo(out: str | Path = "siamdiff-demo") -> Path:
         (out / MARKER).touch()
     except OSError as exc:
         raise SiamdiffError(f"cannot create '{out}': {exc.strerror}") from None
-    names = [n for n in SHIPPED if shipped_path("similarity", n).is_file()]
+    names = shipped("similarity")
     if not names:
         raise SiamdiffError("no shipped similarity weights are installed")
     lines = [REPORT_TITLE, "",
@@ -150,7 +151,7 @@ def run_demo(out: str | Path = "siamdiff-demo") -> Path:
     for name in names:
         section, _ = _section(name, out)
         lines += section
-    for name in [n for n in SHIPPED if shipped_path("diffusion", n).is_file()]:
+    for name in shipped("diffusion"):
         lines += _denoise_section(name, out)
     lines.append(f"Demo took {time.perf_counter() - began:.1f} s.")
     text = "\n".join(lines) + "\n"

@@ -26,7 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import SiamdiffError
+from ..core.errors import SiamdiffError
+from ..core.registry import DATASETS, canonical
+from .folder import load_folder_splits
+from .types import ImageSet
 
 log = logging.getLogger(__name__)
 
@@ -65,34 +68,7 @@ _IDX_SPECS = {
 }
 _CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 _CIFAR_MD5 = "c58f30108f718f92721af3b95e74349a"
-BUILTIN = ("mnist", "fashion-mnist", "cifar10")
-
-
-@dataclass(frozen=True)
-class ImageSet:
-    """A labelled set of images held in memory.
-
-    images: ``(N, C, H, W)`` uint8; labels: ``(N,)`` int64 indices into ``classes``.
-    """
-
-    name: str
-    split: str
-    images: torch.Tensor
-    labels: torch.Tensor
-    classes: list[str]
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        """``(C, H, W)`` of one image."""
-        c, h, w = self.images.shape[1:]
-        return int(c), int(h), int(w)
-
-    def subset(self, index: torch.Tensor | np.ndarray | list[int]) -> ImageSet:
-        idx = torch.as_tensor(index, dtype=torch.long)
-        return ImageSet(self.name, self.split, self.images[idx], self.labels[idx], self.classes)
+BUILTIN = DATASETS
 
 
 def data_dir(explicit: str | os.PathLike | None = None) -> Path:
@@ -110,9 +86,8 @@ def canonical_name(name: str) -> str:
         if not name[len("folder:"):].strip():  # an empty path would read the current folder
             raise SiamdiffError("folder: needs a path, e.g. folder:my_images")
         return name
-    key = name.lower().replace("_", "-")
-    key = {"fashionmnist": "fashion-mnist", "fmnist": "fashion-mnist", "cifar-10": "cifar10"}.get(key, key)
-    if key not in BUILTIN:
+    key = canonical(name)
+    if key is None:
         raise SiamdiffError(f"unknown dataset '{name}': use one of {', '.join(BUILTIN)}, folder:PATH or sample:NAME")
     return key
 
@@ -159,7 +134,6 @@ def load_splits(name: str, splits: tuple[str, ...], root: str | os.PathLike | No
         return [load_sample(canonical_name(name[len("sample:"):]))] * len(splits)
     name = canonical_name(name)
     if name.startswith("folder:"):
-        from .folder import load_folder_splits
         return load_folder_splits(name[len("folder:"):], splits, 32 if image_size is None else image_size,
                                   channels or 3)
     folder = data_dir(root)

@@ -7,9 +7,10 @@ import logging
 import numpy as np
 import torch
 
-from ..config import MAX_IMAGE_SIZE
-from ..errors import SiamdiffError
+from ..core.config import MAX_IMAGE_SIZE
+from ..core.errors import SiamdiffError
 from .imageio import read_folder
+from .types import ImageSet
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +37,8 @@ def folder_split_indices(labels: np.ndarray, split: str, seed: int = FOLDER_SEED
     return np.sort(np.concatenate(out)) if out else np.zeros(0, dtype=np.int64)
 
 
-def load_folder_splits(path: str, splits: tuple[str, ...], image_size: int, channels: int) -> list:
+def load_folder_splits(path: str, splits: tuple[str, ...], image_size: int, channels: int) -> list[ImageSet]:
     """The requested splits of ``PATH/<class>/<images>``, reading the folder once."""
-    from .datasets import ImageSet
-
     if not 1 <= image_size <= MAX_IMAGE_SIZE:
         raise SiamdiffError(f"image size {image_size} is not a side from 1 to {MAX_IMAGE_SIZE}")
     found = read_folder(path, channels=channels, size=(image_size, image_size), class_from_parent=True)

@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from .. import config
-from ..errors import ImageReadError
-from ..files import atomic_write
+from ..core import config
+from ..core.errors import ImageReadError
+from ..core.files import atomic_write
 
 __all__ = [
     "IMAGE_EXTENSIONS",

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..checkpoint import load_model
+from ..core.checkpoint import load_model
 from ..data.imageio import IMAGE_EXTENSIONS, fit_to, read_image
-from ..errors import SiamdiffError, first_line
-from ..similarity.api import resolve_model_path, shipped_name, shipped_path
+from ..core.errors import SiamdiffError, first_line
+from ..core.registry import companion, resolve
 from .diffusion import METHODS, denoise
 from .estimate import WAVELET, wavelet_sigma
 from .noise import declip
@@ -35,15 +35,6 @@ class DenoiseInfo:
     method: str
     sigma_estimator: str | None = None  # "learned" or "wavelet-MAD" when σ was estimated
     labels: list[int] | None = None  # the classes kept by guidance, if any
-
-
-def companion_path(kind: str, diffusion_path: Path, given: str | os.PathLike | None) -> str | os.PathLike | None:
-    """The ``sigma`` or ``classifier`` model to use with a diffusion model: ``given`` when there is one, else the
-    shipped companion when ``diffusion_path`` is a shipped diffusion model (and that file is installed), else None."""
-    if given is not None:
-        return given
-    name = shipped_name("diffusion", diffusion_path)
-    return shipped_path(kind, name) if name and shipped_path(kind, name).is_file() else None
 
 
 class Denoiser:
@@ -65,19 +56,19 @@ class Denoiser:
         """A shipped name (``mnist``, ``fashion-mnist``, ``cifar10``: with its learned noise estimator and its
         classifier) or a model file / run folder (with the ``estimator`` and ``classifier`` files given, if any).
         ``estimator="wavelet"`` estimates σ by wavelet-MAD even where a learned estimator would come along."""
-        path = resolve_model_path("diffusion", name_or_path)
+        path = resolve("diffusion", name_or_path)
         net, meta = load_model(path, kind="diffusion")
 
-        def companion(kind: str, given: str | os.PathLike | None) -> torch.nn.Module | None:
-            found = companion_path(kind, path, given)
+        def load_companion(kind: str, given: str | os.PathLike | None) -> torch.nn.Module | None:
+            found = companion(kind, path, given)
             if found is None:
                 return None
-            model = load_model(resolve_model_path(kind, found), kind=kind)[0]
+            model = load_model(found, kind=kind)[0]
             check_fits(model, kind, found, net.config.in_channels, net.config.image_size)
             return model
 
-        sigma_net = None if str(estimator).lower() in WAVELET else companion("sigma", estimator)
-        return cls(net, meta, str(name_or_path), sigma_net, companion("classifier", classifier))
+        sigma_net = None if str(estimator).lower() in WAVELET else load_companion("sigma", estimator)
+        return cls(net, meta, str(name_or_path), sigma_net, load_companion("classifier", classifier))
 
     def compile(self) -> Denoiser:
         """Compile the diffusion network and the noise estimator with ``torch.compile`` (in place; returns self).

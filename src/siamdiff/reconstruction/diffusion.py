@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..errors import SiamdiffError
+from ..core.errors import SiamdiffError
 from .schedule import Schedule, step_for_sigma
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import JsonConfig
+from ..core.config import JsonConfig
 
 WAVELET = ("wavelet", "wavelet-mad")  # the names that choose wavelet-MAD where a noise estimator model is asked for
 

@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import config
-from ..checkpoint import load_model
+from ..core import config
+from ..core.checkpoint import load_model
 from ..data.datasets import load_dataset
-from ..errors import SiamdiffError
-from ..similarity.api import resolve_model_path
-from .api import check_fits, companion_path
+from ..core.errors import SiamdiffError
+from ..core.registry import companion, resolve
+from .api import check_fits
 from .diffusion import METHODS as DIFFUSION_METHODS, denoise
 from .estimate import WAVELET, relative_error, wavelet_sigma
 from .metrics import psnr, ssim
@@ -41,7 +41,7 @@ MODEL_KIND = {"tweedie": "diffusion", "ddim": "diffusion", "ancestral": "diffusi
 def _load(kind: str, path: str | Path | None) -> tuple[torch.nn.Module, dict]:
     if path is None:
         raise SiamdiffError(f"this method needs a {kind} model: pass --model")
-    return load_model(resolve_model_path(kind, path), kind=kind)
+    return load_model(resolve(kind, path), kind=kind)
 
 
 def _skimage(noisy: torch.Tensor, sigma: np.ndarray, method: str) -> torch.Tensor:
@@ -123,7 +123,7 @@ def evaluate_denoise(dataset: str, sigmas: list[float], method: str, model: str 
     """One row per σ: ``{"sigma", "method", "psnr", "ssim", "class_accuracy", "sigma_rel_error", "n", ...}``.
 
     The noisy images are drawn on the CPU (the same on every machine); networks run on ``device``."""
-    from ..train import resolve_device, synchronize
+    from ..core.training.loop import resolve_device, synchronize
 
     dev = resolve_device(device)
     if any(not 0 < s <= 100 for s in sigmas):  # nan fails too; 1e300 overflowed the metrics
@@ -147,9 +147,9 @@ def evaluate_denoise(dataset: str, sigmas: list[float], method: str, model: str 
                             f"{runner.net.config.in_channels}-channel images")
     test = test.subset(np.arange(min(n, len(test))))
     if MODEL_KIND.get(method) == "diffusion" and model is not None:  # as in `siamdiff denoise`: a shipped model
-        path = resolve_model_path("diffusion", model)  # brings its own estimator and classifier
-        estimator = companion_path("sigma", path, estimator)
-        classifier = companion_path("classifier", path, classifier)
+        path = resolve("diffusion", model)  # brings its own estimator and classifier
+        estimator = companion("sigma", path, estimator) if str(estimator).lower() not in WAVELET else estimator
+        classifier = companion("classifier", path, classifier)
     if str(estimator).lower() in WAVELET:
         estimator = None
     clf = _load("classifier", classifier)[0].to(dev) if classifier else None

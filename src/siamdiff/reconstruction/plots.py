@@ -8,20 +8,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..similarity.plots import _pyplot, _save, _show
+from ..core.plotting import pyplot, save_figure, show_image
 from .diffusion import _ab, predict_eps, x0_from_eps
 from .schedule import step_for_sigma
 
 
 def _row(axes, images: torch.Tensor, label: str) -> None:
     for ax, img in zip(axes, images):
-        _show(ax, (img.clamp(0, 1) * 255).round().to(torch.uint8).numpy())
+        show_image(ax, (img.clamp(0, 1) * 255).round().to(torch.uint8).numpy())
     axes[0].set_ylabel(label, fontsize=8)
 
 
 def plot_vae_grid(vae, clean: torch.Tensor, noisy: torch.Tensor, path: Path) -> Path:
     """Four rows as in the report: originals, VAE reconstructions, noisy versions, VAE reconstructions of those."""
-    plt = _pyplot()
+    plt = pyplot()
     n = len(clean)
     fig, axes = plt.subplots(4, n, figsize=(n * 0.9, 4 * 0.95))
     rows = [(clean, "original"), (vae.reconstruct(clean), "VAE(original)"), (noisy.clamp(0, 1), "noisy"),
@@ -29,7 +29,7 @@ def plot_vae_grid(vae, clean: torch.Tensor, noisy: torch.Tensor, path: Path) -> 
     for axes_row, (images, label) in zip(axes, rows):
         _row(axes_row, images, label)
     fig.suptitle("VAE: reconstructions of clean and of noisy inputs", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 @torch.no_grad()
@@ -38,7 +38,7 @@ def plot_chain(net, schedule, noisy: torch.Tensor, sigma: float, path: Path, fra
     """One image's ancestral reverse chain from t* to 0: x_t (top) and the current x̂_0 estimate (bottom)."""
     from .diffusion import ancestral_step
 
-    plt = _pyplot()
+    plt = pyplot()
     t_star = int(step_for_sigma(schedule, sigma))
     x = _ab(schedule, torch.tensor([t_star]), noisy).sqrt() * (noisy * 2 - 1)
     labels = torch.tensor([label]) if label is not None else None
@@ -57,12 +57,12 @@ def plot_chain(net, schedule, noisy: torch.Tensor, sigma: float, path: Path, fra
     for ax, t in zip(axes[0], [*shown, "out"]):
         ax.set_title(f"t={t}", fontsize=7)
     fig.suptitle(f"Reverse chain from t*={t_star} (sigma {sigma})", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_psnr_curves(rows: list[dict], path: Path, title: str = "") -> Path:
     """PSNR against σ, one line per method, from benchmark rows ``{"name", "sigma", "psnr"}``."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4))
     for i, name in enumerate(dict.fromkeys(r["name"] for r in rows)):
         pts = sorted((r["sigma"], r["psnr"]) for r in rows if r["name"] == name)
@@ -75,13 +75,13 @@ def plot_psnr_curves(rows: list[dict], path: Path, title: str = "") -> Path:
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_flips(clean: torch.Tensor, noisy: torch.Tensor, outputs: dict[str, torch.Tensor], truth: torch.Tensor,
                predicted: dict[str, torch.Tensor], classes: list[str], path: Path) -> Path:
     """Rows: clean, noisy, then each method's output; a red title marks an output whose class flipped."""
-    plt = _pyplot()
+    plt = pyplot()
     n = len(clean)
     fig, axes = plt.subplots(2 + len(outputs), n, figsize=(n * 0.95, (2 + len(outputs)) * 1.05))
     _row(axes[0], clean, "clean")
@@ -91,4 +91,4 @@ def plot_flips(clean: torch.Tensor, noisy: torch.Tensor, outputs: dict[str, torc
         for ax, p, t in zip(axes_row, predicted[name], truth):
             ax.set_title(classes[int(p)], fontsize=7, color="red" if p != t else "black")
     fig.suptitle("Denoised outputs; red: the classifier sees another class than the clean image's", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import config
+from ..core import config
 from ..data.imageio import write_png_atomic
-from ..errors import SiamdiffError
+from ..core.errors import SiamdiffError
 from .diffusion import ancestral, ddim
 
 

@@ -17,12 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import __version__
-from ..checkpoint import save_model
+from ..core.version import __version__
+from ..core.checkpoint import save_model
 from ..data.augment import augment
 from ..data.datasets import ImageSet, load_splits, refuse_shape_options
-from ..errors import SiamdiffError
-from ..train import TrainConfig, epoch_generator, fit, shuffled_batches
+from ..core.errors import SiamdiffError
+from ..core.training.loop import TrainConfig, epoch_generator, fit, shuffled_batches
 from .estimate import SigmaNet, SigmaNetConfig
 from .metrics import psnr
 from .models import UNetConfig, build_from_config as build_unet
@@ -171,7 +171,7 @@ def train_reconstruction(what: str, dataset: str, out_dir: str | Path, model: st
                          device: str = "auto", max_batches: int | None = None, image_size: int | None = None,
                          channels: int | None = None) -> list[dict[str, Any]]:
     """Train one of ``vae`` (``--model seed|conv|tiny``), ``denoiser``, ``classifier``, ``noise-estimator``."""
-    from ..similarity.models import EmbedConfig, EmbeddingNet, preset
+    from ..nets.convnet import EmbedConfig, EmbeddingNet, preset
     from .models import PRESETS as UNETS
     from .vae import PRESETS as VAES
 

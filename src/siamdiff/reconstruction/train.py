@@ -11,11 +11,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .. import __version__
-from ..checkpoint import init_record, save_model
+from ..core.version import __version__
+from ..core.checkpoint import init_record, save_model
 from ..data.augment import augment
 from ..data.datasets import ImageSet
-from ..train import TrainConfig, epoch_generator, shuffled_batches
+from ..core.training.loop import TrainConfig, epoch_generator, shuffled_batches
 from .models import UNetConfig, build_from_config
 from .schedule import Schedule, add_noise
 
@@ -154,7 +154,7 @@ def diffusion_recipe(model: str, in_channels: int, image_size: int, epochs: int 
                      max_batches: int | None = None) -> DiffusionRecipe:
     """``unet`` (siamdiff's), ``seed`` (the report's design: T=300 linear, L1, Adam 1e-3, batch 128, 19 epochs,
     32×32, no classes) or ``tiny`` (tests)."""
-    from ..errors import SiamdiffError
+    from ..core.errors import SiamdiffError
     from .models import PRESETS
 
     if model == "seed":
@@ -186,11 +186,11 @@ def train_diffusion(dataset: str, out_dir: str | Path, model: str = "unet", data
     kept (``model`` is then ignored; a folder dataset is read at the model's size and channel count unless
     ``image_size``/``channels`` say otherwise); ``overrides`` set the new run's epochs, learning rate and batch
     size. ``loss`` (``mse`` or ``l1``) replaces the design's loss on the noise, for a new model only."""
-    from ..checkpoint import load_model
+    from ..core.checkpoint import load_model
     from ..data.datasets import load_splits, refuse_shape_options
-    from ..errors import SiamdiffError
-    from ..similarity.api import resolve_model_path
-    from ..train import fit
+    from ..core.errors import SiamdiffError
+    from ..core.registry import resolve
+    from ..core.training.loop import fit
 
     builtin = not dataset.startswith(("folder:", "sample:"))  # read at its own size; --image-size is the model's
     refuse_shape_options(dataset, channels=channels)
@@ -199,7 +199,7 @@ def train_diffusion(dataset: str, out_dir: str | Path, model: str = "unet", data
     if init is not None:
         if loss is not None:
             raise SiamdiffError("--init keeps the model's loss; leave out --loss")
-        path = resolve_model_path("diffusion", init)
+        path = resolve("diffusion", init)
         net, meta = load_model(path, kind="diffusion")
         cfg = net.config
         if builtin and image_size not in (None, cfg.image_size):
@@ -231,7 +231,7 @@ def _recipe_of(init: str, cfg: UNetConfig, meta: dict[str, Any], channels: int, 
     ``channels`` channels in ``n_classes`` classes: its schedule, loss and optimiser, with ``overrides`` (epochs,
     batch size, learning rate, batches per epoch) for the new run; refuses a model made for other channels or
     classes."""
-    from ..errors import SiamdiffError
+    from ..core.errors import SiamdiffError
 
     if cfg.in_channels != channels:  # another size is resized to the model's, as for the seed's 32×32
         raise SiamdiffError(f"--init '{init}' was trained on images with {cfg.in_channels} channel(s); this dataset "

@@ -9,59 +9,20 @@ from __future__ import annotations
 
 import hashlib
 import os
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..checkpoint import load_model
+from ..core.checkpoint import load_model
 from ..data.imageio import fit_to, read_image
-from ..errors import CheckpointError, SiamdiffError
+from ..core.errors import CheckpointError, SiamdiffError
+from ..core.registry import resolve, shipped_name
+from ..nets.convnet import EmbeddingNet
 from .calibration import Calibration
 from .embed import embed
-from .models import EmbeddingNet
-
-SHIPPED = ("mnist", "fashion-mnist", "cifar10")
 
 ImageLike = str | os.PathLike | np.ndarray
-
-
-def shipped_path(kind: str, name: str) -> Path:
-    """Path of a shipped weight file, e.g. ``kind="similarity", name="mnist"``."""
-    ref = resources.files("siamdiff.weights").joinpath(f"{kind}-{name}.safetensors")
-    return Path(str(ref))
-
-
-def shipped_name(kind: str, path: Path) -> str | None:
-    """The shipped model name (``mnist``, ...) when ``path`` is the shipped file of that kind, else ``None``."""
-    name = path.stem.removeprefix(f"{kind}-")
-    return name if name in SHIPPED and path == shipped_path(kind, name) else None
-
-
-def resolve_model_path(kind: str, name_or_path: str | os.PathLike) -> Path:
-    """A shipped model name (``mnist``, ``fashion-mnist``, ``cifar10``) or a path to a ``.safetensors`` file."""
-    text = str(name_or_path)
-    if not text.strip():  # Path("") is the current folder
-        raise SiamdiffError(f"no model given: use one of {', '.join(SHIPPED)} or a path to a model file")
-    key = text.lower().replace("_", "-")
-    key = {"fashionmnist": "fashion-mnist", "cifar-10": "cifar10"}.get(key, key)
-    if key in SHIPPED:
-        path = shipped_path(kind, key)
-        if not path.is_file():
-            raise CheckpointError(f"shipped {kind} model '{key}' is not installed in this copy of siamdiff")
-        return path
-    path = Path(text).expanduser()
-    if path.is_dir() and (path / "model.safetensors").is_file():
-        return path / "model.safetensors"
-    if not path.exists() and (path.suffix or len(path.parts) > 1):  # meant as a path
-        raise SiamdiffError(f"model file '{text}' does not exist")
-    if not path.exists():
-        raise SiamdiffError(f"unknown model '{text}': use one of {', '.join(SHIPPED)} or a path to a model file")
-    if path.is_dir():
-        raise SiamdiffError(f"model folder '{text}' holds no model.safetensors: give the model file or its run folder")
-    return path
 
 
 class SimilarityModel:
@@ -92,7 +53,7 @@ class SimilarityModel:
     @classmethod
     def load(cls, name_or_path: str | os.PathLike = "mnist") -> SimilarityModel:
         """Load a shipped model by name (``mnist``, ``fashion-mnist``, ``cifar10``) or a model file / run folder."""
-        path = resolve_model_path("similarity", name_or_path)
+        path = resolve("similarity", name_or_path)
         net, meta = load_model(path, kind="similarity")
         return cls(net, meta, shipped_name("similarity", path) or str(path.resolve()))
 

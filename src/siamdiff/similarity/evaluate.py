@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..data.datasets import ImageSet, load_splits
-from ..errors import SiamdiffError
+from ..core.errors import SiamdiffError
 from .api import SimilarityModel
 from .metrics import (equal_error_rate, best_threshold, retrieval_metrics, roc_auc, verification_accuracy)
 from .pairs import balanced_pairs

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import atomic_write
+from ..core.files import atomic_write
 from ..data.imageio import list_images
-from ..errors import ImageReadError, SiamdiffError, first_line
+from ..core.errors import ImageReadError, SiamdiffError, first_line
 from .api import ImageLike, SimilarityModel
 from .metrics import knn_search
 

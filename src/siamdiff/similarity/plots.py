@@ -7,43 +7,18 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import atomic_write
+from ..core.plotting import pyplot, save_figure, show_image
 from ..data.datasets import ImageSet, load_dataset
-from ..errors import SiamdiffError
+from ..core.errors import SiamdiffError
 from .api import SimilarityModel
 from .metrics import roc_auc, roc_curve
 from .pairs import balanced_pairs
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
-    _pyplot().close(fig)
-    return path
-
-
-def _show(ax, image: np.ndarray) -> None:
-    """Draw a ``(C, H, W)`` uint8 image."""
-    if image.shape[0] == 1:
-        ax.imshow(image[0], cmap="gray", vmin=0, vmax=255)
-    else:
-        ax.imshow(image.transpose(1, 2, 0))
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
 def plot_pairs(model: SimilarityModel, data: ImageSet, path: Path, pairs: tuple[np.ndarray, ...],
                title: str = "") -> Path:
     """A grid of pairs, each with the probability of "same category", the distance and whether it is right."""
-    plt = _pyplot()
+    plt = pyplot()
     i, j, same = pairs
     emb = model.embed(data.images[np.concatenate([i, j])])
     d = np.linalg.norm(emb[: len(i)] - emb[len(i):], axis=1)
@@ -58,19 +33,19 @@ def plot_pairs(model: SimilarityModel, data: ImageSet, path: Path, pairs: tuple[
             a.axis("off")
             b.axis("off")
             continue
-        _show(a, data.images[i[k]].numpy())
-        _show(b, data.images[j[k]].numpy())
+        show_image(a, data.images[i[k]].numpy())
+        show_image(b, data.images[j[k]].numpy())
         decided = d[k] <= model.calibration.threshold
         ok = decided == bool(same[k])
         names = (data.classes[int(data.labels[i[k]])], data.classes[int(data.labels[j[k]])])
         a.set_title(f"p={p[k]:.2f} d={d[k]:.2f}", fontsize=8, loc="left", color="green" if ok else "red")
         b.set_title(f"{names[0]}|{names[1]}", fontsize=7, loc="right")
     fig.suptitle(title or "Pairs: calibrated probability of same category (green = decision right)", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_roc(model: SimilarityModel, data: ImageSet, path: Path, n_pairs: int = 2000) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     i, j, same = balanced_pairs(data.labels.numpy(), n_pairs, seed=0)
     emb = model.embed(data.images)
     d = np.linalg.norm(emb[i] - emb[j], axis=1)
@@ -82,7 +57,7 @@ def plot_roc(model: SimilarityModel, data: ImageSet, path: Path, n_pairs: int = 
     ax.set_ylabel("true accept rate")
     ax.set_title(f"ROC, {len(i)} balanced pairs of {data.name}", fontsize=9)
     ax.legend(loc="lower right")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def project_2d(emb: np.ndarray, method: str = "tsne") -> np.ndarray:
@@ -106,7 +81,7 @@ def plot_map(model: SimilarityModel, data: ImageSet, path: Path, thumbnails: int
     """Test embeddings mapped to 2-D (t-SNE), coloured by class, with image thumbnails on a subset."""
     from matplotlib.offsetbox import AnnotationBbox, OffsetImage
 
-    plt = _pyplot()
+    plt = pyplot()
     if len(data) > max_points:
         data = data.subset(np.random.default_rng(0).choice(len(data), max_points, replace=False))
     xy = project_2d(model.embed(data.images))
@@ -127,7 +102,7 @@ def plot_map(model: SimilarityModel, data: ImageSet, path: Path, thumbnails: int
     ax.set_title(f"{data.name} test embeddings, t-SNE map", fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_all(model: SimilarityModel, dataset: str, out: str | os.PathLike, data_root: str | None = None,

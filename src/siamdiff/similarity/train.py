@@ -11,17 +11,18 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from .. import __version__
-from ..checkpoint import init_record, load_model, save_model
+from ..core.version import __version__
+from ..core.checkpoint import init_record, load_model, save_model
+from ..core.registry import resolve
 from ..data.augment import augment
 from ..data.datasets import ImageSet, load_splits, refuse_shape_options
-from ..train import TrainConfig, epoch_generator, fit, shuffled_batches
+from ..core.training.loop import TrainConfig, epoch_generator, fit, shuffled_batches
 from .calibration import calibrate
 from .embed import embed
-from ..errors import SiamdiffError
+from ..core.errors import SiamdiffError
 from .losses import PAIR_FORMS, LossConfig, Proxies, contrastive_loss
 from .metrics import knn_search, recall_at_k, roc_auc
-from .models import EmbedConfig, EmbeddingNet, preset
+from ..nets.convnet import EmbedConfig, EmbeddingNet, preset
 from .pairs import balanced_pairs, seed_pairs
 
 VAL_PAIRS = 10_000
@@ -200,9 +201,7 @@ def train_similarity(dataset: str, out_dir: str | Path, model: str = "default", 
     refuse_shape_options(dataset, image_size, channels)
     net = meta = None
     if init is not None:
-        from .api import resolve_model_path
-
-        path = resolve_model_path("similarity", init)
+        path = resolve("similarity", init)
         net, meta = load_model(path, kind="similarity")
         image_size, channels = net.config.image_size, net.config.in_channels
         model = "seed" if net.config.arch == "seed" else "default"

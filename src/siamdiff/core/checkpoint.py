@@ -20,18 +20,10 @@ from torch import nn
 from .config import MAX_IMAGE_SIZE
 from .errors import CheckpointError, first_line
 from .files import atomic_write
+from .registry import KINDS
 
 FORMAT = "siamdiff/1"
 
-# kind -> "module:function" building an nn.Module from a config dict; imported lazily to keep the halves apart.
-BUILDERS: dict[str, str] = {
-    "similarity": "siamdiff.similarity.models:build_from_config",
-    "diffusion": "siamdiff.reconstruction.models:build_from_config",
-    "denoiser": "siamdiff.reconstruction.models:build_from_config",
-    "vae": "siamdiff.reconstruction.vae:build_from_config",
-    "classifier": "siamdiff.similarity.models:build_from_config",
-    "sigma": "siamdiff.reconstruction.estimate:build_from_config",
-}
 
 
 def save_model(path: str | os.PathLike, model: nn.Module, kind: str, config: dict[str, Any],
@@ -118,13 +110,13 @@ def load_model(path: str | os.PathLike, kind: str | None = None,
     meta = read_metadata(path)
     if kind is not None and meta["kind"] != kind:
         raise CheckpointError(f"'{path}' is a {meta['kind']} model, not a {kind} model")
-    if meta["kind"] not in BUILDERS:
+    if meta["kind"] not in KINDS:
         raise CheckpointError(f"'{path}' is of unknown kind '{meta['kind']}'")
     size = meta["config"].get("image_size") if isinstance(meta["config"], dict) else None
     if size is not None and not (isinstance(size, int) and 1 <= size <= MAX_IMAGE_SIZE):
         raise CheckpointError(f"cannot rebuild model '{path}': damaged config (image_size {size!r} is not a side "
                               f"from 1 to {MAX_IMAGE_SIZE})")
-    module, func = BUILDERS[meta["kind"]].split(":")
+    module, func = KINDS[meta["kind"]].split(":")
     try:
         model = getattr(importlib.import_module(module), func)(meta["config"])
     except Exception as exc:  # noqa: BLE001 - any config the builder cannot use is a damaged checkpoint

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import JsonConfig
+from ..core.config import JsonConfig
 
 
 @dataclass(frozen=True)

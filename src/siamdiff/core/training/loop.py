@@ -22,9 +22,9 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from .checkpoint import load_state, save_state
-from .files import atomic_write
-from .errors import SiamdiffError
+from ..checkpoint import load_state, save_state
+from ..files import atomic_write
+from ..errors import SiamdiffError
 
 log = logging.getLogger(__name__)
 
