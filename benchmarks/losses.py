@@ -24,7 +24,7 @@ from siamdiff.core.checkpoint import read_metadata  # noqa: E402
 from siamdiff.data.datasets import load_dataset  # noqa: E402
 from siamdiff.similarity.api import SimilarityModel  # noqa: E402
 from siamdiff.similarity.metrics import retrieval_metrics  # noqa: E402
-from siamdiff.similarity.train import train_similarity  # noqa: E402
+from siamdiff.training import TrainOptions, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LOSSES = {"contrastive": {"margin": 1.0}, "hadsell": {"margin": 1.0}, "triplet": {"margin": 0.2}, "supcon": {},
@@ -46,8 +46,8 @@ def main() -> None:
     for loss, kw in LOSSES.items():
         out = Path(args.runs) / f"{args.dataset}-{loss}"
         began = time.perf_counter()
-        history = train_similarity(args.dataset, out, data_root=args.data_dir, loss=loss, epochs=args.epochs,
-                                   overwrite=True, **kw)
+        history = train("similarity", args.dataset, out, TrainOptions(loss=loss, epochs=args.epochs, **kw),
+                        data_dir=args.data_dir, overwrite=True)
         seconds = time.perf_counter() - began
         model = SimilarityModel.load(out / "model.safetensors")
         retrieval = retrieval_metrics(model.embed(test.images), test.labels.numpy(), model.embed(train.images),

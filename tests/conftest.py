@@ -26,14 +26,14 @@ def data_root() -> str:
 def tiny_model(tmp_path_factory) -> Path:
     """A tiny similarity model trained for one short epoch on the embedded MNIST sample."""
     from siamdiff.data.datasets import load_sample
-    from siamdiff.similarity.train import SimilarityTask, recipe
-    from siamdiff.core.training.loop import fit
+    from siamdiff.similarity.task import SimilarityTask, recipe
+    from siamdiff.training import TrainOptions, fit
 
     data = load_sample("mnist")
     idx = torch.arange(len(data))
-    r = recipe("tiny", "mnist", 1, 28, epochs=1, batch_size=50, device="cpu")
+    r = recipe("mnist", 1, 28, TrainOptions(model="tiny", epochs=1, batch_size=50, device="cpu"))
     out = tmp_path_factory.mktemp("tiny_model")
-    fit(SimilarityTask(r, data.subset(idx[idx % 3 != 0]), data.subset(idx[idx % 3 == 0])), r.train, out)
+    fit(SimilarityTask(r, data.subset(idx[idx % 3 != 0]), data.subset(idx[idx % 3 == 0])), out)
     return out / "model.safetensors"
 
 
@@ -52,9 +52,9 @@ def digit_folder(tmp_path_factory) -> Path:
     return root
 
 
-def fit_killed_after_first_epoch(task, cfg, out) -> None:
+def fit_killed_after_first_epoch(task, out) -> None:
     """Run ``fit`` and kill it as the second epoch starts, as a stopped job would be; asserts it was cut there."""
-    from siamdiff.core.training.loop import fit
+    from siamdiff.training import fit
 
     class Killed(Exception):
         pass
@@ -68,7 +68,7 @@ def fit_killed_after_first_epoch(task, cfg, out) -> None:
 
     task.batches = dies_in_epoch_2
     with pytest.raises(Killed):
-        fit(task, cfg, out)
+        fit(task, out)
     assert len((Path(out) / "log.jsonl").read_text().splitlines()) == 1
 
 

@@ -36,7 +36,8 @@ def test_embeddings_are_unit_length_and_seed_is_2d():
 def test_mirror_average_embeds_an_image_and_its_mirror_alike():
     from dataclasses import replace
 
-    from siamdiff.similarity.train import recipe
+    from siamdiff.similarity.task import recipe
+    from siamdiff.training import TrainOptions
 
     torch.manual_seed(0)
     x = torch.rand(4, 3, 32, 32)
@@ -52,10 +53,10 @@ def test_mirror_average_embeds_an_image_and_its_mirror_alike():
     assert torch.allclose(z, expected, atol=1e-5)
     assert torch.allclose(net.train()(x), plain.train()(x), atol=1e-5)
     # the recipe sets it exactly for models trained with random mirrors, and never for the seed design
-    assert recipe("default", "cifar10", 3, 32).model.mirror_average
-    assert recipe("default", "fashion-mnist", 1, 28).model.mirror_average
-    assert not recipe("default", "mnist", 1, 28).model.mirror_average
-    assert not recipe("seed", "cifar10", 3, 32).model.mirror_average
+    assert recipe("cifar10", 3, 32, TrainOptions(model="default")).model.mirror_average
+    assert recipe("fashion-mnist", 1, 28, TrainOptions(model="default")).model.mirror_average
+    assert not recipe("mnist", 1, 28, TrainOptions(model="default")).model.mirror_average
+    assert not recipe("cifar10", 3, 32, TrainOptions(model="seed")).model.mirror_average
 
 
 def test_wrong_kind_wrong_architecture_and_garbage(tmp_path):

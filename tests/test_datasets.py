@@ -197,20 +197,19 @@ def test_folder_that_would_not_fit_in_memory_is_refused_before_reading(tmp_path,
 
 def test_training_apis_refuse_size_options_a_builtin_dataset_would_ignore(tmp_path):
     """The Python API refuses them as the CLI does, before any data is read (the data folder here is empty)."""
-    from siamdiff.reconstruction.tasks import train_reconstruction
-    from siamdiff.reconstruction.train import train_diffusion
-    from siamdiff.similarity.train import train_similarity
+    from siamdiff.training import TrainOptions, train
 
     out, empty = tmp_path / "run", tmp_path / "no-data"
     for call, message in (
-            (lambda: train_reconstruction("denoiser", "MNIST", out, data_root=empty, image_size=16),
-             "--image-size applies to folder datasets only; 'mnist' has a fixed size and channel count"),
-            (lambda: train_similarity("fashion-mnist", out, data_root=empty, image_size=32, channels=3),
-             "--image-size and --channels apply to folder datasets only"),
-            (lambda: train_diffusion("cifar10", out, data_root=empty, channels=1),
-             "--channels applies to folder datasets only; 'cifar10' has a fixed channel count")):
+            (lambda: train("denoiser", "MNIST", out, TrainOptions(image_size=16), data_dir=empty),
+             "image_size applies to folder datasets only; 'mnist' has a fixed size and channel count"),
+            (lambda: train("similarity", "fashion-mnist", out, TrainOptions(image_size=32, channels=3),
+                           data_dir=empty),
+             "image_size and channels apply to folder datasets only"),
+            (lambda: train("ddpm", "cifar10", out, TrainOptions(channels=1), data_dir=empty),
+             "channels applies to folder datasets only; 'cifar10' has a fixed channel count")):
         with pytest.raises(SiamdiffError, match=message):
             call()
         assert not out.exists()
     with pytest.raises(SiamdiffError, match="unknown dataset 'mnsit'"):
-        train_reconstruction("denoiser", "mnsit", out, data_root=empty, image_size=16)
+        train("denoiser", "mnsit", out, TrainOptions(image_size=16), data_dir=empty)

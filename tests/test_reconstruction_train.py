@@ -9,8 +9,8 @@ from siamdiff.data.datasets import ImageSet
 from siamdiff.reconstruction.diffusion import denoise
 from siamdiff.reconstruction.models import PRESETS, UNetConfig, build_from_config
 from siamdiff.reconstruction.schedule import Schedule
-from siamdiff.reconstruction.train import DiffusionRecipe, DiffusionTask
-from siamdiff.core.training.loop import TrainConfig, fit
+from siamdiff.reconstruction.tasks import DiffusionRecipe, DiffusionTask
+from siamdiff.training import TrainConfig, fit
 
 
 def _data(n=48, size=8):
@@ -22,8 +22,8 @@ def _data(n=48, size=8):
 
 
 def _recipe(**kw):
-    return DiffusionRecipe(PRESETS["tiny"], Schedule("cosine", 50),
-                           TrainConfig(epochs=2, batch_size=16, lr=2e-3, device="cpu", **kw))
+    return DiffusionRecipe(PRESETS["tiny"], TrainConfig(epochs=2, batch_size=16, lr=2e-3, device="cpu", **kw),
+                           schedule=Schedule("cosine", 50))
 
 
 @pytest.mark.parametrize("name", ["tiny", "seed"])
@@ -48,18 +48,18 @@ def test_unet_handles_odd_sizes_and_no_class_label():
 
 def test_ddpm_training_writes_ema_model_and_resumes_exactly(tmp_path):
     data = _data()
-    fit(DiffusionTask(_recipe(), data, data), _recipe().train, tmp_path / "full")
+    fit(DiffusionTask(_recipe(), data, data), tmp_path / "full")
     net, meta = load_model(tmp_path / "full" / "model.safetensors", kind="diffusion")
     assert meta["extra"]["weights"] == "ema" and meta["extra"]["schedule"]["kind"] == "cosine"
 
-    fit_killed_after_first_epoch(DiffusionTask(_recipe(), data, data), _recipe().train, tmp_path / "cut")
-    fit(DiffusionTask(_recipe(), data, data), _recipe().train, tmp_path / "cut", resume=True)
+    fit_killed_after_first_epoch(DiffusionTask(_recipe(), data, data), tmp_path / "cut")
+    fit(DiffusionTask(_recipe(), data, data), tmp_path / "cut", resume=True)
     assert same_weights(tmp_path / "full" / "model.safetensors", tmp_path / "cut" / "model.safetensors")
 
 
 def test_trained_tiny_model_plugs_into_denoise(tmp_path):
     data = _data()
-    fit(DiffusionTask(_recipe(), data, data), _recipe().train, tmp_path)
+    fit(DiffusionTask(_recipe(), data, data), tmp_path)
     net, meta = load_model(tmp_path / "model.safetensors", kind="diffusion")
     schedule = Schedule(**meta["extra"]["schedule"])
     y = data.images[:4].float() / 255

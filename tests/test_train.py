@@ -9,8 +9,8 @@ from conftest import fit_killed_after_first_epoch, same_weights
 from siamdiff.core.checkpoint import load_model
 from siamdiff.data.datasets import load_sample
 from siamdiff.core.errors import SiamdiffError
-from siamdiff.similarity.train import SimilarityTask, recipe
-from siamdiff.core.training.loop import fit
+from siamdiff.similarity.task import SimilarityTask, recipe
+from siamdiff.training import TrainOptions, fit
 
 
 def _sets():
@@ -21,13 +21,13 @@ def _sets():
 
 def _task(model="tiny", **kw):
     train, val = _sets()
-    r = recipe(model, "mnist", 1, 28, epochs=2, batch_size=50, device="cpu", **kw)
+    r = recipe("mnist", 1, 28, TrainOptions(model=model, epochs=2, batch_size=50, device="cpu", **kw))
     return SimilarityTask(r, train, val), r
 
 
 def test_fit_writes_model_state_and_log(tmp_path):
     task, r = _task()
-    history = fit(task, r.train, tmp_path)
+    history = fit(task, tmp_path)
     assert [h["epoch"] for h in history] == [1, 2]
     lines = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert lines == history
@@ -41,17 +41,17 @@ def test_fit_writes_model_state_and_log(tmp_path):
 def test_seeded_runs_are_bit_identical_on_cpu(tmp_path):
     for name in ("a", "b"):
         task, r = _task()
-        fit(task, r.train, tmp_path / name)
+        fit(task, tmp_path / name)
     assert same_weights(tmp_path / "a" / "model.safetensors", tmp_path / "b" / "model.safetensors")
 
 
 @pytest.mark.parametrize("loss", ["supcon", "normsoftmax"])  # normsoftmax: its class proxies resume too
 def test_resume_continues_exactly(tmp_path, loss):
     task, r = _task(loss=loss)
-    fit(task, r.train, tmp_path / "full")
+    fit(task, tmp_path / "full")
 
-    fit_killed_after_first_epoch(_task(loss=loss)[0], r.train, tmp_path / "cut")
-    history = fit(_task(loss=loss)[0], r.train, tmp_path / "cut", resume=True)
+    fit_killed_after_first_epoch(_task(loss=loss)[0], tmp_path / "cut")
+    history = fit(_task(loss=loss)[0], tmp_path / "cut", resume=True)
     assert [h["epoch"] for h in history] == [1, 2]
     assert same_weights(tmp_path / "full" / "model.safetensors", tmp_path / "cut" / "model.safetensors")
 
@@ -60,7 +60,7 @@ def test_normsoftmax_trains_proxies_that_stay_out_of_the_model_file(tmp_path):
     task, r = _task(loss="normsoftmax")
     assert r.loss.temperature == 0.05
     before = task.loss_module.weight.detach().clone()
-    fit(task, r.train, tmp_path)
+    fit(task, tmp_path)
     assert not torch.equal(before, task.loss_module.weight.detach())  # optimised with the network
     net, _ = load_model(tmp_path / "model.safetensors", kind="similarity")
     assert set(net.state_dict()) == set(task.model.state_dict())  # the file is the embedding network alone
@@ -85,8 +85,8 @@ def test_fine_tuning_starts_at_the_model_and_its_proxies_at_class_mean_direction
 
     # a class with no training images (possible in a small folder dataset) keeps its random proxy, not a NaN
     train, val = _sets()
-    task = SimilarityTask(recipe("tiny", "mnist", 1, 28, loss="normsoftmax", device="cpu"),
-                          train.subset(torch.nonzero(train.labels != 3).flatten()), val)
+    options = TrainOptions(model="tiny", loss="normsoftmax", device="cpu")
+    task = SimilarityTask(recipe("mnist", 1, 28, options), train.subset(torch.nonzero(train.labels != 3).flatten()), val)
     random_proxies = task.loss_module.weight.detach().clone()
     task.start_from(net, str(tiny_model), meta)
     assert torch.equal(task.loss_module.weight[3], random_proxies[3]) and torch.isfinite(task.loss_module.weight).all()
@@ -97,16 +97,16 @@ def test_resumed_fine_tuning_keeps_its_start_without_being_told_again(tiny_model
     net, meta = load_model(tiny_model, kind="similarity")
     task, r = _task(loss="normsoftmax")
     task.start_from(net, str(tiny_model), meta)
-    fit_killed_after_first_epoch(task, r.train, tmp_path)
-    fit(_task(loss="normsoftmax")[0], r.train, tmp_path, resume=True)  # resumed with no start given
+    fit_killed_after_first_epoch(task, tmp_path)
+    fit(_task(loss="normsoftmax")[0], tmp_path, resume=True)  # resumed with no start given
     record = load_model(tmp_path / "model.safetensors", kind="similarity")[1]["extra"]["init"]
     assert record is not None and record["from"] == str(tiny_model) and record["epochs"] == 1
 
 
 def test_bf16_autocast_where_the_hardware_has_it(monkeypatch):
-    import siamdiff.core.training.loop as train_mod
+    import siamdiff.training.loop as train_mod
 
-    cfg = recipe("tiny", "mnist", 1, 28).train
+    cfg = recipe("mnist", 1, 28, TrainOptions(model="tiny")).train
     monkeypatch.setattr(train_mod, "cpu_has_bf16_matrix_units", lambda: False)
     assert not train_mod.autocast_enabled(cfg, torch.device("cpu"))
     assert train_mod.autocast_enabled(cfg, torch.device("cuda"))
@@ -119,47 +119,47 @@ def test_bf16_autocast_where_the_hardware_has_it(monkeypatch):
 
 def test_resume_with_other_settings_is_refused(tmp_path):
     task, r = _task()
-    fit(task, r.train, tmp_path)
+    fit(task, tmp_path)
     task2, r2 = _task(lr=0.5)
     with pytest.raises(SiamdiffError, match="other training settings"):
-        fit(task2, r2.train, tmp_path, resume=True)
+        fit(task2, tmp_path, resume=True)
     with pytest.raises(SiamdiffError, match="does not exist"):
-        fit(task2, r2.train, tmp_path / "fresh", resume=True)
+        fit(task2, tmp_path / "fresh", resume=True)
 
 
 def test_divergence_is_caught(tmp_path):
     task, r = _task()
     task.loss = lambda batch: torch.tensor(float("nan"), requires_grad=True)
     with pytest.raises(SiamdiffError, match="diverged"):
-        fit(task, r.train, tmp_path)
+        fit(task, tmp_path)
 
 
 def test_seed_recipe_is_the_reports():
-    r = recipe("seed", "mnist", 1, 28)
+    r = recipe("mnist", 1, 28, TrainOptions(model="seed"))
     assert (r.train.optimizer, r.train.lr, r.train.batch_size, r.train.epochs) == ("adam", 0.01, 100, 10)
     assert (r.loss.name, r.loss.margin, r.pairs, r.flip) == ("contrastive", 5.0, "seed", True)
     assert r.model.fc == (64, 32) and r.model.embed_dim == 2
-    assert recipe("seed", "cifar10", 3, 32).model.widths == (96, 192, 384)
+    assert recipe("cifar10", 3, 32, TrainOptions(model="seed")).model.widths == (96, 192, 384)
 
 
 def test_default_recipes_differ_per_dataset_and_explicit_settings_win():
-    cifar, mnist = recipe("default", "cifar10", 3, 32), recipe("default", "mnist", 1, 28)
+    cifar, mnist = recipe("cifar10", 3, 32), recipe("mnist", 1, 28)
     assert (cifar.loss.name, cifar.cutout, cifar.train.weight_decay, cifar.flip) == ("normsoftmax", 8, 0.05, True)
     assert cifar.model.mirror_average and not mnist.model.mirror_average
     assert (mnist.loss.name, mnist.cutout, mnist.train.weight_decay) == ("supcon", 0, 5e-4)
     assert cifar.loss.temperature == 0.05 and mnist.loss.temperature == 0.1
-    assert recipe("default", "cifar10", 3, 32, loss="supcon", epochs=3).loss.name == "supcon"
-    assert recipe("default", "mnist", 1, 28, loss="triplet", margin=0.2).loss.margin == 0.2
-    assert recipe("default", "cifar10", 3, 32, epochs=3).train.epochs == 3
-    assert recipe("tiny", "cifar10", 3, 32).train.epochs == 2
-    assert recipe("default", "cifar10", 3, 32).to_dict()["cutout"] == 8  # written into the model file
-    folder = recipe("default", "folder:x", 3, 32)
+    assert recipe("cifar10", 3, 32, TrainOptions(model="default", loss="supcon", epochs=3)).loss.name == "supcon"
+    assert recipe("mnist", 1, 28, TrainOptions(model="default", loss="triplet", margin=0.2)).loss.margin == 0.2
+    assert recipe("cifar10", 3, 32, TrainOptions(model="default", epochs=3)).train.epochs == 3
+    assert recipe("cifar10", 3, 32, TrainOptions(model="tiny")).train.epochs == 2
+    assert recipe("cifar10", 3, 32).to_dict()["cutout"] == 8  # written into the model file
+    folder = recipe("folder:x", 3, 32, TrainOptions(model="default"))
     assert folder.flip and folder.cutout == 0 and folder.loss.name == "supcon"
 
 
 def test_seed_pairs_training_runs(tmp_path):
     task, r = _task(model="seed", max_batches=3)
-    history = fit(task, r.train, tmp_path)
+    history = fit(task, tmp_path)
     assert len(history) == 2 and history[-1]["loss"] > 0
 
 
@@ -188,22 +188,22 @@ def test_batches_without_pairs_of_a_kind_still_train():
 def test_seed_recipe_refuses_non_pair_losses():
     for loss in ("triplet", "supcon"):
         with pytest.raises(SiamdiffError, match="seed recipe trains on pairs"):
-            recipe("seed", "mnist", 1, 28, loss=loss)
+            recipe("mnist", 1, 28, TrainOptions(model="seed", loss=loss))
 
 
 def test_existing_run_needs_resume_or_overwrite(tmp_path):
     task, r = _task()
-    fit(task, r.train, tmp_path)
+    fit(task, tmp_path)
     with pytest.raises(SiamdiffError, match="already holds a training run"):
-        fit(_task()[0], r.train, tmp_path)
-    assert len(fit(_task()[0], r.train, tmp_path, overwrite=True)) == 2
+        fit(_task()[0], tmp_path)
+    assert len(fit(_task()[0], tmp_path, overwrite=True)) == 2
 
 
 def test_resume_with_another_model_is_refused(tmp_path):
     task, r = _task()
-    fit(task, r.train, tmp_path)
+    fit(task, tmp_path)
     train, val = _sets()
-    other = recipe("default", "mnist", 1, 28, epochs=2, batch_size=50, device="cpu")
+    other = recipe("mnist", 1, 28, TrainOptions(model="default", epochs=2, batch_size=50, device="cpu"))
     other = type(other)(**{**other.__dict__, "train": r.train})  # same training settings, other network
     with pytest.raises(SiamdiffError, match="another model"):
-        fit(SimilarityTask(other, train, val), r.train, tmp_path, resume=True)
+        fit(SimilarityTask(other, train, val), tmp_path, resume=True)

@@ -23,6 +23,25 @@ log = logging.getLogger("siamdiff")
 
 
 class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors, which also records each option's flag by its destination: a library error
+    that names the parameter ``image_size`` is shown as naming ``--image-size``."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.flags: dict[str, str] = {}
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *names, **kwargs):
+        action = super().add_argument(*names, **kwargs)
+        if action.option_strings:
+            self.flags[action.dest] = max(action.option_strings, key=len)
+        return action
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        # a sub-command's parser runs inside its parent's: its flags win over the parent's
+        namespace.flags = {**self.flags, **getattr(namespace, "flags", {})}
+        return namespace, extras
+
     def error(self, message: str) -> None:  # one line, exit 2 (argparse's own convention)
         self.exit(2, f"siamdiff: error: {message}\n")
 
@@ -64,24 +83,31 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--download", action="store_true", help="download missing dataset files (checked by MD5)")
 
 
-def _train_parser(sub, name: str, text: str, models: list[str]) -> argparse.ArgumentParser:
-    """The options every ``train`` sub-command shares."""
-    t = sub.add_parser(name, help=f"train {text}")
+def _train_parser(sub, kind) -> argparse.ArgumentParser:
+    """The ``train KIND`` sub-command: the options every kind shares, and those that apply to this one."""
+    t = sub.add_parser(kind.name, help=f"train {kind.about}")
     t.add_argument("--dataset", required=True, help="mnist, fashion-mnist, cifar10 or folder:PATH")
-    t.add_argument("--model", default=models[0], choices=models)
-    t.add_argument("--epochs", type=_positive_int)
-    t.add_argument("--batch-size", type=_positive_int)
-    t.add_argument("--lr", type=_positive_float)
-    t.add_argument("--seed", type=_seed, default=0)
+    t.add_argument("--model", default=kind.designs[0], choices=kind.designs)
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    t.add_argument("--max-batches", type=_positive_int, help="cap batches per epoch (smoke runs)")
-    t.add_argument("--image-size", type=_image_size,
-                   help="folder datasets: square size (default 32); train ddpm on a built-in dataset: the model's "
-                        "size, images resized to it")
-    t.add_argument("--channels", type=int, choices=[1, 3], help="folder datasets: 1 or 3 (default 3)")
+    t.add_argument("--max-batches", type=int, help="cap batches per epoch (smoke runs)")
+    t.add_argument("--image-size", type=int,
+                   help="folder datasets: square size (default 32)" + ("; on a built-in dataset: the model's size, "
+                                                                       "images resized to it" if kind.resizes else ""))
+    t.add_argument("--channels", type=int, help="folder datasets: 1 or 3 (default 3)")
     t.add_argument("--out", type=_path, required=True, help="run folder: model.safetensors, state.pt, log.jsonl")
     t.add_argument("--resume", action="store_true", help="continue from OUT/state.pt")
     t.add_argument("--overwrite", action="store_true", help="replace a run already in OUT")
+    if kind.loss:
+        t.add_argument("--loss", help="the training loss (default: the design's own)")
+    if kind.margin:
+        t.add_argument("--margin", type=float)
+    if kind.init:
+        t.add_argument("--init", help=f"fine-tune this {kind.file_kind} model (a shipped name or a path): its "
+                                      f"network is kept, --model is ignored")
     _data_args(t)
     return t
 
@@ -97,24 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model")
     what = p.add_subparsers(dest="what", required=True, parser_class=_Parser)
-    t = _train_parser(what, "similarity", "a Siamese embedding with a contrastive loss", ["default", "seed", "tiny"])
-    t.add_argument("--loss", choices=["contrastive", "hadsell", "triplet", "supcon", "normsoftmax"])
-    t.add_argument("--margin", type=_positive_float)
-    t.add_argument("--init", help="fine-tune this similarity model (a shipped name or a path): its network is kept, "
-                                  "--model is ignored")
-    t = _train_parser(what, "ddpm", "a diffusion model (epsilon prediction, EMA, label dropout)",
-                      ["unet", "seed", "tiny"])
-    t.add_argument("--init", help="fine-tune this diffusion model (a shipped name or a path): its network, schedule "
-                                  "and loss are kept, --model is ignored")
-    t.add_argument("--loss", choices=["mse", "l1"], help="loss on the predicted noise (default: the design's own, "
-                                                         "mse for unet, l1 for seed)")
-    _train_parser(what, "vae", "a VAE (--model seed: the report's 784-400-20 MLP; default: convolutional)",
-                  ["default", "seed", "tiny"])
-    _train_parser(what, "denoiser", "the supervised direct denoiser (U-Net, MSE, sigma in [0.01, 1.2])",
-                  ["default", "tiny"])
-    _train_parser(what, "classifier", "the classifier that checks classes of denoised images", ["default", "tiny"])
-    _train_parser(what, "noise-estimator", "the CNN that estimates the noise level (--model moments: the first design)",
-                  ["default", "moments", "tiny"])
+    from .training.kinds import KINDS
+
+    for kind in KINDS.values():
+        _train_parser(what, kind)
 
     p = sub.add_parser("eval", help="evaluate a model")
     what = p.add_subparsers(dest="what", required=True, parser_class=_Parser)
@@ -213,37 +225,14 @@ def _print_json(obj: object) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    command = "siamdiff " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    if args.what in ("vae", "denoiser", "classifier", "noise-estimator"):
-        from .reconstruction.tasks import train_reconstruction
+    from .training import TrainOptions, train
 
-        history = train_reconstruction(args.what, args.dataset, args.out, args.model, args.data_dir, args.download,
-                                       args.resume, args.overwrite, command, args.epochs, args.batch_size, args.lr,
-                                       args.seed, args.device, args.max_batches, args.image_size, args.channels)
-        last = history[-1] if history else {}
-        print(f"wrote {Path(args.out) / 'model.safetensors'} after {len(history)} epoch(s): "
-              + ", ".join(f"{k}={v:.4f}" for k, v in last.items() if k.startswith("val_")))
-        return 0
-    if args.what == "ddpm":
-        from .reconstruction.train import train_diffusion
-
-        overrides = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "max_batches")
-                     if getattr(args, k) is not None}
-        history = train_diffusion(args.dataset, args.out, args.model, args.data_dir, args.download, args.resume,
-                                  args.overwrite, command, image_size=args.image_size, channels=args.channels,
-                                  init=args.init, loss=args.loss, seed=args.seed, device=args.device, **overrides)
-        print(f"wrote {Path(args.out) / 'model.safetensors'} after {len(history)} epoch(s): "
-              f"val_eps_mse={history[-1]['val_eps_mse']:.4f}")
-        return 0
-    from .similarity.train import train_similarity
-
-    overrides = {k: getattr(args, k) for k in ("loss", "margin", "epochs", "batch_size", "lr", "max_batches")
-                 if getattr(args, k) is not None}
-    history = train_similarity(args.dataset, args.out, model=args.model, data_root=args.data_dir,
-                               download=args.download, resume=args.resume, overwrite=args.overwrite,
-                               command=command, seed=args.seed,
-                               device=args.device, image_size=args.image_size, channels=args.channels,
-                               init=args.init, **overrides)
+    options = TrainOptions(**{k: getattr(args, k, None) for k in ("model", "epochs", "batch_size", "lr", "max_batches",
+                                                                  "image_size", "channels", "init", "loss", "margin")},
+                           seed=args.seed, device=args.device)
+    history = train(args.what, args.dataset, args.out, options, data_dir=args.data_dir, download=args.download,
+                    resume=args.resume, overwrite=args.overwrite,
+                    command="siamdiff " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     last = history[-1] if history else {}
     print(f"wrote {Path(args.out) / 'model.safetensors'} after {len(history)} epoch(s): "
           + ", ".join(f"{k}={v:.4f}" for k, v in last.items() if k.startswith("val_")))
@@ -427,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except SiamdiffError as exc:
-        print(f"siamdiff: error: {_one_line(str(exc))}", file=sys.stderr)
+        print(f"siamdiff: error: {_one_line(exc.render(args.flags))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("siamdiff: interrupted", file=sys.stderr)

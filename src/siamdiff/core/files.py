@@ -78,3 +78,16 @@ def _fsync_directory(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def make_folder(path: str | os.PathLike) -> Path:
+    """Create the folder ``path`` with its parents (an existing folder is fine), or raise a one-line
+    ``SiamdiffError``: the one way every command makes its output folder."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise SiamdiffError(f"cannot create folder '{folder}': a file of that name is in the way")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SiamdiffError(f"cannot create folder '{folder}': {_reason(exc)}") from None
+    return folder

@@ -1,4 +1,4 @@
-"""Batch augmentation on the device, as pure tensor functions (no per-image Python loop)."""
+"""Batch transforms on the device, as pure tensor functions (no per-image Python loop): augmentation, resizing."""
 
 from __future__ import annotations
 
@@ -50,3 +50,12 @@ def augment(x: torch.Tensor, flip: bool, translate: int, generator: torch.Genera
     if flip:
         x = random_flip(x, generator)
     return random_cutout(random_translate(x, translate, generator), cutout, generator)
+
+
+def at_size(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Float images in [0, 1] ``(N, C, H, W)`` resized (bilinear) to ``size`` × ``size``: how a model made for another
+    size sees a dataset, in training and in the evaluation protocol (which resizes the *clean* images and draws the
+    noise at the model's size, so the model sees white noise of the σ it is told)."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)

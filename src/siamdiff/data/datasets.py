@@ -99,11 +99,12 @@ def refuse_shape_options(name: str, image_size: int | None = None, channels: int
     if name.startswith(("folder:", "sample:")):
         return
     name = canonical_name(name)  # an unknown name gets the loader's error
-    given = [opt for opt, value in (("--image-size", image_size), ("--channels", channels)) if value is not None]
+    given = [p for p, value in (("image_size", image_size), ("channels", channels)) if value is not None]
     if given:
         verb = "applies" if len(given) == 1 else "apply"
-        raise SiamdiffError(f"{' and '.join(given)} {verb} to folder datasets only; '{name}' has a fixed "
-                            + ("channel count" if image_size is None else "size and channel count"))
+        raise SiamdiffError(" and ".join("{" + p + "}" for p in given) + f" {verb} to folder datasets only; '{name}' "
+                            f"has a fixed " + ("channel count" if image_size is None else "size and channel count"),
+                            *given)
 
 
 def classes_of(name: str) -> list[str]:

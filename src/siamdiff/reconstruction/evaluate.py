@@ -31,7 +31,7 @@ from .estimate import WAVELET, relative_error, wavelet_sigma
 from .metrics import psnr, ssim
 from .noise import declip, gaussian
 from .schedule import Schedule
-from .train import at_size
+from ..data.augment import at_size
 
 METHODS = ("noisy", *DIFFUSION_METHODS, "direct", "vae", "nlm", "wavelet")
 MODEL_KIND = {"tweedie": "diffusion", "ddim": "diffusion", "ancestral": "diffusion", "direct": "denoiser",
@@ -123,7 +123,7 @@ def evaluate_denoise(dataset: str, sigmas: list[float], method: str, model: str 
     """One row per σ: ``{"sigma", "method", "psnr", "ssim", "class_accuracy", "sigma_rel_error", "n", ...}``.
 
     The noisy images are drawn on the CPU (the same on every machine); networks run on ``device``."""
-    from ..core.training.loop import resolve_device, synchronize
+    from ..training.loop import resolve_device, synchronize
 
     dev = resolve_device(device)
     if any(not 0 < s <= 100 for s in sigmas):  # nan fails too; 1e300 overflowed the metrics

@@ -1,6 +1,7 @@
 """The training loop shared by every model of siamdiff.
 
-A *task* says what one batch's loss is and how to evaluate an epoch; :func:`fit` does the rest: device choice
+A *task* (:class:`~siamdiff.training.task.Task`) says what one batch's loss is and how to evaluate an epoch;
+:func:`fit` does the rest: device choice
 (CUDA when present; bfloat16 autocast on CUDA and on CPUs with bfloat16 matrix units), optimizer and one-cycle
 schedule, progress bars, a finite-loss guard, a JSONL log per epoch, atomic checkpoints after every epoch and
 ``--resume``. Every random choice of an epoch is derived from ``(seed, epoch)``, so a resumed run continues exactly
@@ -15,23 +16,27 @@ import math
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from ..checkpoint import load_state, save_state
-from ..files import atomic_write
-from ..errors import SiamdiffError
+from ..core.checkpoint import load_state, save_state
+from ..core.config import JsonConfig
+from ..core.errors import SiamdiffError, require
+from ..core.files import atomic_write, make_folder
+
+if TYPE_CHECKING:
+    from .task import Task
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation settings shared by all models."""
+class TrainConfig(JsonConfig):
+    """Optimisation settings shared by all models (the ``train`` part of every recipe)."""
 
     epochs: int = 10
     batch_size: int = 256
@@ -44,35 +49,35 @@ class TrainConfig:
     amp: bool = True  # bfloat16 autocast on CUDA, and on CPUs with bfloat16 matrix units (see autocast_enabled)
     max_batches: int | None = None  # cap per epoch (smoke runs)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def __post_init__(self) -> None:
+        check_settings(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, seed=self.seed,
+                       max_batches=self.max_batches)
+        if self.optimizer not in OPTIMIZERS:
+            raise SiamdiffError(f"unknown optimizer '{self.optimizer}': use {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise SiamdiffError(f"unknown schedule '{self.schedule}': use {' or '.join(SCHEDULES)}")
 
 
-class Task(Protocol):
-    """What :func:`fit` needs from a model family."""
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("onecycle", "constant")
+SEED_LIMIT = 2 ** 63  # torch.manual_seed takes seeds below it
 
-    model: nn.Module
 
-    def batches(self, epoch: int, device: torch.device) -> Iterator[tuple[torch.Tensor, ...]]:
-        """The batches of one epoch, seeded by the epoch number."""
-
-    def loss(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """Scalar training loss of one batch (model in train mode)."""
-
-    def evaluate(self, device: torch.device) -> dict[str, float]:
-        """Validation metrics after an epoch (model in eval mode)."""
-
-    def n_batches(self) -> int:
-        """Batches per epoch."""
-
-    def save(self, path: Path, history: list[dict[str, Any]]) -> None:
-        """Write the model file (weights + config + facts such as calibration)."""
-
-    # Optional: ``after_step()`` runs after each optimizer step (EMA updates); ``extra_state()`` and
-    # ``load_extra_state(state)`` carry task state (EMA weights) through ``--resume``; ``loss_module``, an
-    # ``nn.Module`` (or None) whose parameters belong to the loss (class proxies), is optimised with the model and
-    # kept through ``--resume`` but not saved in the model file; ``init``, the record of a fine-tuning run's start
-    # (:func:`siamdiff.checkpoint.init_record`), is kept through ``--resume`` too.
+def check_settings(**values: Any) -> None:
+    """Refuse training settings out of range, naming each by its parameter: the one check of these values, for a
+    :class:`TrainConfig` and for the options that override one (given as keywords; None means not given)."""
+    rules = {"epochs": (lambda v: v >= 1, "a positive number"), "batch_size": (lambda v: v >= 1, "a positive number"),
+             "max_batches": (lambda v: v >= 1, "a positive number"),
+             "lr": (lambda v: 0 < v < math.inf, "a positive number"),
+             "seed": (lambda v: 0 <= v < SEED_LIMIT, "a whole number from 0 to 2**63 - 1")}
+    for name, value in values.items():
+        if value is None:
+            continue
+        ok, wanted = rules[name]
+        whole = name != "lr"
+        if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
+            raise SiamdiffError(f"{{{name}}} must be {'a whole number' if whole else 'a number'}, got {value!r}", name)
+        require(ok(value), name, wanted, value)  # nan fails every comparison
 
 
 def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
@@ -127,15 +132,11 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
         return torch.optim.AdamW(groups, lr=cfg.lr)
     if cfg.optimizer == "adam":  # the report's optimizer; weight decay as L2 in the gradient
         return torch.optim.Adam(groups, lr=cfg.lr)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
-    raise SiamdiffError(f"unknown optimizer '{cfg.optimizer}': use adamw, adam or sgd")
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
 
 
 def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
     total = cfg.epochs * steps_per_epoch
-    if cfg.schedule not in ("onecycle", "constant"):
-        raise SiamdiffError(f"unknown schedule '{cfg.schedule}': use onecycle or constant")
     if cfg.schedule == "constant" or total < 4:  # too few steps for a cycle: constant
         return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     # warm up over a quarter of the steps (at least 2), then anneal
@@ -164,36 +165,46 @@ def _check_finite(total: torch.Tensor, epoch: int, batch: int, out: Path) -> Non
     the weights of the failed epoch are never saved."""
     if not torch.isfinite(total):
         raise SiamdiffError(f"training diverged: loss is {total.item()} by epoch {epoch + 1}, batch {batch + 1}; "
-                            f"lower --lr (last good checkpoint kept in '{out}')")
+                            f"lower {{lr}} (last good checkpoint kept in '{out}')", "lr")
 
 
-def fit(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
-        overwrite: bool = False) -> list[dict[str, Any]]:
-    """Train ``task.model`` for ``cfg.epochs``; writes ``model.safetensors``, ``state.pt``, ``log.jsonl`` in out_dir.
-
-    An existing run in ``out_dir`` is continued with ``resume`` and replaced only with ``overwrite``.
-    Returns the per-epoch history (the lines of ``log.jsonl``).
-    """
-    if cfg.epochs < 1:
-        raise SiamdiffError("--epochs must be at least 1")
+def check_run_folder(out: str | Path, resume: bool = False, overwrite: bool = False) -> Path:
+    """Refuse a run folder that cannot take this run, before any work: ``resume`` and ``overwrite`` together, an
+    existing run without either, or ``resume`` without a state to continue. Returns ``out`` as a ``Path``."""
+    out = Path(out)
     if resume and overwrite:
-        raise SiamdiffError("--resume continues the run in --out and --overwrite replaces it: give one of them")
-    out = Path(out_dir)
+        raise SiamdiffError("{resume} continues the run in {out} and {overwrite} replaces it: give one of them",
+                            "resume", "out", "overwrite")
     state_path = out / "state.pt"
     if not resume and not overwrite and (state_path.exists() or (out / "model.safetensors").exists()):
-        raise SiamdiffError(f"'{out}' already holds a training run: pass --resume to continue it, --overwrite to "
-                            f"replace it, or another --out")
-    if resume and not state_path.is_file():  # checked, like the device, before the output folder is made
+        raise SiamdiffError(f"'{out}' already holds a training run: pass {{resume}} to continue it, {{overwrite}} "
+                            f"to replace it, or another {{out}}", "resume", "overwrite", "out")
+    if resume and not state_path.is_file():
         raise SiamdiffError(f"cannot resume: '{state_path}' " + ("is not a file" if state_path.exists() else
                                                                   "does not exist"))
-    device = resolve_device(cfg.device)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SiamdiffError(f"cannot create output folder '{out}': {exc.strerror}") from None
+    return out
+
+
+def _changed(old: Any, new: Any) -> list[str]:
+    """The keys whose values differ between two dicts (non-dicts count as empty)."""
+    old, new = (d if isinstance(d, dict) else {} for d in (old, new))
+    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+
+
+def fit(task: Task, out: str | Path, resume: bool = False, overwrite: bool = False) -> list[dict[str, Any]]:
+    """Train ``task.model`` with ``task.recipe.train``; writes ``model.safetensors``, ``state.pt``, ``log.jsonl`` in
+    ``out``.
+
+    An existing run in ``out`` is continued with ``resume`` and replaced only with ``overwrite``.
+    Returns the per-epoch history (the lines of ``log.jsonl``).
+    """
+    cfg = task.recipe.train
+    out = check_run_folder(out, resume, overwrite)
+    state_path = out / "state.pt"
+    device = resolve_device(cfg.device)  # checked, like the state, before the output folder is made
+    make_folder(out)
     model = task.model.to(device)
-    loss_module = getattr(task, "loss_module", None)
-    trainable = model if loss_module is None else nn.ModuleList([model, loss_module.to(device)])
+    trainable = model if task.loss_module is None else nn.ModuleList([model, task.loss_module.to(device)])
     torch.manual_seed(cfg.seed)
     steps = task.n_batches() if cfg.max_batches is None else min(task.n_batches(), cfg.max_batches)
     opt = _optimizer(trainable, cfg)
@@ -202,18 +213,17 @@ def fit(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
     start = 0
     signature = {k: list(v.shape) for k, v in trainable.state_dict().items()}
     # the rest of a task's recipe (loss, margin, pairs, schedule, augmentation): the network is in the signature
-    recipe = {k: v for k, v in task.recipe.to_dict().items() if k not in ("train", "model")} \
-        if hasattr(task, "recipe") else None
+    recipe = {k: v for k, v in task.recipe.to_dict().items() if k not in ("train", "model")}
     if resume:
         state = load_state(state_path)
         if state.get("train_config") != cfg.to_dict():
-            raise SiamdiffError(f"cannot resume: '{state_path}' was written with other training settings")
+            changed = ", ".join(_changed(state.get("train_config"), cfg.to_dict())) or "settings"
+            raise SiamdiffError(f"cannot resume: '{state_path}' was written with other training settings ({changed})")
         before = state.get("recipe", recipe)  # states written before the recipe was kept are not checked
         if before != recipe:
-            old, new = (r if isinstance(r, dict) else {} for r in (before, recipe))
-            changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k)) or ["recipe"]
-            raise SiamdiffError(f"cannot resume: '{state_path}' was written with another {', '.join(changed)}; "
-                                f"give the options (or --init) the run started with")
+            changed = ", ".join(_changed(before, recipe)) or "recipe"
+            raise SiamdiffError(f"cannot resume: '{state_path}' was written with another {changed}; give the options "
+                                f"(or {{init}}) the run started with", "init")
         if state.get("signature") != signature:
             raise SiamdiffError(f"cannot resume: '{state_path}' was written for another model or image size")
         try:
@@ -222,8 +232,7 @@ def fit(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
             sched.load_state_dict(state["scheduler"])
             history = list(state["history"])
             start = int(state["epoch"]) + 1
-            if hasattr(task, "load_extra_state"):
-                task.load_extra_state(state["task"])
+            task.load_extra_state(state["task"])
             if state.get("init") is not None:  # a fine-tuning run keeps its start, with or without --init again
                 task.init = state["init"]
         except (KeyError, ValueError, RuntimeError, TypeError) as exc:
@@ -246,8 +255,7 @@ def fit(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
             loss.backward()
             opt.step()
             sched.step()
-            if hasattr(task, "after_step"):
-                task.after_step()
+            task.after_step()
             total += loss.detach().float()
             count += 1
             if count == WARM_BATCHES:  # the first batches carry one-time costs (kernel loading, allocations)
@@ -275,12 +283,7 @@ def fit(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
         save_state(state_path, {"model": trainable.state_dict(), "optimizer": opt.state_dict(),
                                 "scheduler": sched.state_dict(), "epoch": epoch, "history": history,
                                 "train_config": cfg.to_dict(), "signature": signature, "recipe": recipe,
-                                "task": task.extra_state() if hasattr(task, "extra_state") else {},
-                                "init": getattr(task, "init", None)})
+                                "task": task.extra_state(), "init": task.init})
         text = "".join(json.dumps(r) + "\n" for r in history)
         atomic_write(out / "log.jsonl", lambda tmp, text=text: tmp.write_text(text))
     return history
-
-
-def finite_or_nan(x: float) -> float:
-    return x if math.isfinite(x) else float("nan")

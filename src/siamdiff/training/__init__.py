@@ -1,0 +1,8 @@
+"""Training every model kind: one entry point (:func:`train`) over one loop (:func:`fit`)."""
+
+from .kinds import KINDS, Kind, Trainer, train
+from .loop import TrainConfig, fit
+from .options import TrainOptions
+from .task import Recipe, Task
+
+__all__ = ["KINDS", "Kind", "Recipe", "Task", "TrainConfig", "TrainOptions", "Trainer", "fit", "train"]
