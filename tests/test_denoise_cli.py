@@ -99,10 +99,15 @@ def test_companions_made_for_other_images_are_refused(capsys, tiny_ddpm, noisy_p
     big = tmp_path / "clf-32.safetensors"
     cfg = EmbedConfig("embed", 1, 32, (4, 8), 10, normalize=False)
     save_model(big, EmbeddingNet(cfg), "classifier", cfg.to_dict())
-    for option, path, message in (("--estimator", colour, "3-channel"), ("--classifier", big, "32x32")):
-        code, _, err = run(capsys, "denoise", noisy_pngs[0], "--out", tmp_path / "o.png", "--model", tiny_ddpm,
-                           "--label", "auto", option, path)
-        assert code == 2 and message in err and err.count("\n") == 1, err
+    code, _, err = run(capsys, "denoise", noisy_pngs[0], "--out", tmp_path / "o.png", "--model", tiny_ddpm,
+                       "--label", "auto", "--estimator", colour)
+    assert code == 2 and "3-channel" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "o.png").exists()
+    # a classifier of another size is given the images at its own size (the evaluation protocol does the same for
+    # a model made for another size), so its answer is a class of this dataset
+    code, out, err = run(capsys, "denoise", noisy_pngs[0], "--out", tmp_path / "o.png", "--model", tiny_ddpm,
+                         "--label", "auto", "--classifier", big, "--json")
+    assert code == 0 and 0 <= json.loads(out)["label"] < 10, err
     code, _, err = run(capsys, "eval", "denoise", "--model", tiny_ddpm, "--dataset", "sample:mnist", "--n", 2,
                        "--method", "tweedie", "--estimator", colour)
     assert code == 2 and "3-channel" in err
@@ -163,7 +168,7 @@ def test_reconstruction_pictures(tiny_ddpm, tmp_path):
     import torch
 
     from siamdiff.data.datasets import load_sample
-    from siamdiff.reconstruction.api import Denoiser
+    from siamdiff.reconstruction.pipeline import Denoiser
     from siamdiff.reconstruction.noise import gaussian
     from siamdiff.reconstruction.plots import plot_chain, plot_flips, plot_psnr_curves, plot_vae_grid
     from siamdiff.reconstruction.vae import PRESETS, VAE
@@ -201,7 +206,7 @@ def test_denoise_uses_the_learned_estimator_and_predicted_label(capsys, tiny_ddp
     import torch
 
     from siamdiff.core.checkpoint import load_model
-    from siamdiff.reconstruction.api import Denoiser
+    from siamdiff.reconstruction.pipeline import Denoiser
 
     code, out, err = run(capsys, "denoise", noisy_pngs[0], "--out", tmp_path / "a.png", "--model", tiny_ddpm,
                          "--estimator", tiny_companions["noise-estimator"], "--classifier",
@@ -287,7 +292,7 @@ def test_compiled_denoiser_matches_eager(tiny_ddpm):
     import torch
 
     from siamdiff.data.datasets import load_sample
-    from siamdiff.reconstruction.api import Denoiser
+    from siamdiff.reconstruction.pipeline import Denoiser
     from siamdiff.reconstruction.noise import gaussian
 
     noisy = gaussian(load_sample("mnist").images[:4].float() / 255, 0.3, torch.Generator().manual_seed(0))
@@ -305,7 +310,7 @@ def test_compile_failure_is_one_clear_error(tiny_ddpm, monkeypatch):
     import torch
 
     from siamdiff.core.errors import SiamdiffError
-    from siamdiff.reconstruction.api import Denoiser
+    from siamdiff.reconstruction.pipeline import Denoiser
 
     def broken(net, **kw):
         def call(*args):
@@ -324,6 +329,7 @@ def test_eval_measures_a_model_of_another_size_at_its_size(tiny_companions, digi
     drawn at the model's size, so the model sees white noise of the sigma it is told, not resized noise."""
     from siamdiff.data.datasets import load_sample
     from siamdiff.reconstruction import evaluate as ev
+    from siamdiff.reconstruction import pipeline
     from siamdiff.reconstruction.metrics import psnr
 
     assert main(["train", "ddpm", "--dataset", f"folder:{digit_folder}", "--model", "tiny", "--epochs", "1",
@@ -332,18 +338,18 @@ def test_eval_measures_a_model_of_another_size_at_its_size(tiny_companions, digi
 
     def identity(net, schedule, x, sigma, method, *args):
         seen.append(x.clone())
-        return x.clamp(0, 1), None
+        return x.clamp(0, 1), torch.zeros(len(x), dtype=torch.long)
 
-    real_load = ev._load
+    real_load = pipeline.load_model
 
-    def load(kind, path):  # records the size of what the classifier is given (it would pool any size silently)
-        net, meta = real_load(kind, path)
+    def load(path, kind=None, **kw):  # records the size of what the classifier is given (it would pool any size)
+        net, meta = real_load(path, kind=kind, **kw)
         if kind == "classifier":
             net.register_forward_pre_hook(lambda module, args: classified.append(args[0].shape[-1]))
         return net, meta
 
-    monkeypatch.setattr(ev, "denoise", identity)
-    monkeypatch.setattr(ev, "_load", load)
+    monkeypatch.setattr(pipeline, "denoise", identity)
+    monkeypatch.setattr(pipeline, "load_model", load)
     rows = ev.evaluate_denoise("sample:mnist", [0.2], "tweedie", model=tmp_path / "m16", n=20, sigma_mode="true",
                                classifier=tiny_companions["classifier"], device="cpu")
     clean = torch.nn.functional.interpolate(load_sample("mnist").images[:20].float() / 255, size=(16, 16),
@@ -471,16 +477,15 @@ def test_paths_and_numbers_a_careless_user_types(capsys, tiny_ddpm, noisy_pngs, 
 
 
 def test_sample_draws_in_batches(tiny_ddpm):
-    from siamdiff.reconstruction.api import Denoiser
-    from siamdiff.reconstruction.sample import sample
+    from siamdiff.reconstruction.pipeline import Denoiser
 
     model = Denoiser.load(tiny_ddpm)
     sizes = []
     model.net.register_forward_pre_hook(lambda net, args: sizes.append(len(args[0])))
-    images = sample(model, 5, steps=2, batch_size=2)
+    images = model.sample(5, steps=2, batch_size=2)
     assert sizes == [2, 2, 2, 2, 1, 1]  # two network calls (steps) for each batch of 2, 2 and 1
     assert images.shape == (5, 1, 28, 28) and 0 <= images.min() and images.max() <= 1
-    assert torch.equal(images, sample(model, 5, steps=2, batch_size=2))  # the seed fixes every batch
+    assert torch.equal(images, model.sample(5, steps=2, batch_size=2))  # the seed fixes every batch
     assert not torch.equal(images[:2], images[2:4])  # each batch draws its own noise
 
 
@@ -503,3 +508,32 @@ def test_resume_with_another_loss_is_refused(capsys, digit_folder, tmp_path):
     assert code == 2 and "was written with another loss" in err and err.count("\n") == 1, err
     code, _, err = run(capsys, *base, "--loss", "l1", "--resume")
     assert code == 0, err
+
+
+@pytest.mark.parametrize("method,clip,sigma_mode,labels", [("tweedie", False, "auto", "none"),
+                                                           ("ddim", True, "true", "true"),
+                                                           ("tweedie", True, "auto", "predicted"),
+                                                           ("nlm", False, "true", "none")])
+def test_eval_reports_the_psnr_of_what_the_denoiser_gives(method, clip, sigma_mode, labels):
+    """One pipeline: the PSNR `eval denoise` reports is the PSNR of Denoiser.denoise's outputs on the same noisy
+    images, with the same estimator, declipping, guidance labels and seed."""
+    from siamdiff.data.datasets import load_sample
+    from siamdiff.reconstruction.evaluate import evaluate_denoise, noisy_images
+    from siamdiff.reconstruction.metrics import psnr
+    from siamdiff.reconstruction.pipeline import Denoiser
+
+    model = None if method == "nlm" else "mnist"
+    row, = evaluate_denoise("sample:mnist", [0.3], method, model, n=12, clip=clip, sigma_mode=sigma_mode,
+                            classifier="mnist", labels=labels, steps=3, device="cpu", batch_size=5)
+    data = load_sample("mnist")
+    clean = data.images[:12].float() / 255
+    noisy = noisy_images(clean, 0.3, clip)
+    den = Denoiser.load(model, classifier="mnist", kind=None if model is None else "diffusion")
+    outputs = []
+    for s in range(0, 12, 5):  # the evaluation's batches of 5
+        label = {"none": None, "true": data.labels[:12][s:s + 5], "predicted": "auto"}[labels]
+        outputs.append(den.denoise(noisy[s:s + 5], "auto" if sigma_mode == "auto" else 0.3, method, 3, label,
+                                   1.0 if label is not None else 0.0)[0])
+    out = torch.cat(outputs)
+    assert row["psnr"] == pytest.approx(float(psnr(out, clean).mean()), abs=1e-6)
+    assert row["class_accuracy"] == pytest.approx(float((den.classify(out) == data.labels[:12]).float().mean()))

@@ -84,7 +84,7 @@ def test_shipped_denoiser_cleans_the_sample(name, gain, floor):
     import torch
 
     from siamdiff.data.datasets import load_sample
-    from siamdiff.reconstruction.api import Denoiser
+    from siamdiff.reconstruction.pipeline import Denoiser
     from siamdiff.reconstruction.metrics import psnr
     from siamdiff.reconstruction.noise import gaussian
 

@@ -11,7 +11,7 @@ from .core.checkpoint import load_model, save_model
 from .core.errors import SiamdiffError
 from .core.version import __version__
 from .data import ImageSet, load_dataset
-from .reconstruction.api import Denoiser
+from .reconstruction.pipeline import Denoiser
 from .similarity import Index, SimilarityModel, build_index, search
 
 __all__ = ["Denoiser", "ImageSet", "Index", "SiamdiffError", "SimilarityModel", "__version__", "build_index",

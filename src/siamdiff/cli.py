@@ -14,10 +14,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .core.version import __version__
-from .core.config import MAX_IMAGE_SIZE
 from .core.errors import SiamdiffError, first_line
-from .core.files import check_writable
+from .core.version import __version__
 
 log = logging.getLogger("siamdiff")
 
@@ -46,28 +44,28 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"siamdiff: error: {message}\n")
 
 
-def _number(parse, ok, wanted: str):
-    """An argparse ``type``: ``parse`` the text (int or float), then require ``ok(value)`` ("must be ``wanted``")."""
-    noun = "whole number" if parse is int else "number"
+def _auto_or(parse):
+    """An argparse ``type``: ``auto``, else the text parsed by ``parse`` (int or float), else the text itself, which
+    the library then refuses with a message naming the option."""
 
     def convert(text: str):
+        if text == "auto":
+            return text
         try:
-            value = parse(text)
+            return parse(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"'{text}' is not a {noun}") from None
-        if not ok(value):  # comparisons with nan are false: nan is refused by every bound
-            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text}")
-        return value
+            return text
 
     return convert
 
 
-_positive_int = _number(int, lambda v: v >= 1, "a positive number")
-_image_size = _number(int, lambda v: 1 <= v <= MAX_IMAGE_SIZE, f"a side from 1 to {MAX_IMAGE_SIZE}")
-_positive_float = _number(float, lambda v: 0 < v < float("inf"), "a positive number")
-# useful guidance weights are about 0-10; 1e300 gave NaN images
-_guidance = _number(float, lambda v: 0 <= v <= 100, "a number from 0 to 100")
-_seed = _number(int, lambda v: 0 <= v < 2 ** 63, "a whole number from 0 to 2**63 - 1")  # torch's manual_seed range
+def _numbers(text: str) -> list[float]:
+    """``0.1,0.3`` -> ``[0.1, 0.3]``; an empty item is a typo, not a value to drop silently."""
+    try:
+        return [float(s) for s in text.split(",")]
+    except ValueError:
+        raise SiamdiffError(f"{{sigmas}} must be comma-separated numbers, e.g. 0.1,0.3, got '{text}'", "sigmas") \
+            from None
 
 
 def _path(text: str) -> str:
@@ -113,6 +111,10 @@ def _train_parser(sub, kind) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .reconstruction.evaluate import LABELS, METHODS as EVAL_METHODS
+    from .reconstruction.pipeline import METHODS
+    from .training.kinds import KINDS
+
     parser = _Parser(prog="siamdiff", description="Image similarity with Siamese networks, and denoising.")
     parser.add_argument("--version", action="version", version=f"siamdiff {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -123,8 +125,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model")
     what = p.add_subparsers(dest="what", required=True, parser_class=_Parser)
-    from .training.kinds import KINDS
-
     for kind in KINDS.values():
         _train_parser(what, kind)
 
@@ -133,44 +133,44 @@ def build_parser() -> argparse.ArgumentParser:
     e = what.add_parser("similarity", help="verification, retrieval and hard-pair metrics")
     e.add_argument("--model", default="mnist", help="mnist, fashion-mnist, cifar10 or a model path")
     e.add_argument("--dataset", required=True, help="mnist, fashion-mnist, cifar10, sample:NAME or folder:PATH")
-    e.add_argument("--n-pairs", type=_positive_int, default=10_000)
-    e.add_argument("--hard", type=int, default=1000, help="hard-pair anchors (0 to skip)")
+    e.add_argument("--n-pairs", type=int, default=10_000)
+    e.add_argument("--hard", dest="n_hard", type=int, default=1000, help="hard-pair anchors (0 to skip)")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     _data_args(e)
 
     e = what.add_parser("denoise", help="PSNR, SSIM, class accuracy and sigma error of a denoising method")
     e.add_argument("--dataset", required=True)
-    e.add_argument("--method", required=True, choices=["noisy", "tweedie", "ddim", "ancestral", "direct", "vae",
-                                                       "nlm", "wavelet"])
+    e.add_argument("--method", required=True, choices=EVAL_METHODS)
     e.add_argument("--model", help="the method's model: diffusion (tweedie/ddim/ancestral), denoiser, vae")
-    e.add_argument("--sigmas", default="0.1,0.3", help="comma-separated noise levels, [0, 1] scale")
-    e.add_argument("--n", type=_positive_int, default=1000, help="first N test images")
+    e.add_argument("--sigmas", type=str, default="0.1,0.3", help="comma-separated noise levels, [0, 1] scale")
+    e.add_argument("--n", type=int, default=1000, help="first N test images")
     e.add_argument("--clip", action="store_true", help="noisy images as files: clipped to [0, 1], 8-bit")
     e.add_argument("--sigma-mode", default="auto", choices=["auto", "true"], help="estimated or true sigma")
     e.add_argument("--estimator", help="learned noise estimator (file or shipped name) or 'wavelet' (default: the "
                    "shipped model's own, else wavelet-MAD)")
     e.add_argument("--classifier", help="classifier for class_accuracy (default: the shipped model's own)")
-    e.add_argument("--labels", default="none", choices=["none", "true", "predicted"], help="guidance labels")
-    e.add_argument("--guidance", type=_guidance, default=1.0)
-    e.add_argument("--steps", type=_positive_int, default=10)
+    e.add_argument("--labels", default="none", choices=LABELS, help="guidance labels")
+    e.add_argument("--guidance", type=float, default=1.0)
+    e.add_argument("--steps", type=int, default=10)
     e.add_argument("--device", default="auto", help="auto, cpu or cuda (the noise is drawn on the CPU either way)")
-    e.add_argument("--batch-size", type=_positive_int, default=250, help="images per network batch")
-    e.add_argument("--declip", action="store_true", help="diffusion methods: undo the bias of clipped pixels first")
-    e.add_argument("--image-size", type=_image_size, help="measure at this size: the clean test images are resized "
+    e.add_argument("--batch-size", type=int, default=250, help="images per network batch")
+    e.add_argument("--no-declip", action="store_true", help="diffusion methods: leave the bias of clipped pixels "
+                                                            "(undone by default, as siamdiff denoise does)")
+    e.add_argument("--image-size", type=int, help="measure at this size: the clean test images are resized "
                    "(bilinear) and the noise drawn at it; folders are read at it (default: the model's, else the "
                    "dataset's own; folders 32)")
-    e.add_argument("--channels", type=int, choices=[1, 3], help="folder datasets (default: the model's, else 3)")
+    e.add_argument("--channels", type=int, help="folder datasets (default: the model's, else 3)")
     e.add_argument("--json", action="store_true")
     _data_args(e)
 
     p = sub.add_parser("sample", help="draw new images from a diffusion model (DDPM or DDIM)")
     p.add_argument("--model", required=True)
-    p.add_argument("--n", type=_positive_int, default=16)
+    p.add_argument("--n", type=int, default=16)
     p.add_argument("--method", default="ddim", choices=["ddim", "ddpm"])
-    p.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps (DDPM uses every step)")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps (DDPM uses every step)")
     p.add_argument("--label", type=int)
-    p.add_argument("--guidance", type=_guidance, default=1.0)
-    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--guidance", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=_path, required=True, help="PNG grid")
 
     p = sub.add_parser("similarity", help="how similar are two images (probability of same category)")
@@ -189,25 +189,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", required=True)
     p.add_argument("-k", type=int, default=5)
     p.add_argument("--model", help="defaults to the model that built the index")
-    p.add_argument("--faiss", action="store_true", help="search with faiss (pip install 'siamdiff[faiss]')")
+    p.add_argument("--faiss", dest="use_faiss", action="store_true",
+                   help="search with faiss (pip install 'siamdiff[faiss]')")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("denoise", help="clean noisy images with a diffusion model")
     p.add_argument("inputs", nargs="+", metavar="INPUT")
     p.add_argument("--out", type=_path, required=True, help="a .png file for one input, else a folder")
     p.add_argument("--model", default="mnist", help="mnist, fashion-mnist, cifar10 or a diffusion model file/folder")
-    p.add_argument("--method", default="tweedie", choices=["tweedie", "ddim", "ancestral"])
-    p.add_argument("--sigma", default="auto", help="noise level on the [0, 1] scale, or auto (default)")
+    p.add_argument("--method", default="tweedie", choices=METHODS["diffusion"])
+    p.add_argument("--sigma", type=_auto_or(float), default="auto",
+                   help="noise level on the [0, 1] scale, or auto (default)")
     p.add_argument("--steps", type=int, default=10, help="DDIM steps")
-    p.add_argument("--label", help="keep this class (a number), or auto: the class predicted from the unguided "
-                                   "estimate (class-conditional models)")
+    p.add_argument("--label", type=_auto_or(int), help="keep this class (a number), or auto: the class predicted "
+                                                       "from the unguided estimate (class-conditional models)")
     p.add_argument("--estimator", help="noise estimator model file, or 'wavelet' for wavelet-MAD (shipped models "
                                        "bring a learned one; other models use wavelet-MAD)")
     p.add_argument("--classifier", help="classifier model file for --label auto (shipped models bring theirs)")
     p.add_argument("--no-declip", action="store_true",
                    help="do not undo the bias of pixels clipped at 0 or 1 (on by default: PNG inputs are clipped)")
-    p.add_argument("--guidance", type=_guidance, default=1.0, help="classifier-free guidance weight with --label")
-    p.add_argument("--seed", type=_seed, default=0, help="seed of the ancestral chain")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance weight with --label")
+    p.add_argument("--seed", type=int, default=0, help="seed of the ancestral chain")
     p.add_argument("--json", action="store_true", help="one JSON object per file")
 
     p = sub.add_parser("plot", help="pictures: pairs with scores, ROC curve, 2-D map of embeddings")
@@ -243,15 +245,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.what == "denoise":
         from .reconstruction.evaluate import evaluate_denoise
 
-        try:
-            sigmas = [float(s) for s in args.sigmas.split(",")]
-        except ValueError:
-            raise SiamdiffError(f"--sigmas must be comma-separated numbers, e.g. 0.1,0.3, got '{args.sigmas}'") \
-                from None
-        rows = evaluate_denoise(args.dataset, sigmas, args.method, args.model, args.n, args.clip, args.sigma_mode,
-                                args.estimator, args.classifier, args.labels, args.guidance, args.steps,
-                                args.data_dir, args.download, image_size=args.image_size, channels=args.channels,
-                                device=args.device, batch_size=args.batch_size, declip=args.declip)
+        rows = evaluate_denoise(args.dataset, _numbers(args.sigmas), args.method, args.model, args.n, args.clip,
+                                args.sigma_mode, args.estimator, args.classifier, args.labels, args.guidance,
+                                args.steps, args.data_dir, args.download, batch_size=args.batch_size,
+                                image_size=args.image_size, channels=args.channels, device=args.device,
+                                declip=not args.no_declip)
         if args.json:
             _print_json({"results": rows})
         else:
@@ -262,10 +260,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .similarity.api import SimilarityModel
     from .similarity.evaluate import evaluate
 
-    if args.hard < 0:
-        raise SiamdiffError("--hard must be 0 or more")
     result = evaluate(SimilarityModel.load(args.model), args.dataset, args.data_dir, args.download,
-                      n_pairs=args.n_pairs, n_hard=args.hard)
+                      n_pairs=args.n_pairs, n_hard=args.n_hard)
     if args.json:
         _print_json(result)
     else:
@@ -277,8 +273,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_similarity(args: argparse.Namespace) -> int:
     from .similarity.api import SimilarityModel
 
-    model = SimilarityModel.load(args.model)
-    result = {"a": args.a, "b": args.b, **model.score(args.a, args.b)}
+    result = {"a": args.a, "b": args.b, **SimilarityModel.load(args.model).score(args.a, args.b)}
     if args.json:
         _print_json(result)
     else:
@@ -291,7 +286,6 @@ def _cmd_index(args: argparse.Namespace) -> int:
     from .similarity.api import SimilarityModel
     from .similarity.index import build_index
 
-    check_writable(args.out)  # before the embedding, not after it
     index, counts = build_index(args.folder, SimilarityModel.load(args.model), args.out)
     print(f"index {args.out}: {len(index.paths)} images ({counts['added']} added, {counts['kept']} kept, "
           f"{counts['removed']} removed, {counts['skipped']} unreadable skipped)")
@@ -302,11 +296,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from .similarity.api import SimilarityModel
     from .similarity.index import Index, search
 
-    if args.k < 1:
-        raise SiamdiffError(f"-k must be a positive number, got {args.k}")
     index = Index.load(args.index)
-    model = SimilarityModel.load(args.model or index.model)
-    hits = search(index, model, args.image, args.k, use_faiss=args.faiss)
+    hits = search(index, SimilarityModel.load(args.model or index.model), args.image, args.k,
+                  use_faiss=args.use_faiss)
     if args.json:
         _print_json({"query": args.image, "results": hits})
     else:
@@ -316,66 +308,26 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 
 def _cmd_denoise(args: argparse.Namespace) -> int:
-    import numpy as np
-    import torch
+    from .reconstruction.pipeline import Denoiser, denoise_files
 
-    from .data.imageio import write_png_atomic
-    from .reconstruction.api import Denoiser, output_paths
-
-    if args.sigma != "auto":
-        try:
-            sigma = float(args.sigma)
-        except ValueError:
-            raise SiamdiffError(f"--sigma must be 'auto' or a number, got '{args.sigma}'") from None
-        if not np.isfinite(sigma) or sigma < 0:
-            raise SiamdiffError(f"--sigma must be 'auto' or a number of 0 or more, got '{args.sigma}'")
-    else:
-        sigma = "auto"
-    if args.steps < 1:
-        raise SiamdiffError(f"--steps must be at least 1, got {args.steps}")
-    inputs = [Path(p) for p in args.inputs]
-    out = Path(args.out)
-    targets = output_paths(inputs, out)
-    label = args.label
-    if label is not None and label != "auto":
-        try:
-            label = int(label)
-        except ValueError:
-            raise SiamdiffError(f"--label must be a class number or auto, got '{label}'") from None
-    model = Denoiser.load(args.model, args.estimator, args.classifier)
-    images = torch.stack([model.prepare(p) for p in inputs])  # every input read before anything is written
-    clean, info = model.denoise(images, sigma, args.method, args.steps, label,
-                                args.guidance if label is not None else 0.0, args.seed, not args.no_declip)
-    folder = targets[0].parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SiamdiffError(f"cannot create output folder '{folder}': {exc.strerror or exc}") from None
-    if not os.access(folder, os.W_OK):
-        raise SiamdiffError(f"output folder '{folder}' is not writable")
-    for k, (src, dst) in enumerate(zip(inputs, targets)):
-        array = torch.round(clean[k] * 255).to(torch.uint8).numpy().transpose(1, 2, 0)
-        write_png_atomic(array, dst)
+    den = Denoiser.load(args.model, args.estimator, args.classifier)
+    records = denoise_files(den, args.inputs, args.out, sigma=args.sigma, method=args.method, steps=args.steps,
+                            label=args.label, guidance=args.guidance if args.label is not None else 0.0,
+                            seed=args.seed, declip=not args.no_declip)
+    for r in records:
         if args.json:
-            _print_json({"input": str(src), "output": str(dst), "sigma": info.sigma[k],
-                         "sigma_estimated": info.sigma_estimated[k], "sigma_estimator": info.sigma_estimator,
-                         "t_start": info.t_start[k], "method": info.method,
-                         "label": None if info.labels is None else info.labels[k]})
+            _print_json(r)
         else:
-            print(f"{dst}  (sigma {info.sigma[k]:.3f}, t* {info.t_start[k]}, {info.method})")
+            print(f"{r['output']}  (sigma {r['sigma']:.3f}, t* {r['t_start']}, {r['method']})")
     return 0
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    from .reconstruction.api import Denoiser
-    from .reconstruction.sample import save_grid, sample
+    from .reconstruction.pipeline import Denoiser
+    from .reconstruction.plots import sample_grid
 
-    if Path(args.out).suffix.lower() != ".png":
-        raise SiamdiffError(f"--out must be a .png file, got '{args.out}'")
-    check_writable(args.out)  # before the sampling, not after it
-    model = Denoiser.load(args.model)
-    images = sample(model, args.n, args.method, args.steps, args.label, args.guidance, args.seed)
-    print(save_grid(images, Path(args.out)))
+    print(sample_grid(Denoiser.load(args.model), args.out, n=args.n, method=args.method, steps=args.steps,
+                      label=args.label, guidance=args.guidance, seed=args.seed))
     return 0
 
 
@@ -383,8 +335,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     from .similarity.api import SimilarityModel
     from .similarity.plots import plot_all
 
-    paths = plot_all(SimilarityModel.load(args.model), args.dataset, args.out, args.data_dir, args.download)
-    for p in paths:
+    for p in plot_all(SimilarityModel.load(args.model), args.dataset, args.out, args.data_dir, args.download):
         print(p)
     return 0
 

@@ -83,7 +83,7 @@ def _denoise_section(name: str, out: Path) -> list[str]:
     σ estimated by the shipped estimator, one network call (Tweedie), class kept checked by the shipped classifier."""
     import torch
 
-    from .reconstruction.api import Denoiser
+    from .reconstruction.pipeline import Denoiser
     from .reconstruction.metrics import psnr
     from .reconstruction.noise import gaussian
     from .reconstruction.plots import plot_flips
@@ -100,8 +100,7 @@ def _denoise_section(name: str, out: Path) -> list[str]:
     for sigma in DEMO_SIGMAS:
         noisy = gaussian(clean, sigma, torch.Generator().manual_seed(1000 + round(1000 * sigma)))
         restored, info = den.denoise(noisy, "auto", "tweedie")
-        with torch.no_grad():
-            kept = den.classifier(restored).argmax(1) if den.classifier is not None else None
+        kept = den.classify(restored) if den.classifier is not None else None
         keep = "" if kept is None else f"{int((kept == truth).sum())}"
         lines.append(f"| {sigma} | {float(torch.tensor(info.sigma_estimated).median()):.3f} | "
                      f"{float(psnr(noisy.clamp(0, 1), clean).mean()):.2f} | {float(psnr(restored, clean).mean()):.2f}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 from dataclasses import asdict
 from typing import Any, TypeVar
@@ -34,6 +35,18 @@ def over_memory(need: int, what: str, fix: str) -> str | None:
         return None
     return (f"{what} would take {need / 2**30:.1f} GiB, over the limit of {limit / 2**30:g} GiB: {fix} (or raise "
             f"${MEMORY_ENV})")
+
+
+SEED_LIMIT = 2 ** 63  # torch.manual_seed takes seeds from 0 up to below this
+
+
+def check_seed(seed: object, param: str = "seed") -> int:
+    """``seed`` as an int if torch can seed a generator with it, else a one-line refusal naming ``param``."""
+    from .errors import require
+
+    ok = isinstance(seed, numbers.Integral) and not isinstance(seed, bool)
+    require(ok and 0 <= int(seed) < SEED_LIMIT, param, "a whole number from 0 to 2**63 - 1", seed)
+    return int(seed)
 
 
 class JsonConfig:

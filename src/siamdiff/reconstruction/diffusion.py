@@ -19,7 +19,6 @@ from collections.abc import Callable
 
 import torch
 
-from ..core.errors import SiamdiffError
 from .schedule import Schedule, step_for_sigma
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
@@ -65,9 +64,9 @@ def ddim_steps(t_start: torch.Tensor, steps: int) -> list[torch.Tensor]:
 def ddim(model: EpsModel, schedule: Schedule, x_t: torch.Tensor, t_start: torch.Tensor, steps: int = 10,
          labels: torch.Tensor | None = None, guidance: float = 0.0, clip: bool = True) -> torch.Tensor:
     """Deterministic DDIM from ``t_start (N,)`` to a clean image in ``steps`` network calls (1 .. the schedule's
-    steps, else a one-line :class:`SiamdiffError`: more would only repeat steps, and 100,000 of them ran for hours)."""
+    steps: more would only repeat steps)."""
     if not 1 <= steps <= schedule.steps:
-        raise SiamdiffError(f"--steps must be from 1 to the model's {schedule.steps} diffusion steps, got {steps}")
+        raise ValueError(f"steps must be from 1 to the schedule's {schedule.steps}, got {steps}")
     seq = ddim_steps(t_start, steps)
     x = x_t
     for now, nxt in zip(seq[:-1], seq[1:]):

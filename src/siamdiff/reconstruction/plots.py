@@ -8,7 +8,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..core.errors import SiamdiffError
+from ..core.files import check_writable
 from ..core.plotting import pyplot, save_figure, show_image
+from ..data.imageio import write_png_atomic
 from .diffusion import _ab, predict_eps, x0_from_eps
 from .schedule import step_for_sigma
 
@@ -92,3 +95,28 @@ def plot_flips(clean: torch.Tensor, noisy: torch.Tensor, outputs: dict[str, torc
             ax.set_title(classes[int(p)], fontsize=7, color="red" if p != t else "black")
     fig.suptitle("Denoised outputs; red: the classifier sees another class than the clean image's", fontsize=9)
     return save_figure(fig, path)
+
+
+def save_grid(images: torch.Tensor, path: str | Path, columns: int = 8) -> Path:
+    """Write images ``(N, C, H, W)`` in [0, 1] as one PNG grid with a 2-pixel gap."""
+    path = Path(path)
+    n, c, h, w = images.shape
+    rows = -(-n // columns)
+    grid = np.zeros((rows * (h + 2), min(n, columns) * (w + 2), c), dtype=np.uint8)
+    arr = (images.clamp(0, 1) * 255).round().to(torch.uint8).numpy().transpose(0, 2, 3, 1)
+    for k in range(n):
+        r, q = divmod(k, columns)
+        grid[r * (h + 2):r * (h + 2) + h, q * (w + 2):q * (w + 2) + w] = arr[k]
+    write_png_atomic(grid if c == 3 else grid[:, :, 0], path)
+    return path
+
+
+def sample_grid(denoiser, out: str | Path, **options) -> Path:
+    """Draw new images with :meth:`~.pipeline.Denoiser.sample` (``options``) into the PNG grid ``out``, checked
+    before the sampling."""
+    denoiser.check_sample(**options)
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise SiamdiffError(f"{{out}} must be a .png file, got '{out}'", "out")
+    check_writable(out)
+    return save_grid(denoiser.sample(**options), out)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import numbers
 import sys
 import time
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 
 from ..core.checkpoint import load_state, save_state
-from ..core.config import JsonConfig
+from ..core.config import JsonConfig, check_seed
 from ..core.errors import SiamdiffError, require
 from ..core.files import atomic_write, make_folder
 
@@ -60,7 +61,6 @@ class TrainConfig(JsonConfig):
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("onecycle", "constant")
-SEED_LIMIT = 2 ** 63  # torch.manual_seed takes seeds below it
 
 
 def check_settings(**values: Any) -> None:
@@ -68,14 +68,16 @@ def check_settings(**values: Any) -> None:
     :class:`TrainConfig` and for the options that override one (given as keywords; None means not given)."""
     rules = {"epochs": (lambda v: v >= 1, "a positive number"), "batch_size": (lambda v: v >= 1, "a positive number"),
              "max_batches": (lambda v: v >= 1, "a positive number"),
-             "lr": (lambda v: 0 < v < math.inf, "a positive number"),
-             "seed": (lambda v: 0 <= v < SEED_LIMIT, "a whole number from 0 to 2**63 - 1")}
+             "lr": (lambda v: 0 < v < math.inf, "a positive number")}
     for name, value in values.items():
         if value is None:
             continue
+        if name == "seed":
+            check_seed(value)
+            continue
         ok, wanted = rules[name]
         whole = name != "lr"
-        if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral if whole else numbers.Real):
             raise SiamdiffError(f"{{{name}}} must be {'a whole number' if whole else 'a number'}, got {value!r}", name)
         require(ok(value), name, wanted, value)  # nan fails every comparison
 

@@ -1,0 +1,428 @@
+"""``Denoiser``: the one way siamdiff denoises — the CLI, the evaluation protocol, the benchmarks and the demo all
+call :meth:`Denoiser.denoise`.
+
+>>> from siamdiff import Denoiser
+>>> den = Denoiser.load("mnist")                       # shipped: diffusion model + noise estimator + classifier
+>>> clean, info = den.denoise(noisy)                    # noisy: (N, C, H, W) float in [0, 1]
+
+One call runs the stages in order: the noise level σ (given, or estimated per image by the learned estimator, else
+wavelet-MAD), declipping (diffusion methods, images read from files), the classes to keep (given, or predicted from
+the unguided one-step estimate), then the method. A Denoiser wraps a diffusion model (``tweedie``, ``ddim``,
+``ancestral``), the supervised direct denoiser (``direct``), a VAE (``vae``), or no model: the noisy input itself
+(``noisy``) and scikit-image's ``nlm`` and ``wavelet`` — the baselines the evaluation measures beside it.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..core.checkpoint import load_model
+from ..core.config import check_seed, over_memory
+from ..core.errors import SiamdiffError, first_line, number, require
+from ..core.registry import KIND_NAMES, companion, resolve
+from ..data.augment import at_size
+from ..core.files import make_folder
+from ..data.imageio import IMAGE_EXTENSIONS, fit_to, read_image, write_png_atomic
+from .diffusion import METHODS as DIFFUSION_METHODS
+from .diffusion import ancestral, ddim, denoise
+from .estimate import WAVELET, wavelet_sigma
+from .noise import declip as undo_clipping
+from .schedule import Schedule, sigma_for_step
+
+# The methods of each kind of model; None: no model (baselines).
+METHODS: dict[str | None, tuple[str, ...]] = {"diffusion": DIFFUSION_METHODS, "denoiser": ("direct",), "vae": ("vae",),
+                                              None: ("noisy", "nlm", "wavelet")}
+MAX_GUIDANCE = 100.0  # useful guidance weights are about 0-10; 1e300 gave NaN images
+
+
+@dataclass(frozen=True)
+class DenoiseInfo:
+    """What was done to each image: the σ used, the estimate, the entry step, the method."""
+
+    sigma: list[float]
+    sigma_estimated: list[float | None]
+    t_start: list[int | None]
+    method: str
+    sigma_estimator: str | None = None  # "learned" or "wavelet-MAD" when σ was estimated
+    labels: list[int] | None = None  # the classes kept by guidance, if any
+
+
+def _classical(noisy: torch.Tensor, sigma: np.ndarray, method: str) -> torch.Tensor:
+    """scikit-image's non-local means or BayesShrink wavelet denoising of each image, told its σ."""
+    from skimage.restoration import denoise_nl_means, denoise_wavelet
+
+    out = []
+    for img, s in zip(noisy.detach().cpu().double().numpy(), sigma):
+        multi = img.shape[0] > 1
+        im = img.transpose(1, 2, 0) if multi else img[0]
+        axis = -1 if multi else None
+        if method == "nlm":
+            res = denoise_nl_means(im, h=0.8 * s, sigma=s, fast_mode=True, patch_size=5, patch_distance=6,
+                                   channel_axis=axis)
+        else:
+            res = denoise_wavelet(im, sigma=s, method="BayesShrink", mode="soft", rescale_sigma=True,
+                                  channel_axis=axis)
+        out.append(res.transpose(2, 0, 1) if multi else res[None])
+    return torch.from_numpy(np.stack(out)).float().clamp(0, 1).to(noisy.device)
+
+
+def check_fits(model: nn.Module, kind: str, channels: int) -> None:
+    """Refuse a noise estimator or classifier made for images of other channels than those it would be given: its
+    answers would be meaningless, or it would fail deep inside the network. (Another size is fine: the estimator
+    pools over any size, the classifier is given the images resized to its own.)"""
+    if model.config.in_channels != channels:
+        raise SiamdiffError(f"the {KIND_NAMES[kind]} takes {model.config.in_channels}-channel images, not "
+                            f"{channels}-channel ones")
+
+
+def _guidance(value: float) -> float:
+    value = number(value, "guidance")
+    require(0 <= value <= MAX_GUIDANCE, "guidance", f"a number from 0 to {MAX_GUIDANCE:g}", value)
+    return value
+
+
+class Denoiser:
+    """A denoising model (or none, for the baselines) with the noise estimator and classifier that go with it."""
+
+    def __init__(self, net: nn.Module | None = None, meta: dict[str, Any] | None = None, source: str = "",
+                 estimator: nn.Module | None = None, classifier: nn.Module | None = None) -> None:
+        self.net = net.eval() if net is not None else None
+        self.meta = meta or {}
+        self.kind: str | None = self.meta.get("kind") if net is not None else None
+        if self.kind not in METHODS:
+            raise SiamdiffError(f"'{source or 'the model'}' is a {self.kind} model, not a diffusion model")
+        self.source = source
+        extra = self.meta.get("extra", {})
+        self.schedule = Schedule(**extra["schedule"]) if self.kind == "diffusion" else None
+        self.classes: list[str] = list(extra.get("classes", []))
+        self.estimator = estimator.eval() if estimator is not None else None
+        self.classifier = classifier.eval() if classifier is not None else None
+        for kind, model in (("sigma", self.estimator), ("classifier", self.classifier)):
+            if model is not None and self.channels is not None:
+                check_fits(model, kind, self.channels)
+
+    @classmethod
+    def load(cls, name_or_path: str | os.PathLike | None, estimator: str | os.PathLike | None = None,
+             classifier: str | os.PathLike | None = None, kind: str | None = "diffusion") -> Denoiser:
+        """A shipped name (``mnist``, ``fashion-mnist``, ``cifar10``: with its learned noise estimator and its
+        classifier) or a model file / run folder of ``kind`` (with the ``estimator`` and ``classifier`` given, if
+        any). ``estimator="wavelet"`` estimates σ by wavelet-MAD even where a learned estimator comes along.
+        ``kind`` None (and no model) gives the model-free baselines."""
+        net, meta, path = None, None, None
+        if kind is not None:
+            if name_or_path is None:
+                raise SiamdiffError(f"this method needs a {KIND_NAMES[kind]}: pass {{model}}", "model")
+            path = resolve(kind, name_or_path)
+            net, meta = load_model(path, kind=kind)
+
+        def load_companion(companion_kind: str, given: str | os.PathLike | None) -> nn.Module | None:
+            found = companion(companion_kind, path, given) if path is not None else \
+                (resolve(companion_kind, given) if given is not None else None)
+            return None if found is None else load_model(found, kind=companion_kind)[0]
+
+        sigma_net = None if str(estimator).lower() in WAVELET else load_companion("sigma", estimator)
+        source = "" if name_or_path is None else str(name_or_path)
+        return cls(net, meta, source, sigma_net, load_companion("classifier", classifier))
+
+    def to(self, device: str | torch.device) -> Denoiser:
+        """Move the networks to ``device`` (in place; returns self)."""
+        for model in (self.net, self.estimator, self.classifier):
+            if model is not None:
+                model.to(device)
+        return self
+
+    def compile(self) -> Denoiser:
+        """Compile the network and the noise estimator with ``torch.compile`` (in place; returns self).
+
+        For a process that denoises many images of one shape, not for one-off calls: the first call of each input
+        shape (and each guidance setting) spends tens of seconds compiling, and on the CPU it needs a C++ compiler.
+        Later calls of one 28×28 image ran 20-30 % faster on 2 CPU threads than the eager network
+        (``python benchmarks/denoise.py --latency-only`` measures both). A failure to compile is reported as a
+        :class:`SiamdiffError` on the first call."""
+        if self.net is not None:
+            self.net = _Compiled(self.net)
+        if self.estimator is not None:
+            self.estimator = _Compiled(self.estimator)
+        return self
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return METHODS[self.kind]
+
+    @property
+    def channels(self) -> int | None:
+        """The channels of the images this denoiser takes (None: any)."""
+        return self.net.config.in_channels if self.net is not None else None
+
+    @property
+    def image_size(self) -> int | None:
+        """The side of the images this denoiser takes (None: any)."""
+        return self.net.config.image_size if self.net is not None else None
+
+    @property
+    def num_classes(self) -> int:
+        """Classes the model can keep by guidance (0: unconditional)."""
+        return self.net.config.num_classes if self.kind == "diffusion" else 0
+
+    def prepare(self, image: str | os.PathLike | np.ndarray) -> torch.Tensor:
+        """A path or ``(H, W[, C])`` uint8 array -> ``(C, H, W)`` float in [0, 1].
+
+        Colour is converted to the model's channels (luma / replication). Another size is refused: resizing would
+        change the noise the model is asked to remove.
+        """
+        array = image if isinstance(image, np.ndarray) else read_image(image, channels=self.channels)
+        if array.ndim == 2:
+            array = array[:, :, None]
+        size = self.image_size
+        if size is not None and array.shape[:2] != (size, size):
+            name = image if not isinstance(image, np.ndarray) else "image"
+            raise SiamdiffError(f"'{name}' is {array.shape[1]}x{array.shape[0]} but the model denoises "
+                                f"{size}x{size} images (resizing would change the noise)")
+        array = fit_to(array, self.channels or array.shape[2], array.shape[:2])
+        return torch.from_numpy(array.transpose(2, 0, 1).copy()).float() / 255.0
+
+    def _check_images(self, images: torch.Tensor) -> None:
+        if not isinstance(images, torch.Tensor) or images.ndim != 4 or not images.is_floating_point():
+            what = f"a {images.ndim}-d {images.dtype} tensor" if isinstance(images, torch.Tensor) else \
+                type(images).__name__
+            raise SiamdiffError(f"{{images}} must be a float tensor (N, C, H, W) in [0, 1], got {what}", "images")
+        c, h, w = images.shape[1:]
+        for what, model in (("model", self.net), ("noise estimator", self.estimator), ("classifier", self.classifier)):
+            if model is not None and c != model.config.in_channels:
+                raise SiamdiffError(f"{{images}} have {c} channel(s) but the {what} takes "
+                                    f"{model.config.in_channels}-channel images", "images")
+        if self.image_size is not None and (h, w) != (self.image_size, self.image_size):
+            raise SiamdiffError(f"{{images}} are {w}x{h} but the model denoises {self.image_size}x{self.image_size} "
+                                f"images", "images")
+
+    def sigma_range(self) -> float:
+        """The largest noise level this denoiser can be told (σ at a diffusion schedule's last step)."""
+        if self.schedule is None:
+            return math.inf
+        return float(sigma_for_step(self.schedule, self.schedule.steps - 1))
+
+    def estimate_sigma(self, images: torch.Tensor) -> np.ndarray:
+        """Noise level per image ``(N,)``: the learned estimator when there is one, else wavelet-MAD."""
+        if self.estimator is not None:
+            with torch.no_grad():
+                return self.estimator(images.float()).double().cpu().numpy()
+        return wavelet_sigma(images)
+
+    def classify(self, images: torch.Tensor) -> torch.Tensor:
+        """The classifier's class ``(N,)`` of images in [0, 1], given to it at its own size."""
+        if self.classifier is None:
+            raise SiamdiffError("this needs a classifier: use a shipped model or pass {classifier}", "classifier")
+        with torch.no_grad():
+            return self.classifier(at_size(images, self.classifier.config.image_size)).argmax(1)
+
+    def _labels(self, label: int | str | Sequence[int] | torch.Tensor | None, images: torch.Tensor,
+                sigma: torch.Tensor) -> torch.Tensor | None:
+        """The class each image keeps: none, one class for all, one per image, or ``"auto"``: the class the
+        classifier sees in the unguided one-step (Tweedie) estimate, which is far easier to classify than the
+        noisy input (at σ 0.5 the classifier is at chance on noisy MNIST digits)."""
+        if label is None:
+            return None
+        if not self.num_classes:
+            raise SiamdiffError("this model has no classes: {label} needs a class-conditional model", "label")
+        if isinstance(label, str):
+            if label != "auto":
+                raise SiamdiffError(f"{{label}} must be a class number or auto, got '{label}'", "label")
+            if self.classifier is None:
+                raise SiamdiffError("{label} auto needs a classifier: use a shipped model or pass {classifier}",
+                                    "label", "classifier")
+            pilot, _ = denoise(self.net, self.schedule, images, sigma, "tweedie")
+            return self.classify(pilot)
+        labels = torch.as_tensor(label).long().reshape(-1).to(images.device)
+        if len(labels) == 1:
+            labels = labels.expand(len(images))
+        if len(labels) != len(images):
+            raise SiamdiffError(f"{{label}} must be one class or one per image ({len(images)}), got {len(labels)}",
+                                "label")
+        bad = labels[(labels < 0) | (labels >= self.num_classes)]
+        if len(bad):
+            raise SiamdiffError(f"{{label}} must be between 0 and {self.num_classes - 1}, got {int(bad[0])}", "label")
+        return labels.clone()
+
+    def _sigma(self, sigma: float | str, images: torch.Tensor) -> tuple[torch.Tensor, list[float | None]]:
+        if isinstance(sigma, str):
+            if sigma != "auto":
+                raise SiamdiffError(f"{{sigma}} must be 'auto' or a number, got '{sigma}'", "sigma")
+            estimated = self.estimate_sigma(images)
+            return torch.as_tensor(estimated, dtype=torch.float64), [float(s) for s in estimated]
+        value = number(sigma, "sigma")
+        require(math.isfinite(value) and value >= 0, "sigma", "'auto' or a number of 0 or more", sigma)
+        top = self.sigma_range()
+        if value > top:  # the chain cannot start noisier than its last step: the input would be out of range
+            raise SiamdiffError(f"{{sigma}} {sigma} is beyond the noise this model's schedule reaches (sigma "
+                                f"{top:.4g} at its last step)", "sigma")
+        return torch.full((len(images),), value, dtype=torch.float64), [None] * len(images)
+
+    def _check_steps(self, method: str, steps: int) -> None:
+        """Only DDIM takes steps; for it more than the schedule's would only repeat steps (100,000 ran for hours)."""
+        whole = isinstance(steps, numbers.Integral) and not isinstance(steps, bool)
+        if method == "ddim":
+            top = self.schedule.steps
+            require(whole and 1 <= steps <= top, "steps", f"from 1 to the model's {top} diffusion steps", steps)
+        require(whole and steps >= 1, "steps", "a positive number", steps)
+
+    @torch.no_grad()
+    def denoise(self, images: torch.Tensor, sigma: float | str = "auto", method: str | None = None, steps: int = 10,
+                label: int | str | Sequence[int] | torch.Tensor | None = None, guidance: float = 0.0,
+                seed: int | torch.Generator = 0, declip: bool = True) -> tuple[torch.Tensor, DenoiseInfo]:
+        """Clean ``images (N, C, H, W)`` in [0, 1] with ``method`` (default: the model's first).
+
+        sigma: a number, or ``"auto"`` (estimated per image); label: the class to keep by classifier-free guidance
+        of weight ``guidance`` (a class number, one per image, or ``"auto"``); steps: DDIM's network calls;
+        seed: of the ancestral chain (or a ``torch.Generator`` to draw from); declip: undo the bias of pixels
+        clipped at 0 or 1 first, in images that lie within [0, 1] (as read from files; diffusion methods).
+        Returns the clean images in [0, 1] and what was done (:class:`DenoiseInfo`).
+        """
+        method = method or self.methods[0]
+        if method not in self.methods:
+            raise SiamdiffError(f"unknown {{method}} '{method}' for this model: use one of {', '.join(self.methods)}",
+                                "method")
+        self._check_images(images)
+        self._check_steps(method, steps)
+        guidance = _guidance(guidance)
+        generator = seed if isinstance(seed, torch.Generator) else \
+            torch.Generator(device=images.device).manual_seed(check_seed(seed))
+        sig, estimated = self._sigma(sigma, images)
+        images = images.float()
+        t_star: list[int | None] = [None] * len(images)
+        labels = None
+        if self.kind == "diffusion":
+            if declip:
+                images = undo_clipping(images, sig)
+            labels = self._labels(label, images, sig)
+            out, steps_in = denoise(self.net, self.schedule, images, sig, method, steps, labels, guidance, generator)
+            t_star = [int(t) for t in steps_in]
+        elif label is not None:
+            self._labels(label, images, sig)  # refuses: no classes
+        elif method == "direct":
+            t = torch.zeros(len(images), dtype=torch.long, device=images.device)
+            out = ((self.net(images * 2 - 1, t, None) + 1) / 2).clamp(0, 1)
+        elif method == "vae":
+            out = self.net.reconstruct(images.clamp(0, 1))
+        elif method == "noisy":  # the input, as a viewer shows it
+            out = images.clamp(0, 1)
+        else:
+            out = _classical(images, sig.numpy(), method)
+        how = None if sigma != "auto" else ("learned" if self.estimator is not None else "wavelet-MAD")
+        return out.clamp(0, 1), DenoiseInfo([float(s) for s in sig], estimated, t_star, method, how,
+                                            None if labels is None else [int(k) for k in labels])
+
+    def check_sample(self, n: int = 16, method: str = "ddim", steps: int = 50, label: int | None = None,
+                     guidance: float = 1.0, seed: int = 0, batch_size: int = 256) -> None:
+        """Refuse settings :meth:`sample` cannot use, before any work (the same arguments)."""
+        if self.kind != "diffusion":
+            raise SiamdiffError("sampling needs a diffusion model")
+        if method not in ("ddim", "ddpm"):
+            raise SiamdiffError(f"unknown {{method}} '{method}': use ddim or ddpm", "method")
+        require(isinstance(n, numbers.Integral) and not isinstance(n, bool) and n >= 1, "n", "a positive number", n)
+        if isinstance(label, str):
+            raise SiamdiffError(f"{{label}} must be a class number, got '{label}'", "label")
+        self._check_steps(method, steps)
+        _guidance(guidance)
+        check_seed(seed)
+        c, s = self.channels, self.image_size
+        refusal = over_memory(n * c * s * s * 4, f"{n} images of {s}x{s}", "ask for fewer with {n}")
+        if refusal:
+            raise SiamdiffError(refusal, "n")
+        self._labels(label, torch.zeros(1, c, s, s), torch.zeros(1))  # a class the model lacks
+
+    @torch.no_grad()
+    def sample(self, n: int = 16, method: str = "ddim", steps: int = 50, label: int | None = None,
+               guidance: float = 1.0, seed: int = 0, batch_size: int = 256) -> torch.Tensor:
+        """``n`` new images ``(n, C, S, S)`` in [0, 1] drawn from pure noise by DDIM (``steps`` network calls) or
+        the DDPM chain (every step), ``batch_size`` at a time (memory stays bounded whatever ``n``)."""
+        self.check_sample(n, method, steps, label, guidance, seed, batch_size)
+        c, s = self.channels, self.image_size
+        device = next(self.net.parameters()).device
+        gen = torch.Generator(device=device).manual_seed(int(seed))
+        out = []
+        for start in range(0, n, batch_size):
+            k = min(batch_size, n - start)
+            x = torch.randn((k, c, s, s), generator=gen, device=device)
+            t = torch.full((k,), self.schedule.steps - 1, dtype=torch.long, device=device)
+            labels = self._labels(label, x, torch.zeros(k))
+            w = guidance if labels is not None else 0.0
+            x0 = ddim(self.net, self.schedule, x, t, steps, labels, w) if method == "ddim" else \
+                ancestral(self.net, self.schedule, x, t, labels, w, generator=gen)
+            out.append(((x0 + 1) / 2).clamp(0, 1))
+        return torch.cat(out)
+
+
+class _Compiled(nn.Module):
+    """``torch.compile`` of a network (static shapes: one graph per input shape), keeping its ``config`` and turning
+    a compiler failure into a one-line error."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.config = getattr(net, "config", None)
+        self.compiled = torch.compile(net, dynamic=False)
+
+    def forward(self, *args: Any) -> torch.Tensor:
+        try:
+            return self.compiled(*args)
+        except Exception as exc:  # noqa: BLE001 - inductor raises many types (no compiler, unsupported op)
+            raise SiamdiffError(f"torch.compile failed ({type(exc).__name__}: {first_line(exc)[:200]}); use the "
+                                f"network without compile()") from None
+
+
+def output_paths(inputs: list[Path], out: Path) -> list[Path]:
+    """Where each denoised image goes: ``out`` itself for one input named ``*.png``, else ``out/<stem>.png``.
+
+    Refuses to write over any input file.
+    """
+    if len(inputs) == 1 and out.suffix.lower() == ".png" and not out.is_dir():
+        targets = [out]
+    elif out.suffix.lower() == ".png" and not out.is_dir():
+        raise SiamdiffError(f"{{out}} '{out}' is one file but there are {len(inputs)} inputs: give a folder", "out")
+    elif out.suffix.lower() in IMAGE_EXTENSIONS and not out.is_dir():
+        raise SiamdiffError(f"denoised images are written as PNG: name {{out}} '{out.with_suffix('.png')}' or a "
+                            f"folder", "out")
+    else:
+        if out.exists() and not out.is_dir():
+            raise SiamdiffError(f"{{out}} '{out}' is a file; give a folder for several inputs", "out")
+        stems = [p.stem for p in inputs]
+        if len(set(stems)) != len(stems):
+            raise SiamdiffError("several inputs share a file name; denoise them into separate folders")
+        targets = [out / f"{p.stem}.png" for p in inputs]
+    resolved_inputs = {p.resolve() for p in inputs}
+    for t in targets:  # every target checked before anything is written
+        if t.resolve() in resolved_inputs:
+            raise SiamdiffError(f"refusing to overwrite the input '{t}': choose another {{out}}", "out")
+        if t.is_dir():
+            raise SiamdiffError(f"cannot write '{t}': it is a folder")
+    return targets
+
+
+def denoise_files(denoiser: Denoiser, inputs: Sequence[str | os.PathLike], out: str | os.PathLike,
+                  **options: Any) -> list[dict[str, Any]]:
+    """Denoise image files into PNGs: ``out`` is the file for one input named ``*.png``, else a folder receiving
+    ``<stem>.png`` per input. Every target is checked and every input read before anything is written; an input is
+    never overwritten. ``options`` go to :meth:`Denoiser.denoise`. Returns one record per file: ``input``,
+    ``output``, ``sigma`` (used), ``sigma_estimated``, ``sigma_estimator``, ``t_start``, ``method``, ``label``."""
+    paths = [Path(p) for p in inputs]
+    targets = output_paths(paths, Path(out))
+    images = torch.stack([denoiser.prepare(p) for p in paths])
+    clean, info = denoiser.denoise(images, **options)
+    make_folder(targets[0].parent)
+    records = []
+    for k, (src, dst) in enumerate(zip(paths, targets)):
+        write_png_atomic(torch.round(clean[k] * 255).to(torch.uint8).numpy().transpose(1, 2, 0), dst)
+        records.append({"input": str(src), "output": str(dst), "sigma": info.sigma[k],
+                        "sigma_estimated": info.sigma_estimated[k], "sigma_estimator": info.sigma_estimator,
+                        "t_start": info.t_start[k], "method": info.method,
+                        "label": None if info.labels is None else info.labels[k]})
+    return records
