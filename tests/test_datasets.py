@@ -47,16 +47,16 @@ def test_idx_splits_never_leak(fake_mnist):
 
 
 def test_missing_files_and_bad_names_are_clear(tmp_path, monkeypatch):
-    with pytest.raises(SiamdiffError, match="not found.*--download"):
-        ds.load_dataset("mnist", "test", tmp_path)
+    with pytest.raises(SiamdiffError, match="not found.*pass download, give data_dir or set"):
+        ds.load_dataset("mnist", "test", tmp_path)  # the library names its parameters, the CLI its flags
     with pytest.raises(SiamdiffError, match="unknown dataset"):
         ds.load_dataset("imagenet", "test", tmp_path)
     with pytest.raises(SiamdiffError, match="unknown split"):
         ds.load_dataset("mnist", "dev", tmp_path)
     assert ds.canonical_name("FashionMNIST") == "fashion-mnist" and ds.canonical_name("CIFAR-10") == "cifar10"
     monkeypatch.setenv(ds.DATA_ENV, str(tmp_path / "env"))
-    assert ds.data_dir() == tmp_path / "env"
-    assert ds.data_dir(tmp_path / "x") == tmp_path / "x"
+    assert ds.data_folder() == tmp_path / "env"
+    assert ds.data_folder(tmp_path / "x") == tmp_path / "x"
 
 
 def test_corrupt_idx_is_reported(tmp_path):

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 
-from .core.files import atomic_write
+from .core.files import atomic_write, make_folder
 from .data.datasets import load_sample
 from .data.imageio import write_png_atomic
 from .core.errors import SiamdiffError
@@ -32,7 +32,7 @@ def _write_sample_images(name: str, folder: Path) -> list[Path]:
     for k in range(len(data)):
         cls = data.classes[int(data.labels[k])].replace("/", "-").replace(" ", "_")
         path = folder / cls / f"{k:03d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(path.parent)
         if not path.exists():
             write_png_atomic(data.images[k].numpy().transpose(1, 2, 0), path)
         paths.append(path)
@@ -131,14 +131,12 @@ def run_demo(out: str | Path = "siamdiff-demo") -> Path:
     began = time.perf_counter()
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise SiamdiffError(f"--out '{out}' exists and is not a folder")
+        raise SiamdiffError(f"{{out}} '{out}' exists and is not a folder", "out")
     if out.is_dir() and not _is_demo_folder(out):
-        raise SiamdiffError(f"--out '{out}' holds other files: give a new or empty folder, or a previous demo's")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / MARKER).touch()
-    except OSError as exc:
-        raise SiamdiffError(f"cannot create '{out}': {exc.strerror}") from None
+        raise SiamdiffError(f"{{out}} '{out}' holds other files: give a new or empty folder, or a previous demo's",
+                            "out")
+    make_folder(out)
+    atomic_write(out / MARKER, lambda tmp: tmp.write_text(""))
     names = shipped("similarity")
     if not names:
         raise SiamdiffError("no shipped similarity weights are installed")

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..core.errors import SiamdiffError
+from ..core.files import make_folder
 from ..core.registry import DATASETS, canonical
 from .folder import load_folder_splits
 from .types import ImageSet
@@ -71,7 +72,7 @@ _CIFAR_MD5 = "c58f30108f718f92721af3b95e74349a"
 BUILTIN = DATASETS
 
 
-def data_dir(explicit: str | os.PathLike | None = None) -> Path:
+def data_folder(explicit: str | os.PathLike | None = None) -> Path:
     """The data folder: ``explicit`` (``--data-dir``), else ``$SIAMDIFF_DATA``, else ``~/.cache/siamdiff/data``."""
     if explicit:
         return Path(explicit).expanduser()
@@ -111,7 +112,7 @@ def classes_of(name: str) -> list[str]:
     return CIFAR_CLASSES if name == "cifar10" else _IDX_SPECS[name].classes
 
 
-def load_dataset(name: str, split: str, root: str | os.PathLike | None = None, download: bool = False,
+def load_dataset(name: str, split: str, data_dir: str | os.PathLike | None = None, download: bool = False,
                  image_size: int | None = None, channels: int | None = None) -> ImageSet:
     """Load one split of a dataset.
 
@@ -119,10 +120,10 @@ def load_dataset(name: str, split: str, root: str | os.PathLike | None = None, d
     or ``folder:PATH`` (``PATH/<class>/<images>``; needs ``image_size`` and ``channels``, defaults 32 and 3).
     split: ``train`` (official train minus validation), ``val``, ``test`` or ``train+val``.
     """
-    return load_splits(name, (split,), root, download, image_size, channels)[0]
+    return load_splits(name, (split,), data_dir, download, image_size, channels)[0]
 
 
-def load_splits(name: str, splits: tuple[str, ...], root: str | os.PathLike | None = None, download: bool = False,
+def load_splits(name: str, splits: tuple[str, ...], data_dir: str | os.PathLike | None = None, download: bool = False,
                 image_size: int | None = None, channels: int | None = None) -> list[ImageSet]:
     """Several splits of one dataset (see :func:`load_dataset`), reading each source once: ``train`` and ``val``
     come from the same official training files, and a folder is read from disk a single time."""
@@ -137,7 +138,7 @@ def load_splits(name: str, splits: tuple[str, ...], root: str | os.PathLike | No
     if name.startswith("folder:"):
         return load_folder_splits(name[len("folder:"):], splits, 32 if image_size is None else image_size,
                                   channels or 3)
-    folder = data_dir(root)
+    folder = data_folder(data_dir)
     sources: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     out = []
     for split in splits:
@@ -171,8 +172,8 @@ def _load_idx(folder: Path, spec: _IdxSpec, split: str, download: bool) -> tuple
         path = _find_idx(raw, stem)
         if path is None:
             if not download:
-                raise SiamdiffError(f"{spec.folder} file '{stem}.gz' not found under '{raw}': pass --download, "
-                                    f"--data-dir or set {DATA_ENV}")
+                raise SiamdiffError(f"{spec.folder} file '{stem}.gz' not found under '{raw}': pass {{download}}, "
+                                    f"give {{data_dir}} or set ${DATA_ENV}", "download", "data_dir")
             path = _download(spec.mirrors, f"{stem}.gz", spec.md5[f"{stem}.gz"], raw)
         paths.append(path)
     images = _read_idx(paths[0], expect_dims=3)[:, None]
@@ -211,8 +212,8 @@ def _load_cifar(folder: Path, split: str, download: bool) -> tuple[np.ndarray, n
     files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
     if not all((base / f).is_file() for f in files):
         if not download:
-            raise SiamdiffError(f"CIFAR-10 batches not found under '{base}': pass --download, --data-dir or set "
-                                f"{DATA_ENV}")
+            raise SiamdiffError(f"CIFAR-10 batches not found under '{base}': pass {{download}}, give {{data_dir}} "
+                                f"or set ${DATA_ENV}", "download", "data_dir")
         archive = _download((_CIFAR_URL.rsplit("/", 1)[0] + "/",), "cifar-10-python.tar.gz", _CIFAR_MD5, folder)
         with tarfile.open(archive, "r:gz") as tar:
             tar.extractall(folder, filter="data")
@@ -259,7 +260,7 @@ def _md5(path: Path) -> str:
 
 def _download(mirrors: tuple[str, ...], filename: str, md5: str, dest: Path, timeout: float = 60.0) -> Path:
     """Fetch ``filename`` from the first mirror that answers and check its MD5; the file appears only if valid."""
-    dest.mkdir(parents=True, exist_ok=True)
+    make_folder(dest)
     target = dest / filename
     if target.is_file() and _md5(target) == md5:
         return target
@@ -296,11 +297,11 @@ def load_sample(name: str) -> ImageSet:
                     classes_of(name))
 
 
-def make_sample(name: str, root: str | os.PathLike | None, out: Path, per_class: int = SAMPLE_PER_CLASS) -> Path:
+def make_sample(name: str, data_dir: str | os.PathLike | None, out: Path, per_class: int = SAMPLE_PER_CLASS) -> Path:
     """Write the embedded sample for ``name`` (first ``per_class`` test images of each class) to ``out``."""
-    test = load_dataset(name, "test", root)
+    test = load_dataset(name, "test", data_dir)
     labels = test.labels.numpy()
     idx = np.sort(np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(len(test.classes))]))
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(out.parent)
     np.savez_compressed(out, images=test.images.numpy()[idx], labels=labels[idx].astype(np.uint8), index=idx)
     return out

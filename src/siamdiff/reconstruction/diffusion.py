@@ -35,7 +35,7 @@ def predict_eps(model: EpsModel, x: torch.Tensor, t: torch.Tensor, labels: torch
     return (1.0 + guidance) * conditional - guidance * unconditional
 
 
-def _ab(schedule: Schedule, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+def alpha_bar_at(schedule: Schedule, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """ᾱ_t shaped ``(N, 1, 1, 1)``; ``t = -1`` means the clean image (ᾱ = 1)."""
     ab = torch.cat([torch.ones(1, dtype=torch.float64), schedule.alpha_bar]).to(like.device)
     return ab[t + 1].to(like.dtype).view(-1, 1, 1, 1)
@@ -43,7 +43,7 @@ def _ab(schedule: Schedule, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor
 
 def x0_from_eps(schedule: Schedule, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """``(x_t − √(1 − ᾱ_t)·ε) / √ᾱ_t``."""
-    ab = _ab(schedule, t, x_t)
+    ab = alpha_bar_at(schedule, t, x_t)
     return (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
 
 
@@ -74,8 +74,8 @@ def ddim(model: EpsModel, schedule: Schedule, x_t: torch.Tensor, t_start: torch.
         x0 = x0_from_eps(schedule, x, now, eps)
         if clip:
             x0 = x0.clamp(-1.0, 1.0)
-            eps = (x - _ab(schedule, now, x).sqrt() * x0) / (1 - _ab(schedule, now, x)).sqrt().clamp_min(1e-12)
-        ab_next = _ab(schedule, nxt, x)
+            eps = (x - alpha_bar_at(schedule, now, x).sqrt() * x0) / (1 - alpha_bar_at(schedule, now, x)).sqrt().clamp_min(1e-12)
+        ab_next = alpha_bar_at(schedule, nxt, x)
         x = ab_next.sqrt() * x0 + (1 - ab_next).sqrt() * eps
     return x
 
@@ -125,7 +125,7 @@ def denoise(model: EpsModel, schedule: Schedule, y: torch.Tensor, sigma: torch.T
     """
     s = torch.as_tensor(sigma, dtype=torch.float64).expand(y.shape[0])
     t_star = step_for_sigma(schedule, s).to(y.device)
-    x_t = _ab(schedule, t_star, y).sqrt() * (2 * y - 1)
+    x_t = alpha_bar_at(schedule, t_star, y).sqrt() * (2 * y - 1)
     if method == "tweedie":
         x0 = tweedie(model, schedule, x_t, t_star, labels, guidance)
     elif method == "ddim":

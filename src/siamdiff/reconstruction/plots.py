@@ -12,7 +12,7 @@ from ..core.errors import SiamdiffError
 from ..core.files import check_writable
 from ..core.plotting import pyplot, save_figure, show_image
 from ..data.imageio import write_png_atomic
-from .diffusion import _ab, predict_eps, x0_from_eps
+from .diffusion import alpha_bar_at, predict_eps, x0_from_eps
 from .schedule import step_for_sigma
 
 
@@ -43,7 +43,7 @@ def plot_chain(net, schedule, noisy: torch.Tensor, sigma: float, path: Path, fra
 
     plt = pyplot()
     t_star = int(step_for_sigma(schedule, sigma))
-    x = _ab(schedule, torch.tensor([t_star]), noisy).sqrt() * (noisy * 2 - 1)
+    x = alpha_bar_at(schedule, torch.tensor([t_star]), noisy).sqrt() * (noisy * 2 - 1)
     labels = torch.tensor([label]) if label is not None else None
     shown = sorted(set(np.linspace(t_star, 0, frames).round().astype(int).tolist()), reverse=True)
     states, estimates = [], []
@@ -51,7 +51,7 @@ def plot_chain(net, schedule, noisy: torch.Tensor, sigma: float, path: Path, fra
         tt = torch.tensor([t])
         if t in shown:
             eps = predict_eps(net, x, tt, labels, 1.0 if labels is not None else 0.0)
-            states.append((x / _ab(schedule, tt, x).sqrt() + 1) / 2)
+            states.append((x / alpha_bar_at(schedule, tt, x).sqrt() + 1) / 2)
             estimates.append((x0_from_eps(schedule, x, tt, eps).clamp(-1, 1) + 1) / 2)
         x = ancestral_step(net, schedule, x, t, labels, 1.0 if labels is not None else 0.0, generator=generator)
     fig, axes = plt.subplots(2, len(shown) + 1, figsize=((len(shown) + 1) * 0.95, 2.1))

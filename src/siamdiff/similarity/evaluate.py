@@ -18,9 +18,10 @@ import numpy as np
 import torch
 
 from ..data.datasets import ImageSet, load_splits
-from ..core.errors import SiamdiffError
+from ..core.errors import SiamdiffError, require
 from .api import SimilarityModel
-from .metrics import (equal_error_rate, best_threshold, retrieval_metrics, roc_auc, verification_accuracy)
+from .metrics import (best_threshold, equal_error_rate, leave_one_out, retrieval_metrics, roc_auc,
+                      verification_accuracy)
 from .pairs import balanced_pairs
 
 log = logging.getLogger(__name__)
@@ -76,22 +77,23 @@ def _pair_distance(emb: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     return np.linalg.norm(emb[i] - emb[j], axis=1)
 
 
-def evaluate(model: SimilarityModel, dataset: str, data_root: str | None = None, download: bool = False,
+def evaluate(model: SimilarityModel, dataset: str, data_dir: str | None = None, download: bool = False,
              n_pairs: int = TEST_PAIRS, n_hard: int = 1000, gallery: str = "train") -> dict:
     """Run the whole protocol; returns one flat dict of metrics (see the module docstring)."""
     began = time.perf_counter()
+    if model.calibration is None:
+        raise SiamdiffError("model has no calibration; it cannot make verification decisions")
+    require(isinstance(n_pairs, int) and n_pairs >= 2, "n_pairs", "at least 2 (half same-class, half different)",
+            n_pairs)
+    require(isinstance(n_hard, int) and n_hard >= 0, "n_hard", "0 or more", n_hard)
     sample = dataset.startswith("sample:")
     use_train = gallery == "train" and not sample
     use_val = n_hard > 0 and not sample  # the sample has no validation split: hard pairs fit SSIM on test
     splits = ("test",) + (("train",) if use_train else ()) + (("val",) if use_val else ())
     # folder datasets are read at the model's size; each source file is read once for all splits
-    loaded = dict(zip(splits, load_splits(dataset, splits, data_root, download, model.image_size, model.channels)))
+    loaded = dict(zip(splits, load_splits(dataset, splits, data_dir, download, model.image_size, model.channels)))
     test = loaded["test"]
-    _check_compatible(model, test)
-    if model.calibration is None:
-        raise SiamdiffError("model has no calibration; it cannot make verification decisions")
-    if n_pairs < 2:
-        raise SiamdiffError("--n-pairs must be at least 2 (half same-class, half different)")
+    check_compatible(model, test)
     test_emb = model.embed(test.images)
     test_labels = test.labels.numpy()
     i, j, same = balanced_pairs(test_labels, n_pairs, TEST_PAIR_SEED)
@@ -105,24 +107,12 @@ def evaluate(model: SimilarityModel, dataset: str, data_root: str | None = None,
         out.update(retrieval_metrics(test_emb, test_labels, model.embed(gal.images), gal.labels.numpy()))
         out["gallery"] = f"train ({len(gal)} images)"
     else:
-        out.update(_leave_one_out(test_emb, test_labels))
+        out.update(leave_one_out(test_emb, test_labels))
         out["gallery"] = f"test, leave-one-out ({len(test)} images)"
     if n_hard > 0:
         out.update(_hard_pair_test(model, loaded.get("val", test), test, test_emb, n_hard))
     out["seconds"] = round(time.perf_counter() - began, 2)
     return out
-
-
-def _leave_one_out(emb: np.ndarray, labels: np.ndarray) -> dict:
-    """Retrieval of every image against all the others: R of a query is its class size minus itself."""
-    from .metrics import _ap_at_r, knn_search, recall_at_k
-
-    r = np.bincount(labels)[labels] - 1
-    _, idx = knn_search(emb, emb, max(5, int(r.max())), exclude_self=True)
-    rec = recall_at_k(labels, labels[idx], ks=(1, 5))
-    ok = r > 0
-    ap = float(_ap_at_r(labels[ok], labels[idx][ok], r[ok]).mean()) if ok.any() else float("nan")
-    return {"recall_at_1": rec[1], "recall_at_5": rec[5], "map_at_r": ap, "n_queries": len(labels)}
 
 
 def _hard_pair_test(model: SimilarityModel, val: ImageSet, test: ImageSet, test_emb: np.ndarray, n_hard: int
@@ -143,7 +133,8 @@ def _hard_pair_test(model: SimilarityModel, val: ImageSet, test: ImageSet, test_
             "hard_positive_accuracy": float(pred_model[truth].mean())}
 
 
-def _check_compatible(model: SimilarityModel, data: ImageSet) -> None:
+def check_compatible(model: SimilarityModel, data: ImageSet) -> None:
+    """Refuse a dataset whose images are not of the model's channels and size."""
     c, h, w = data.shape
     if (c, h, w) != (model.channels, model.image_size, model.image_size):
         raise SiamdiffError(f"model expects {model.channels}x{model.image_size}x{model.image_size} images but "

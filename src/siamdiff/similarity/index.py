@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.files import atomic_write
 from ..data.imageio import list_images
-from ..core.errors import ImageReadError, SiamdiffError, first_line
+from ..core.errors import ImageReadError, SiamdiffError, first_line, require
+from ..core.files import atomic_write, check_writable
 from .api import ImageLike, SimilarityModel
 from .metrics import knn_search
 
@@ -89,8 +89,8 @@ class Index:
             raise SiamdiffError(f"{name} was built by an earlier version of '{self.model}' (its weights have changed "
                                 f"since): build a new index")
         if self.fingerprint != model.fingerprint:
-            raise SiamdiffError(f"{name} was built by another model ({self.model}); pass --model {self.model} or "
-                                f"build a new index")
+            raise SiamdiffError(f"{name} was built by another model ({self.model}); pass {{model}} {self.model} or "
+                                f"build a new index", "model")
         width = model.net.config.embed_dim
         if self.embeddings.shape[1] != width:
             raise SiamdiffError(f"{name} is damaged (its embeddings have {self.embeddings.shape[1]} numbers, the "
@@ -112,7 +112,7 @@ def build_index(folder: str | os.PathLike, model: SimilarityModel, out: str | os
 
     Returns the index and counts ``{"added", "kept", "removed", "skipped"}``. Unreadable files are skipped.
     """
-    out = Path(out)
+    out = check_writable(out)  # before the embedding, not after it
     files = list_images(folder)
     where = str(Path(folder).resolve())
     old = Index.load(out) if out.exists() else None
@@ -120,7 +120,7 @@ def build_index(folder: str | os.PathLike, model: SimilarityModel, out: str | os
         old.check_model(model)
     if old is not None and old.folder and old.folder != where:
         raise SiamdiffError(f"index '{out}' holds the images of '{old.folder}', not '{folder}': updating it would "
-                            f"drop them; give '{folder}' a new --out")
+                            f"drop them; give '{folder}' a new {{out}}", "out")
     known = {p: (i, tuple(s)) for i, (p, s) in enumerate(zip(old.paths, old.stamps))} if old else {}
     keep_rows, keep_paths, keep_stamps, todo = [], [], [], []
     for f in files:
@@ -161,8 +161,7 @@ def build_index(folder: str | os.PathLike, model: SimilarityModel, out: str | os
 def search(index: Index, model: SimilarityModel, query: ImageLike | np.ndarray, k: int = 5,
            use_faiss: bool = False) -> list[dict[str, float | str]]:
     """The ``k`` nearest images to ``query``: ``[{"path", "distance", "probability"}]``, nearest first."""
-    if k < 1:
-        raise SiamdiffError(f"-k must be a positive number, got {k}")
+    require(isinstance(k, int) and not isinstance(k, bool) and k >= 1, "k", "a positive number", k)
     index.check_model(model)
     q = model.embed([query])[0] if not (isinstance(query, np.ndarray) and query.ndim == 1) else query
     dist, idx = nearest(index.embeddings, q[None, :], min(k, len(index.paths)), use_faiss)

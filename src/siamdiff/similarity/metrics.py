@@ -29,6 +29,7 @@ __all__ = [
     "recall_at_k",
     "map_at_r",
     "retrieval_metrics",
+    "leave_one_out",
 ]
 
 
@@ -452,3 +453,15 @@ def retrieval_metrics(
     out["map_at_r"] = ap_sum / n_kept
     out["n_queries"] = n_q
     return out
+
+
+def leave_one_out(emb: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """Retrieval of every image against all the others (a set with no separate gallery): recall@1, recall@5 and
+    MAP@R, where R of a query is its class size minus itself."""
+    labels = _to_numpy(labels)
+    r = np.bincount(labels)[labels] - 1
+    _, idx = knn_search(emb, emb, max(5, int(r.max())), exclude_self=True)
+    rec = recall_at_k(labels, labels[idx], ks=(1, 5))
+    ok = r > 0
+    ap = float(_ap_at_r(labels[ok], labels[idx][ok], r[ok]).mean()) if ok.any() else float("nan")
+    return {"recall_at_1": rec[1], "recall_at_5": rec[5], "map_at_r": ap, "n_queries": len(labels)}

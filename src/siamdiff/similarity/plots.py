@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.files import make_folder
 from ..core.plotting import pyplot, save_figure, show_image
 from ..data.datasets import ImageSet, load_dataset
 from ..core.errors import SiamdiffError
@@ -105,18 +106,14 @@ def plot_map(model: SimilarityModel, data: ImageSet, path: Path, thumbnails: int
     return save_figure(fig, path)
 
 
-def plot_all(model: SimilarityModel, dataset: str, out: str | os.PathLike, data_root: str | None = None,
+def plot_all(model: SimilarityModel, dataset: str, out: str | os.PathLike, data_dir: str | None = None,
              download: bool = False) -> list[Path]:
     """Write ``pairs.png``, ``roc.png`` and ``map.png`` for ``dataset``'s test split into ``out``."""
-    from .evaluate import _check_compatible, hard_pairs
+    from .evaluate import check_compatible, hard_pairs
 
-    out = Path(out)
-    data = load_dataset(dataset, "test", data_root, download, image_size=model.image_size, channels=model.channels)
-    _check_compatible(model, data)
-    try:  # only once the data is there: a bad --dataset leaves no empty folder behind
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SiamdiffError(f"cannot create folder '{out}': {exc.strerror}") from None
+    data = load_dataset(dataset, "test", data_dir, download, image_size=model.image_size, channels=model.channels)
+    check_compatible(model, data)
+    out = make_folder(out)  # only once the data is there: a bad dataset leaves no empty folder behind
     i, j, same = balanced_pairs(data.labels.numpy(), 8, seed=3)
     hi, hj, hs = hard_pairs(data.images, data.labels.numpy(), 4, seed=4)
     return [plot_pairs(model, data, out / "pairs.png", (i, j, same), "Random pairs"),
