@@ -219,7 +219,7 @@ def _load_cifar(folder: Path, split: str, download: bool) -> tuple[np.ndarray, n
             tar.extractall(folder, filter="data")
     images, labels = [], []
     for f in files:
-        batch = _read_cifar_batch(base / f)
+        batch = read_cifar_batch(base / f)
         images.append(batch[0])
         labels.append(batch[1])
     return np.concatenate(images), np.concatenate(labels)
@@ -238,7 +238,7 @@ class _SafeUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
 
 
-def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as f:
             batch = _SafeUnpickler(f, encoding="latin1").load()

@@ -1,7 +1,7 @@
 """Carry the datasets to a GPU machine that can take at most 64 MiB per call, and rebuild the official layouts there.
 
-    python benchmarks/stage_data.py pack --data-dir ../shared/data --out stage        # here: stage/part{1,2,3}
-    python benchmarks/stage_data.py unpack stage/part1 --to /tmp/siamdiff-data        # there, once per part
+    python tools/stage_data.py pack --data-dir ../shared/data --out stage        # here: stage/part{1,2,3}
+    python tools/stage_data.py unpack stage/part1 --to /tmp/siamdiff-data        # there, once per part
 
 MNIST and Fashion-MNIST travel as their official gzip files (part 1). CIFAR-10 batches travel as lossless WebP
 mosaics (100 x 100 images of 32 x 32, ~17 MB per 10,000 images instead of 31 MB): batches 1-2 in part 2, 3-5 in part
@@ -48,7 +48,7 @@ def _unmosaic(picture: np.ndarray, n: int) -> np.ndarray:
 
 def pack(data_dir: Path, out: Path, test_n: int) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from siamdiff.data.datasets import _read_cifar_batch
+    from siamdiff.data.datasets import read_cifar_batch
 
     for part, items in PARTS.items():
         dest = out / part
@@ -58,7 +58,7 @@ def pack(data_dir: Path, out: Path, test_n: int) -> None:
             if item in ("MNIST", "FashionMNIST"):
                 shutil.copytree(data_dir / item / "raw", dest / item / "raw", dirs_exist_ok=True)
                 continue
-            images, labels = _read_cifar_batch(data_dir / "cifar-10-batches-py" / item)
+            images, labels = read_cifar_batch(data_dir / "cifar-10-batches-py" / item)
             if item == "test_batch":
                 images, labels = images[:test_n], labels[:test_n]
             buf = io.BytesIO()
