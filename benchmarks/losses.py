@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from similarity import code_version, hardware  # noqa: E402
+from common import code_version, hardware  # noqa: E402
 
 from siamdiff.core.checkpoint import read_metadata  # noqa: E402
 from siamdiff.data.datasets import load_dataset  # noqa: E402
