@@ -12,88 +12,21 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import numbers
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..core.checkpoint import load_state, save_state
-from ..core.config import JsonConfig, check_seed
-from ..core.errors import SiamdiffError, require
+from ..core.errors import SiamdiffError
 from ..core.files import atomic_write, make_folder
-
-if TYPE_CHECKING:
-    from .task import Task
+from .config import TrainConfig
+from .task import Task
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainConfig(JsonConfig):
-    """Optimisation settings shared by all models (the ``train`` part of every recipe)."""
-
-    epochs: int = 10
-    batch_size: int = 256
-    lr: float = 2e-3
-    weight_decay: float = 5e-4
-    optimizer: str = "adamw"  # adamw | adam | sgd
-    schedule: str = "onecycle"  # onecycle | constant
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True  # bfloat16 autocast on CUDA, and on CPUs with bfloat16 matrix units (see autocast_enabled)
-    max_batches: int | None = None  # cap per epoch (smoke runs)
-
-    def __post_init__(self) -> None:
-        check_settings(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, seed=self.seed,
-                       max_batches=self.max_batches)
-        if self.optimizer not in OPTIMIZERS:
-            raise SiamdiffError(f"unknown optimizer '{self.optimizer}': use {', '.join(OPTIMIZERS)}")
-        if self.schedule not in SCHEDULES:
-            raise SiamdiffError(f"unknown schedule '{self.schedule}': use {' or '.join(SCHEDULES)}")
-
-
-OPTIMIZERS = ("adamw", "adam", "sgd")
-SCHEDULES = ("onecycle", "constant")
-
-
-def check_settings(**values: Any) -> None:
-    """Refuse training settings out of range, naming each by its parameter: the one check of these values, for a
-    :class:`TrainConfig` and for the options that override one (given as keywords; None means not given)."""
-    rules = {"epochs": (lambda v: v >= 1, "a positive number"), "batch_size": (lambda v: v >= 1, "a positive number"),
-             "max_batches": (lambda v: v >= 1, "a positive number"),
-             "lr": (lambda v: 0 < v < math.inf, "a positive number")}
-    for name, value in values.items():
-        if value is None:
-            continue
-        if name == "seed":
-            check_seed(value)
-            continue
-        ok, wanted = rules[name]
-        whole = name != "lr"
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral if whole else numbers.Real):
-            raise SiamdiffError(f"{{{name}}} must be {'a whole number' if whole else 'a number'}, got {value!r}", name)
-        require(ok(value), name, wanted, value)  # nan fails every comparison
-
-
-def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
-    """The random source of one epoch, seeded by ``(seed, epoch)``: a resumed run draws what an uninterrupted one
-    would have drawn."""
-    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch)
-
-
-def shuffled_batches(n: int, batch_size: int, generator: torch.Generator,
-                     device: torch.device) -> Iterator[torch.Tensor]:
-    """Index batches ``(B,)`` of a seeded permutation of ``range(n)``; a last batch of one is dropped (BatchNorm
-    cannot train on a single image)."""
-    order = torch.randperm(n, generator=generator, device=device)
-    return (order[s:s + batch_size] for s in range(0, n - 1, batch_size))
 
 
 def resolve_device(name: str = "auto") -> torch.device:

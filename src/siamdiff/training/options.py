@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 
 from ..core.config import MAX_IMAGE_SIZE, JsonConfig
 from ..core.errors import SiamdiffError, require
-from .loop import TrainConfig, check_settings
+from .config import TrainConfig, check_settings
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,24 @@ from ..core.checkpoint import init_record, save_model
 from ..core.version import __version__
 from ..data.augment import augment
 from ..data.types import ImageSet
-from .loop import TrainConfig, epoch_generator, shuffled_batches
+from .config import TrainConfig
 
 if TYPE_CHECKING:
     from .options import TrainOptions
+
+
+def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
+    """The random source of one epoch, seeded by ``(seed, epoch)``: a resumed run draws what an uninterrupted one
+    would have drawn."""
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch)
+
+
+def shuffled_batches(n: int, batch_size: int, generator: torch.Generator,
+                     device: torch.device) -> Iterator[torch.Tensor]:
+    """Index batches ``(B,)`` of a seeded permutation of ``range(n)``; a last batch of one is dropped (BatchNorm
+    cannot train on a single image)."""
+    order = torch.randperm(n, generator=generator, device=device)
+    return (order[s:s + batch_size] for s in range(0, n - 1, batch_size))
 
 
 @dataclass(frozen=True)
