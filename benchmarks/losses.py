@@ -41,7 +41,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     test = load_dataset(args.dataset, "test", args.data_dir)
-    train = load_dataset(args.dataset, "train", args.data_dir)
+    gallery = load_dataset(args.dataset, "train", args.data_dir)
     rows = []
     for loss, kw in LOSSES.items():
         out = Path(args.runs) / f"{args.dataset}-{loss}"
@@ -50,8 +50,8 @@ def main() -> None:
                         data_dir=args.data_dir, overwrite=True)
         seconds = time.perf_counter() - began
         model = SimilarityModel.load(out / "model.safetensors")
-        retrieval = retrieval_metrics(model.embed(test.images), test.labels.numpy(), model.embed(train.images),
-                                      train.labels.numpy())
+        retrieval = retrieval_metrics(model.embed(test.images), test.labels.numpy(), model.embed(gallery.images),
+                                      gallery.labels.numpy())
         last = {f"final_{k}" if k in ("loss", "seconds", "epoch", "lr") else k: v for k, v in history[-1].items()}
         loss_cfg = read_metadata(out / "model.safetensors")["extra"]["recipe"]["loss"]  # as trained
         hp = f"margin {loss_cfg['margin']}" if loss in ("contrastive", "hadsell", "triplet") \

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from siamdiff.cli import main
-from siamdiff.nets.convnet import PRESETS, EmbeddingNet
 from siamdiff.core.checkpoint import save_model
+from siamdiff.nets.convnet import PRESETS, EmbeddingNet
 
 
 def run(capsys, *argv):
@@ -236,8 +236,8 @@ def test_train_refuses_to_replace_a_run(capsys, digit_folder, tmp_path):
 
 
 def test_damaged_index_is_refused_and_never_rewritten(capsys, tiny_model, digit_folder, tmp_path):
-    from safetensors.numpy import load_file, save_file
     from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
 
     idx = tmp_path / "digits.safetensors"
     assert run(capsys, "index", digit_folder, "--out", idx, "--model", tiny_model)[0] == 0

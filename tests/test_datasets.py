@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from siamdiff.core.errors import SiamdiffError
 from siamdiff.data import datasets as ds
 from siamdiff.data.augment import random_cutout, random_flip, random_translate
 from siamdiff.data.folder import folder_split_indices
-from siamdiff.core.errors import SiamdiffError
 
 
 def _write_idx(path, array):

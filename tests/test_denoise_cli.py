@@ -91,8 +91,8 @@ def test_denoise_checks_every_output_before_writing_any(capsys, tiny_ddpm, noisy
 
 def test_companions_made_for_other_images_are_refused(capsys, tiny_ddpm, noisy_pngs, tmp_path):
     from siamdiff.core.checkpoint import save_model
-    from siamdiff.reconstruction.estimate import SigmaNet, SigmaNetConfig
     from siamdiff.nets.convnet import EmbedConfig, EmbeddingNet
+    from siamdiff.reconstruction.estimate import SigmaNet, SigmaNetConfig
 
     colour = tmp_path / "sigma-rgb.safetensors"
     save_model(colour, SigmaNet(SigmaNetConfig(3, (4, 4))), "sigma", SigmaNetConfig(3, (4, 4)).to_dict())
@@ -168,8 +168,8 @@ def test_reconstruction_pictures(tiny_ddpm, tmp_path):
     import torch
 
     from siamdiff.data.datasets import load_sample
-    from siamdiff.reconstruction.pipeline import Denoiser
     from siamdiff.reconstruction.noise import gaussian
+    from siamdiff.reconstruction.pipeline import Denoiser
     from siamdiff.reconstruction.plots import plot_chain, plot_flips, plot_psnr_curves, plot_vae_grid
     from siamdiff.reconstruction.vae import PRESETS, VAE
 
@@ -292,8 +292,8 @@ def test_compiled_denoiser_matches_eager(tiny_ddpm):
     import torch
 
     from siamdiff.data.datasets import load_sample
-    from siamdiff.reconstruction.pipeline import Denoiser
     from siamdiff.reconstruction.noise import gaussian
+    from siamdiff.reconstruction.pipeline import Denoiser
 
     noisy = gaussian(load_sample("mnist").images[:4].float() / 255, 0.3, torch.Generator().manual_seed(0))
     eager = Denoiser.load(tiny_ddpm)

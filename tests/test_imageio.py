@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
+from siamdiff.core.errors import ImageReadError, SiamdiffError
 from siamdiff.data import imageio
 from siamdiff.data.imageio import (
     IMAGE_EXTENSIONS,
@@ -24,7 +25,6 @@ from siamdiff.data.imageio import (
     read_image,
     write_png_atomic,
 )
-from siamdiff.core.errors import ImageReadError, SiamdiffError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from siamdiff.core.checkpoint import load_model
 from siamdiff.cli import main
+from siamdiff.core.checkpoint import load_model
 from siamdiff.reconstruction.vae import PRESETS, VAE, kl_divergence, vae_loss
 
 

@@ -5,11 +5,12 @@ import shlex
 
 import pytest
 
+from siamdiff.core.registry import DATASETS as SHIPPED
+from siamdiff.core.registry import shipped_path
 from siamdiff.demo import run_demo
-from siamdiff.core.registry import DATASETS as SHIPPED, shipped_path
+from siamdiff.nets.convnet import EmbedConfig
 from siamdiff.similarity.api import SimilarityModel
 from siamdiff.similarity.evaluate import evaluate
-from siamdiff.nets.convnet import EmbedConfig
 
 CARD_FIELDS = ("command", "data", "train_seconds", "hardware", "metrics", "config", "calibration")
 
@@ -84,9 +85,9 @@ def test_shipped_denoiser_cleans_the_sample(name, gain, floor):
     import torch
 
     from siamdiff.data.datasets import load_sample
-    from siamdiff.reconstruction.pipeline import Denoiser
     from siamdiff.reconstruction.metrics import psnr
     from siamdiff.reconstruction.noise import gaussian
+    from siamdiff.reconstruction.pipeline import Denoiser
 
     den = Denoiser.load(name)
     assert den.estimator is not None and den.classifier is not None

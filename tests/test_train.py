@@ -7,8 +7,8 @@ import torch
 from conftest import fit_killed_after_first_epoch, same_weights
 
 from siamdiff.core.checkpoint import load_model
-from siamdiff.data.datasets import load_sample
 from siamdiff.core.errors import SiamdiffError
+from siamdiff.data.datasets import load_sample
 from siamdiff.similarity.task import SimilarityTask, recipe
 from siamdiff.training import TrainOptions, fit
 

@@ -111,7 +111,8 @@ def _train_parser(sub, kind) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .reconstruction.evaluate import LABELS, METHODS as EVAL_METHODS
+    from .reconstruction.evaluate import LABELS
+    from .reconstruction.evaluate import METHODS as EVAL_METHODS
     from .reconstruction.pipeline import METHODS
     from .training.kinds import KINDS
 

@@ -11,12 +11,11 @@ import logging
 import time
 from pathlib import Path
 
-
+from .core.errors import SiamdiffError
 from .core.files import atomic_write, make_folder
+from .core.registry import shipped
 from .data.datasets import load_sample
 from .data.imageio import write_png_atomic
-from .core.errors import SiamdiffError
-from .core.registry import shipped
 from .similarity.api import SimilarityModel
 from .similarity.evaluate import evaluate
 from .similarity.index import Index, build_index, search
@@ -83,9 +82,9 @@ def _denoise_section(name: str, out: Path) -> list[str]:
     σ estimated by the shipped estimator, one network call (Tweedie), class kept checked by the shipped classifier."""
     import torch
 
-    from .reconstruction.pipeline import Denoiser
     from .reconstruction.metrics import psnr
     from .reconstruction.noise import gaussian
+    from .reconstruction.pipeline import Denoiser
     from .reconstruction.plots import plot_flips
 
     den = Denoiser.load(name)

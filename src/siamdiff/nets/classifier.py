@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.registry import DATASETS
+from ..training.config import TrainConfig
 from ..training.kinds import Trainer
-from ..training.loop import TrainConfig
 from ..training.task import Recipe, Task
 from .convnet import EmbeddingNet, preset
 

@@ -29,9 +29,9 @@ from torch import nn
 from ..core.checkpoint import load_model
 from ..core.config import check_seed, over_memory
 from ..core.errors import SiamdiffError, first_line, number, require
+from ..core.files import make_folder
 from ..core.registry import KIND_NAMES, companion, resolve
 from ..data.augment import at_size
-from ..core.files import make_folder
 from ..data.imageio import IMAGE_EXTENSIONS, fit_to, read_image, write_png_atomic
 from .diffusion import METHODS as DIFFUSION_METHODS
 from .diffusion import ancestral, ddim, denoise

@@ -20,14 +20,14 @@ from torch import nn
 from ..core.errors import SiamdiffError
 from ..data.augment import at_size
 from ..data.types import ImageSet
+from ..training.config import TrainConfig
 from ..training.kinds import Start, Trainer
-from ..training.loop import TrainConfig
 from ..training.options import TrainOptions
 from ..training.task import Recipe, Task
 from .estimate import SigmaNet, SigmaNetConfig
 from .metrics import psnr
 from .models import PRESETS as UNETS
-from .models import UNetConfig, build_from_config
+from .models import build_from_config
 from .noise import gaussian, to_file
 from .schedule import Schedule, add_noise
 from .vae import PRESETS as VAES

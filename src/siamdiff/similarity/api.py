@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from ..core.checkpoint import load_model
-from ..data.imageio import fit_to, read_image
 from ..core.errors import CheckpointError, SiamdiffError
 from ..core.registry import resolve, shipped_name
+from ..data.imageio import fit_to, read_image
 from ..nets.convnet import EmbeddingNet
 from .calibration import Calibration
 from .embed import embed

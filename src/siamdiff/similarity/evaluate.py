@@ -17,11 +17,10 @@ import time
 import numpy as np
 import torch
 
-from ..data.datasets import ImageSet, load_splits
 from ..core.errors import SiamdiffError, require
+from ..data.datasets import ImageSet, load_splits
 from .api import SimilarityModel
-from .metrics import (best_threshold, equal_error_rate, leave_one_out, retrieval_metrics, roc_auc,
-                      verification_accuracy)
+from .metrics import best_threshold, equal_error_rate, leave_one_out, retrieval_metrics, roc_auc, verification_accuracy
 from .pairs import balanced_pairs
 
 log = logging.getLogger(__name__)

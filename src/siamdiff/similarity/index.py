@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.imageio import list_images
 from ..core.errors import ImageReadError, SiamdiffError, first_line, require
 from ..core.files import atomic_write, check_writable
+from ..data.imageio import list_images
 from .api import ImageLike, SimilarityModel
 from .metrics import knn_search
 

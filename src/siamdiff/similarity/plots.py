@@ -10,7 +10,6 @@ import numpy as np
 from ..core.files import make_folder
 from ..core.plotting import pyplot, save_figure, show_image
 from ..data.datasets import ImageSet, load_dataset
-from ..core.errors import SiamdiffError
 from .api import SimilarityModel
 from .metrics import roc_auc, roc_curve
 from .pairs import balanced_pairs

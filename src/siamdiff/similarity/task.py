@@ -13,10 +13,10 @@ from ..core.errors import SiamdiffError
 from ..data.augment import augment
 from ..data.types import ImageSet
 from ..nets.convnet import EmbeddingNet, preset
+from ..training.config import TrainConfig
 from ..training.kinds import Start, Trainer, family
-from ..training.loop import TrainConfig, epoch_generator
 from ..training.options import TrainOptions
-from ..training.task import Recipe, Task
+from ..training.task import Recipe, Task, epoch_generator
 from .calibration import calibrate
 from .embed import embed
 from .losses import LOSSES, PAIR_FORMS, LossConfig, Proxies, contrastive_loss
