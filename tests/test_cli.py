@@ -192,6 +192,10 @@ def _exit_code(argv):
     ["search", "x.png", "--index", "{tmp}/none.safetensors", "-k", "abc"],
     ["frobnicate"],
     ["train", "similarity", "--dataset", "folder:{tmp}", "--out", "{tmp}/x", "--image-size", "100000"],
+    ["train", "similarity", "--dataset", "folder:{tmp}", "--out", "{tmp}/x", "--epochs", str(2 ** 70)],
+    ["train", "similarity", "--dataset", "folder:{tmp}", "--out", "{tmp}/x", "--lr", "1e300"],
+    ["train", "similarity", "--dataset", "folder:{tmp}", "--out", "{tmp}/x", "--device", "mps"],
+    ["eval", "similarity", "--dataset", "sample:mnist", "--n-pairs", str(2 ** 70)],
 ])
 def test_bad_arguments_exit_2_with_one_line(capsys, tmp_path, argv):
     code = _exit_code([a.replace("{tmp}", str(tmp_path)) for a in argv])
@@ -287,6 +291,24 @@ def test_failed_training_starts_leave_no_folder_and_damaged_state_is_one_line(ca
         (damaged / "state.pt").write_bytes(content)
         code, _, err = run(capsys, *base, "--out", damaged, "--resume")
         assert code == 2 and "damaged or not a siamdiff training state" in err and err.count("\n") == 1, err
+
+
+def test_a_folder_of_unreadable_files_is_one_line_and_options_that_do_not_apply_are_refused(capsys, digit_folder,
+                                                                                           tmp_path):
+    junk = tmp_path / "junk" / "a"
+    junk.mkdir(parents=True)
+    (junk / "x.png").write_text("not an image")
+    for argv in (["eval", "similarity", "--dataset", f"folder:{junk.parent}"],
+                 ["index", junk.parent, "--out", tmp_path / "i.safetensors"]):
+        code, _, err = run(capsys, *argv)
+        assert code == 2 and err.count("\n") == 1 and "unreadable" in err, err
+    base = ["train", "similarity", "--dataset", f"folder:{digit_folder}", "--model", "tiny", "--epochs", 1,
+            "--channels", 1, "--image-size", 28, "--out", tmp_path / "run"]
+    for extra, message in ((["--loss", ""], "unknown --loss ''"),
+                           (["--margin", 2], "--margin does not apply to the supcon loss")):
+        code, _, err = run(capsys, *base, *extra)
+        assert code == 2 and message in err and err.count("\n") == 1, err
+        assert not (tmp_path / "run").exists()
 
 
 def test_demo_never_overwrites_a_folder_of_other_files(capsys, tmp_path):

@@ -469,7 +469,12 @@ def test_paths_and_numbers_a_careless_user_types(capsys, tiny_ddpm, noisy_pngs, 
              "--steps must be from 1 to the model's"),
             (["eval", "denoise", "--dataset", "sample:mnist", "--method", "noisy", "--n", 2, "--sigmas", "1e300"],
              "at most 100"),
-            (["eval", "denoise", "--dataset", "folder:", "--method", "noisy", "--n", 2], "folder: needs a path")):
+            (["eval", "denoise", "--dataset", "folder:", "--method", "noisy", "--n", 2], "folder: needs a path"),
+            (["denoise", noisy_pngs[0], "--out", tmp_path / "o.png", "--label", 2 ** 70], "--label must be between"),
+            (["eval", "denoise", "--dataset", "sample:mnist", "--method", "nlm", "--model", "mnist", "--n", 2],
+             "--model does not apply to the model-free methods"),
+            (["eval", "denoise", "--dataset", "sample:mnist", "--method", "noisy", "--n", 2, "--channels", 2],
+             "--channels must be 1 or 3")):
         code, _, err = run(capsys, *argv)
         assert code == 2 and message in err and err.count("\n") == 1, (argv, err)
         assert not (tmp_path / "o.png").exists()
@@ -487,6 +492,29 @@ def test_sample_draws_in_batches(tiny_ddpm):
     assert images.shape == (5, 1, 28, 28) and 0 <= images.min() and images.max() <= 1
     assert torch.equal(images, model.sample(5, steps=2, batch_size=2))  # the seed fixes every batch
     assert not torch.equal(images[:2], images[2:4])  # each batch draws its own noise
+
+
+def test_a_damaged_schedule_is_one_line(capsys, tiny_ddpm, noisy_pngs, tmp_path):
+    """A model file whose schedule metadata is missing, unknown or has no steps is refused as damaged."""
+    import json as js
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(tiny_ddpm / "model.safetensors"), "pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(tiny_ddpm / "model.safetensors"))
+    extra = js.loads(meta["extra"])
+    for name, schedule, message in (("none", None, "it has no noise schedule"),
+                                    ("bogus", {**extra["schedule"], "kind": "bogus"}, "unknown schedule 'bogus'"),
+                                    ("zero", {**extra["schedule"], "steps": 0}, "1 to 100,000 steps, not 0")):
+        damaged = {k: v for k, v in extra.items() if k != "schedule"} | ({"schedule": schedule} if schedule else {})
+        path = tmp_path / f"{name}.safetensors"
+        save_file(tensors, str(path), metadata={**meta, "extra": js.dumps(damaged)})
+        for argv in (["denoise", noisy_pngs[0], "--out", tmp_path / "o.png"], ["sample", "--out", tmp_path / "g.png"]):
+            code, _, err = run(capsys, *argv, "--model", path)
+            assert code == 2 and message in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bogus.safetensors", "none.safetensors", "zero.safetensors"]
 
 
 def test_wavelet_estimator_by_name_and_no_stray_warnings_on_tiny_images(capsys, tiny_ddpm, noisy_pngs, tmp_path):

@@ -434,14 +434,14 @@ def read_folder(
     for file in files:
         relative = file.relative_to(root)
         if class_from_parent and len(relative.parts) < 2:
-            logger.warning("skipping %s: not inside a class folder", file)
+            logger.info("skipping %s: not inside a class folder", file)
             skipped.append((file, "not inside a class folder"))
             continue
         try:
             array = read_image(file, channels)
         except ImageReadError as exc:
             reason = getattr(exc, "reason", str(exc))
-            logger.warning("skipping %s: %s", file, reason)
+            logger.info("skipping %s: %s", file, reason)
             skipped.append((file, reason))
             continue
         batch[len(paths)] = fit_to(array, channels, (height, width)).transpose(2, 0, 1)

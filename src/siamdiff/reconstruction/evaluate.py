@@ -67,6 +67,11 @@ def evaluate_denoise(dataset: str, sigmas: list[float], method: str, model: str 
                                 "sigmas")
     require(isinstance(n, int) and n >= 1, "n", "a positive number", n)
     require(isinstance(batch_size, int) and batch_size >= 1, "batch_size", "a positive number", batch_size)
+    if image_size is not None:
+        require(isinstance(image_size, int) and 1 <= image_size <= config.MAX_IMAGE_SIZE, "image_size",
+                f"a side from 1 to {config.MAX_IMAGE_SIZE}", image_size)
+    if channels is not None:
+        require(channels in (1, 3), "channels", "1 or 3", channels)
     if sigma_mode not in ("auto", "true"):
         raise SiamdiffError(f"unknown {{sigma_mode}} '{sigma_mode}': use auto or true", "sigma_mode")
     if labels not in LABELS:

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..core.checkpoint import load_model
 from ..core.config import check_seed, over_memory
-from ..core.errors import SiamdiffError, first_line, number, require
+from ..core.errors import CheckpointError, SiamdiffError, first_line, number, require
 from ..core.files import make_folder
 from ..core.registry import KIND_NAMES, companion, resolve
 from ..data.augment import at_size
@@ -103,7 +103,16 @@ class Denoiser:
             raise SiamdiffError(f"'{source or 'the model'}' is a {self.kind} model, not a diffusion model")
         self.source = source
         extra = self.meta.get("extra", {})
-        self.schedule = Schedule(**extra["schedule"]) if self.kind == "diffusion" else None
+        self.schedule = None
+        if self.kind == "diffusion":
+            try:
+                self.schedule = Schedule(**extra["schedule"])
+            except KeyError:
+                raise CheckpointError(f"model '{source or 'in memory'}' is damaged: it has no noise schedule") \
+                    from None
+            except (TypeError, ValueError) as exc:
+                raise CheckpointError(f"model '{source or 'in memory'}' is damaged: its noise schedule is unreadable "
+                                      f"({first_line(exc)})") from None
         self.classes: list[str] = list(extra.get("classes", []))
         self.estimator = estimator.eval() if estimator is not None else None
         self.classifier = classifier.eval() if classifier is not None else None
@@ -119,6 +128,9 @@ class Denoiser:
         any). ``estimator="wavelet"`` estimates σ by wavelet-MAD even where a learned estimator comes along.
         ``kind`` None (and no model) gives the model-free baselines."""
         net, meta, path = None, None, None
+        if kind is None and name_or_path is not None:
+            raise SiamdiffError(f"{{model}} does not apply to the model-free methods ({', '.join(METHODS[None])})",
+                                "model")
         if kind is not None:
             if name_or_path is None:
                 raise SiamdiffError(f"this method needs a {KIND_NAMES[kind]}: pass {{model}}", "model")
@@ -242,16 +254,19 @@ class Denoiser:
                                     "label", "classifier")
             pilot, _ = denoise(self.net, self.schedule, images, sigma, "tweedie")
             return self.classify(pilot)
-        labels = torch.as_tensor(label).long().reshape(-1).to(images.device)
+        values = label.tolist() if isinstance(label, (torch.Tensor, np.ndarray)) else label
+        values = [values] if isinstance(values, numbers.Number) else list(values)
+        for value in values:  # before any tensor: 2**70 would overflow it
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or \
+                    not 0 <= value < self.num_classes:
+                raise SiamdiffError(f"{{label}} must be between 0 and {self.num_classes - 1}, got {value}", "label")
+        labels = torch.tensor(values, dtype=torch.long, device=images.device)
         if len(labels) == 1:
             labels = labels.expand(len(images))
         if len(labels) != len(images):
             raise SiamdiffError(f"{{label}} must be one class or one per image ({len(images)}), got {len(labels)}",
                                 "label")
-        bad = labels[(labels < 0) | (labels >= self.num_classes)]
-        if len(bad):
-            raise SiamdiffError(f"{{label}} must be between 0 and {self.num_classes - 1}, got {int(bad[0])}", "label")
-        return labels.clone()
+        return labels
 
     def _sigma(self, sigma: float | str, images: torch.Tensor) -> tuple[torch.Tensor, list[float | None]]:
         if isinstance(sigma, str):

@@ -23,6 +23,15 @@ class Schedule:
     beta_start: float = 1e-4
     beta_end: float = 0.02
 
+    def __post_init__(self) -> None:
+        if self.kind not in ("linear", "cosine"):
+            raise ValueError(f"unknown schedule '{self.kind}': use linear or cosine")
+        if not isinstance(self.steps, int) or isinstance(self.steps, bool) or not 1 <= self.steps <= 100_000:
+            raise ValueError(f"a schedule has 1 to 100,000 steps, not {self.steps!r}")
+        if not 0 < self.beta_start <= self.beta_end < 1:
+            raise ValueError(f"betas must satisfy 0 < beta_start <= beta_end < 1, got {self.beta_start}, "
+                             f"{self.beta_end}")
+
     @cached_property  # a frozen schedule: computed once (cached_property writes the instance dict directly)
     def betas(self) -> torch.Tensor:
         if self.kind == "linear":  # Ho et al. 2020; the report used T=300, 1e-4..0.02

@@ -59,7 +59,7 @@ class DiffusionRecipe(Recipe):
         recipe = super().with_options(options)
         if options.loss is None:
             return recipe
-        if options.loss not in DIFFUSION_LOSSES:
+        if options.loss not in DIFFUSION_LOSSES:  # "" too
             raise SiamdiffError(f"unknown {{loss}} '{options.loss}': use mse or l1", "loss")
         return replace(recipe, loss=options.loss)
 

@@ -17,6 +17,7 @@ import time
 import numpy as np
 import torch
 
+from ..core.config import over_memory
 from ..core.errors import SiamdiffError, require
 from ..data.datasets import ImageSet, load_splits
 from .api import SimilarityModel
@@ -85,6 +86,9 @@ def evaluate(model: SimilarityModel, dataset: str, data_dir: str | None = None, 
     require(isinstance(n_pairs, int) and n_pairs >= 2, "n_pairs", "at least 2 (half same-class, half different)",
             n_pairs)
     require(isinstance(n_hard, int) and n_hard >= 0, "n_hard", "0 or more", n_hard)
+    refusal = over_memory(32 * n_pairs, f"{n_pairs:,} pairs", "ask for fewer with {n_pairs}")  # 2 indices, 2 floats
+    if refusal:
+        raise SiamdiffError(refusal, "n_pairs")
     sample = dataset.startswith("sample:")
     use_train = gallery == "train" and not sample
     use_val = n_hard > 0 and not sample  # the sample has no validation split: hard pairs fit SSIM on test

@@ -139,7 +139,7 @@ def build_index(folder: str | os.PathLike, model: SimilarityModel, out: str | os
             try:
                 arrays.append(model.prepare(f))
             except ImageReadError as exc:
-                log.warning("%s", exc)
+                log.info("%s", exc)
                 skipped += 1
                 continue
             new_paths.append(key)

@@ -26,6 +26,7 @@ from torch import nn
 
 PAIR_FORMS = ("contrastive", "hadsell")
 LOSSES = ("contrastive", "hadsell", "triplet", "supcon", "normsoftmax")
+MARGIN_LOSSES = (*PAIR_FORMS, "triplet")  # the others have a temperature
 
 
 def pair_terms(d: torch.Tensor, same: torch.Tensor, margin: float, form: str = "contrastive") -> torch.Tensor:

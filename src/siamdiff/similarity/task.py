@@ -19,7 +19,7 @@ from ..training.options import TrainOptions
 from ..training.task import Recipe, Task, epoch_generator
 from .calibration import calibrate
 from .embed import embed
-from .losses import LOSSES, PAIR_FORMS, LossConfig, Proxies, contrastive_loss
+from .losses import LOSSES, MARGIN_LOSSES, PAIR_FORMS, LossConfig, Proxies, contrastive_loss
 from .metrics import knn_search, recall_at_k, roc_auc
 from .pairs import balanced_pairs, seed_pairs
 
@@ -42,9 +42,11 @@ class SimilarityRecipe(Recipe):
         recipe = super().with_options(options)
         if options.loss is None and options.margin is None:
             return recipe
-        name = options.loss or self.loss.name
+        name = self.loss.name if options.loss is None else options.loss
         if name not in LOSSES:
             raise SiamdiffError(f"unknown {{loss}} '{name}': use one of {', '.join(LOSSES)}", "loss")
+        if options.margin is not None and name not in MARGIN_LOSSES:
+            raise SiamdiffError(f"{{margin}} does not apply to the {name} loss (it has a temperature)", "margin")
         if self.pairs == "seed":  # the seed's unnormalised 2-d output keeps its own margin
             if name not in PAIR_FORMS:
                 raise SiamdiffError(f"the seed recipe trains on pairs: {{loss}} contrastive or hadsell, not {name}",

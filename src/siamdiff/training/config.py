@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import numbers
 from dataclasses import dataclass
 from typing import Any
@@ -36,15 +35,18 @@ class TrainConfig(JsonConfig):
 
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
+MAX_EPOCHS = 100_000  # more only runs until it is killed
+MAX_LR = 10.0  # far above any useful rate (the recipes use 1e-3 to 1e-2); 1e300 overflowed the optimiser
 SCHEDULES = ("onecycle", "constant")
 
 
 def check_settings(**values: Any) -> None:
     """Refuse training settings out of range, naming each by its parameter: the one check of these values, for a
     :class:`TrainConfig` and for the options that override one (given as keywords; None means not given)."""
-    rules = {"epochs": (lambda v: v >= 1, "a positive number"), "batch_size": (lambda v: v >= 1, "a positive number"),
+    rules = {"epochs": (lambda v: 1 <= v <= MAX_EPOCHS, f"from 1 to {MAX_EPOCHS:,}"),
+             "batch_size": (lambda v: v >= 1, "a positive number"),
              "max_batches": (lambda v: v >= 1, "a positive number"),
-             "lr": (lambda v: 0 < v < math.inf, "a positive number")}
+             "lr": (lambda v: 0 < v <= MAX_LR, f"a number above 0 and at most {MAX_LR:g}")}
     for name, value in values.items():
         if value is None:
             continue

@@ -36,8 +36,12 @@ def resolve_device(name: str = "auto") -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise SiamdiffError(f"unknown device '{name}'") from None
+    if device.type not in ("cpu", "cuda"):
+        raise SiamdiffError(f"unknown device '{name}': use auto, cpu or cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SiamdiffError("device 'cuda' requested but no CUDA GPU is available")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise SiamdiffError(f"device '{name}' requested but this machine has {torch.cuda.device_count()} GPU(s)")
     return device
 
 
@@ -111,7 +115,8 @@ def check_run_folder(out: str | Path, resume: bool = False, overwrite: bool = Fa
         raise SiamdiffError("{resume} continues the run in {out} and {overwrite} replaces it: give one of them",
                             "resume", "out", "overwrite")
     state_path = out / "state.pt"
-    if not resume and not overwrite and (state_path.exists() or (out / "model.safetensors").exists()):
+    if not resume and not overwrite and any((out / f).exists() for f in ("state.pt", "model.safetensors",
+                                                                         "log.jsonl")):
         raise SiamdiffError(f"'{out}' already holds a training run: pass {{resume}} to continue it, {{overwrite}} "
                             f"to replace it, or another {{out}}", "resume", "overwrite", "out")
     if resume and not state_path.is_file():
