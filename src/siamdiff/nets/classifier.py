@@ -13,9 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.registry import DATASETS
 from ..training.config import TrainConfig
-from ..training.kinds import Trainer
+from ..training.kinds import FAMILIES, Trainer
 from ..training.task import Recipe, Task
 from .convnet import EmbeddingNet, preset
 
@@ -34,8 +33,7 @@ def _recipes() -> dict[tuple[str, str], ClassifierRecipe]:
     network's input statistics."""
     table = {}
     train = TrainConfig(epochs=10, batch_size=128, lr=1e-3, weight_decay=5e-4)
-    for name in (*DATASETS, "gray", "colour"):
-        c, size = (3, 32) if name in ("cifar10", "colour") else (1, 28)
+    for name, (c, size) in FAMILIES.items():
         for design, epochs in (("default", 10), ("tiny", 1)):
             net = replace(preset(design, name, c, size), normalize=False)
             table[(design, name)] = ClassifierRecipe(net, replace(train, epochs=epochs), flip=c == 3, translate=2)

@@ -14,7 +14,7 @@ from ..data.augment import augment
 from ..data.types import ImageSet
 from ..nets.convnet import EmbeddingNet, preset
 from ..training.config import TrainConfig
-from ..training.kinds import Start, Trainer, family
+from ..training.kinds import FAMILIES, Start, Trainer, family
 from ..training.options import TrainOptions
 from ..training.task import Recipe, Task, epoch_generator
 from .calibration import calibrate
@@ -75,7 +75,7 @@ def _recipes() -> dict[tuple[str, str], SimilarityRecipe]:
     10 epochs for grayscale, 20 for colour."""
     table = {}
     for name, (epochs, flip, translate, loss, cutout, decay) in _DEFAULTS.items():
-        c, size = (3, 32) if name in ("cifar10", "colour") else (1, 28)
+        c, size = FAMILIES[name]
         train = TrainConfig(epochs=epochs, batch_size=256, lr=3e-3, weight_decay=decay)
         for design, epochs_of_design in (("default", epochs), ("tiny", 2)):
             net = replace(preset(design, name, c, size), mirror_average=flip)

@@ -72,6 +72,10 @@ class Start:
     path: Path
 
 
+# The recipe families and the image shape ``(channels, size)`` their recipes are written for (then fitted to the data).
+FAMILIES = {"mnist": (1, 28), "fashion-mnist": (1, 28), "cifar10": (3, 32), "gray": (1, 28), "colour": (3, 32)}
+
+
 def family(dataset: str, channels: int) -> str:
     """The recipe family of a dataset: its own name for a built-in one, else ``gray`` or ``colour``."""
     return dataset if dataset in DATASETS else ("colour" if channels == 3 else "gray")
