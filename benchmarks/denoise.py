@@ -311,6 +311,7 @@ def main() -> None:
     args = parser.parse_args()
     path = args.out / "denoise.json"
     previous = json.loads(path.read_text()) if path.is_file() else {}
+    previous["latency"] = [r for r in previous.get("latency", []) if "machine" in r]  # this script's records
     if args.latency_only:  # replaces this machine's record; other machines' records stay
         measured = latency()
         previous["latency"] = [r for r in previous.get("latency", []) if r["machine"] != measured["machine"]] + \
