@@ -311,6 +311,17 @@ def test_a_folder_of_unreadable_files_is_one_line_and_options_that_do_not_apply_
         assert not (tmp_path / "run").exists()
 
 
+def test_search_with_an_empty_model_and_init_with_another_shape_are_refused(capsys, tiny_model, digit_folder,
+                                                                             tmp_path):
+    idx = tmp_path / "i.safetensors"
+    assert run(capsys, "index", digit_folder, "--out", idx, "--model", tiny_model)[0] == 0
+    code, _, err = run(capsys, "search", sorted(digit_folder.rglob("*.png"))[0], "--index", idx, "--model", "")
+    assert code == 2 and "no model given" in err
+    code, _, err = run(capsys, "train", "similarity", "--dataset", f"folder:{digit_folder}", "--init", tiny_model,
+                       "--channels", 3, "--out", tmp_path / "ft")
+    assert code == 2 and "leave out --channels" in err and err.count("\n") == 1 and not (tmp_path / "ft").exists()
+
+
 def test_demo_never_overwrites_a_folder_of_other_files(capsys, tmp_path):
     from siamdiff.demo import MARKER, _is_demo_folder
 

@@ -481,6 +481,19 @@ def test_paths_and_numbers_a_careless_user_types(capsys, tiny_ddpm, noisy_pngs, 
     assert list(tmp_path.iterdir()) == []
 
 
+def test_denoise_outputs_go_only_where_they_were_asked_to(capsys, tiny_ddpm, noisy_pngs, tmp_path):
+    """One file into an existing folder, several into a folder made inside an existing one; anything else refused
+    before the work, with nothing created."""
+    for argv, message in (([noisy_pngs[0], "--out", tmp_path / "missing" / "x.png"], "folder '"),
+                          ([noisy_pngs[0], "--out", tmp_path / "x.txt"], "is neither a .png file nor a folder"),
+                          ([*noisy_pngs, "--out", tmp_path / "a" / "b"], "is neither a .png file nor a folder")):
+        code, _, err = run(capsys, "denoise", *argv, "--model", tiny_ddpm)
+        assert code == 2 and message in err and err.count("\n") == 1, err
+        assert list(tmp_path.iterdir()) == []
+    code, _, err = run(capsys, "denoise", *noisy_pngs, "--out", tmp_path / "made", "--model", tiny_ddpm)
+    assert code == 0 and len(list((tmp_path / "made").iterdir())) == 3, err
+
+
 def test_sample_draws_in_batches(tiny_ddpm):
     from siamdiff.reconstruction.pipeline import Denoiser
 

@@ -298,7 +298,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from .similarity.index import Index, search
 
     index = Index.load(args.index)
-    hits = search(index, SimilarityModel.load(args.model or index.model), args.image, args.k,
+    hits = search(index, SimilarityModel.load(index.model if args.model is None else args.model), args.image, args.k,
                   use_faiss=args.use_faiss)
     if args.json:
         _print_json({"query": args.image, "results": hits})

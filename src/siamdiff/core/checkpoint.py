@@ -82,6 +82,8 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"cannot load model '{path}': no such file")
+    if not os.access(path, os.R_OK):
+        raise CheckpointError(f"cannot load model '{path}': permission denied")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}

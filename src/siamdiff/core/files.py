@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .errors import SiamdiffError
@@ -24,6 +24,8 @@ def check_writable(path: str | os.PathLike) -> Path:
         raise SiamdiffError(f"cannot write '{dest}': folder '{parent}' does not exist")
     if dest.is_dir():
         raise SiamdiffError(f"cannot write '{dest}': is a directory")
+    if dest.exists() and not dest.is_file():  # a pipe or a device would be replaced by a plain file
+        raise SiamdiffError(f"cannot write '{dest}': not a regular file")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise SiamdiffError(f"cannot write '{dest}': folder '{parent}' is not writable")
     return dest
@@ -34,7 +36,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
 
     A crash leaves the old file or the complete new one. The new file keeps the permissions of the file it replaces
     (0644 for a new one, not mkstemp's 0600). A missing or unwritable folder, a directory at ``path`` and any
-    ``OSError`` while writing (a full disk) become one-line ``SiamdiffError``s; the temp file is always removed.
+    I/O failure while writing (a full disk: an ``OSError``, or a serializer's own error type such as safetensors')
+    become one-line ``SiamdiffError``s; the temp file is always removed.
     """
     dest = check_writable(path)
     parent = dest.parent
@@ -54,16 +57,22 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
             mode = 0o644
         os.chmod(tmp, mode)
         os.replace(tmp, dest)
-    except OSError as exc:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        raise SiamdiffError(f"cannot write '{dest}': {_reason(exc)}") from None
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        if isinstance(exc, OSError):
+            raise SiamdiffError(f"cannot write '{dest}': {_reason(exc)}") from None
+        reason = next((r for r in _IO_FAILURES if r in str(exc).lower()), None) if isinstance(exc, Exception) else None
+        if reason:
+            raise SiamdiffError(f"cannot write '{dest}': {reason}") from None
         raise
     _fsync_directory(parent)
     return dest
+
+
+# what serializers that do not raise OSError (safetensors) say when the disk is full or the write fails, the most
+# telling first
+_IO_FAILURES = ("no space left on device", "disk quota exceeded", "read-only file system", "i/o error")
 
 
 def _fsync_directory(folder: Path) -> None:
@@ -78,6 +87,24 @@ def _fsync_directory(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def output_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Make the folder ``path`` (as :func:`make_folder`) for the block that fills it; if the block fails, the folders
+    made here that are still empty are removed again, so a failed command leaves nothing behind."""
+    folder = Path(path)
+    made = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+    make_folder(folder)
+    try:
+        yield folder
+    except BaseException:
+        for p in made:
+            try:
+                p.rmdir()  # only ever an empty folder
+            except OSError:
+                break
+        raise
 
 
 def make_folder(path: str | os.PathLike) -> Path:

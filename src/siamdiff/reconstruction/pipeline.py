@@ -29,7 +29,7 @@ from torch import nn
 from ..core.checkpoint import load_model
 from ..core.config import check_seed, over_memory
 from ..core.errors import CheckpointError, SiamdiffError, first_line, number, require
-from ..core.files import make_folder
+from ..core.files import check_writable, output_folder
 from ..core.registry import KIND_NAMES, companion, resolve
 from ..data.augment import at_size
 from ..data.imageio import IMAGE_EXTENSIONS, fit_to, read_image, write_png_atomic
@@ -395,26 +395,31 @@ class _Compiled(nn.Module):
 
 
 def output_paths(inputs: list[Path], out: Path) -> list[Path]:
-    """Where each denoised image goes: ``out`` itself for one input named ``*.png``, else ``out/<stem>.png``.
+    """Where each denoised image goes: ``out`` itself for one input named ``*.png`` (its folder must exist), else
+    ``out/<stem>.png`` in the folder ``out`` (made if its parent exists).
 
-    Refuses to write over any input file.
+    Every target is checked before anything is written; an input is never overwritten.
     """
-    if len(inputs) == 1 and out.suffix.lower() == ".png" and not out.is_dir():
-        targets = [out]
-    elif out.suffix.lower() == ".png" and not out.is_dir():
-        raise SiamdiffError(f"{{out}} '{out}' is one file but there are {len(inputs)} inputs: give a folder", "out")
-    elif out.suffix.lower() in IMAGE_EXTENSIONS and not out.is_dir():
+    suffix = out.suffix.lower()
+    if suffix == ".png" and not out.is_dir():
+        if len(inputs) != 1:
+            raise SiamdiffError(f"{{out}} '{out}' is one file but there are {len(inputs)} inputs: give a folder", "out")
+        targets = [check_writable(out)]
+    elif suffix in IMAGE_EXTENSIONS and not out.is_dir():
         raise SiamdiffError(f"denoised images are written as PNG: name {{out}} '{out.with_suffix('.png')}' or a "
                             f"folder", "out")
+    elif out.exists() and not out.is_dir():
+        raise SiamdiffError(f"{{out}} '{out}' is a file; give a folder for several inputs", "out")
     else:
-        if out.exists() and not out.is_dir():
-            raise SiamdiffError(f"{{out}} '{out}' is a file; give a folder for several inputs", "out")
+        if not out.exists() and (suffix or not out.parent.is_dir()):
+            raise SiamdiffError(f"{{out}} '{out}' is neither a .png file nor a folder that exists or can be made "
+                                f"in an existing one", "out")
         stems = [p.stem for p in inputs]
         if len(set(stems)) != len(stems):
             raise SiamdiffError("several inputs share a file name; denoise them into separate folders")
         targets = [out / f"{p.stem}.png" for p in inputs]
     resolved_inputs = {p.resolve() for p in inputs}
-    for t in targets:  # every target checked before anything is written
+    for t in targets:
         if t.resolve() in resolved_inputs:
             raise SiamdiffError(f"refusing to overwrite the input '{t}': choose another {{out}}", "out")
         if t.is_dir():
@@ -432,12 +437,12 @@ def denoise_files(denoiser: Denoiser, inputs: Sequence[str | os.PathLike], out: 
     targets = output_paths(paths, Path(out))
     images = torch.stack([denoiser.prepare(p) for p in paths])
     clean, info = denoiser.denoise(images, **options)
-    make_folder(targets[0].parent)
     records = []
-    for k, (src, dst) in enumerate(zip(paths, targets)):
-        write_png_atomic(torch.round(clean[k] * 255).to(torch.uint8).numpy().transpose(1, 2, 0), dst)
-        records.append({"input": str(src), "output": str(dst), "sigma": info.sigma[k],
-                        "sigma_estimated": info.sigma_estimated[k], "sigma_estimator": info.sigma_estimator,
-                        "t_start": info.t_start[k], "method": info.method,
-                        "label": None if info.labels is None else info.labels[k]})
+    with output_folder(targets[0].parent):
+        for k, (src, dst) in enumerate(zip(paths, targets)):
+            write_png_atomic(torch.round(clean[k] * 255).to(torch.uint8).numpy().transpose(1, 2, 0), dst)
+            records.append({"input": str(src), "output": str(dst), "sigma": info.sigma[k],
+                            "sigma_estimated": info.sigma_estimated[k], "sigma_estimator": info.sigma_estimator,
+                            "t_start": info.t_start[k], "method": info.method,
+                            "label": None if info.labels is None else info.labels[k]})
     return records

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.files import make_folder
+from ..core.files import output_folder
 from ..core.plotting import pyplot, save_figure, show_image
 from ..data.datasets import ImageSet, load_dataset
 from .api import SimilarityModel
@@ -112,11 +112,11 @@ def plot_all(model: SimilarityModel, dataset: str, out: str | os.PathLike, data_
 
     data = load_dataset(dataset, "test", data_dir, download, image_size=model.image_size, channels=model.channels)
     check_compatible(model, data)
-    out = make_folder(out)  # only once the data is there: a bad dataset leaves no empty folder behind
     i, j, same = balanced_pairs(data.labels.numpy(), 8, seed=3)
     hi, hj, hs = hard_pairs(data.images, data.labels.numpy(), 4, seed=4)
-    return [plot_pairs(model, data, out / "pairs.png", (i, j, same), "Random pairs"),
-            plot_pairs(model, data, out / "hard_pairs.png", (hi, hj, hs),
-                       "Hard pairs: look-alikes of different classes (top), unlike members of one class (bottom)"),
-            plot_roc(model, data, out / "roc.png"),
-            plot_map(model, data, out / "map.png")]
+    with output_folder(out) as out:  # only once the data is there: a bad dataset leaves no empty folder behind
+        return [plot_pairs(model, data, out / "pairs.png", (i, j, same), "Random pairs"),
+                plot_pairs(model, data, out / "hard_pairs.png", (hi, hj, hs),
+                           "Hard pairs: look-alikes of different classes (top), unlike members of one class (bottom)"),
+                plot_roc(model, data, out / "roc.png"),
+                plot_map(model, data, out / "map.png")]

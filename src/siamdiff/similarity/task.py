@@ -191,7 +191,14 @@ class SimilarityTrainer(Trainer):
     def data_shape(self, options: TrainOptions, start: Start | None, dataset: str) -> tuple[int | None, int | None]:
         if start is None:
             return options.image_size, options.channels
-        return start.net.config.image_size, start.net.config.in_channels
+        cfg = start.net.config
+        for option, given, own in (("image_size", options.image_size, cfg.image_size),
+                                   ("channels", options.channels, cfg.in_channels)):
+            if given is not None and given != own:
+                raise SiamdiffError(f"{{init}} '{options.init}' embeds {cfg.in_channels}-channel {cfg.image_size}px "
+                                    f"images: leave out {{{option}}} (a folder is read at the model's size)", "init",
+                                    option)
+        return cfg.image_size, cfg.in_channels
 
     def recipe(self, options: TrainOptions, data: ImageSet, start: Start | None) -> SimilarityRecipe:
         if start is None:

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..core.checkpoint import load_state, save_state
 from ..core.errors import SiamdiffError
-from ..core.files import atomic_write, make_folder
+from ..core.files import atomic_write, output_folder
 from .config import TrainConfig
 from .task import Task
 
@@ -140,9 +140,13 @@ def fit(task: Task, out: str | Path, resume: bool = False, overwrite: bool = Fal
     """
     cfg = task.recipe.train
     out = check_run_folder(out, resume, overwrite)
-    state_path = out / "state.pt"
     device = resolve_device(cfg.device)  # checked, like the state, before the output folder is made
-    make_folder(out)
+    with output_folder(out):  # a run that fails before its first checkpoint leaves no empty folder
+        return _train(task, cfg, out, device, resume)
+
+
+def _train(task: Task, cfg: TrainConfig, out: Path, device: torch.device, resume: bool) -> list[dict[str, Any]]:
+    state_path = out / "state.pt"
     model = task.model.to(device)
     trainable = model if task.loss_module is None else nn.ModuleList([model, task.loss_module.to(device)])
     torch.manual_seed(cfg.seed)
