@@ -28,12 +28,15 @@ def command() -> str:
     return "python " + shlex.join([str(script), *sys.argv[1:]])
 
 
+CODE = ("src", "benchmarks", "pyproject.toml")  # what a measurement depends on (not the docs it writes)
+
+
 def code_version() -> str:
-    """The git commit of the checkout (``+dirty`` when tracked files differ from it), or ``unknown``."""
+    """The git commit of the checkout (``+dirty`` when the code differs from it), or ``unknown``."""
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *CODE], cwd=ROOT,
                                capture_output=True, text=True).stdout.strip()
         return rev + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
