@@ -117,12 +117,16 @@ def test_companions_made_for_other_images_are_refused(capsys, tiny_ddpm, noisy_p
         assert code == 2 and "--sigmas must be comma-separated numbers" in err, sigmas
 
 
-def test_denoise_refuses_other_sizes_and_similarity_models(capsys, tiny_ddpm, tiny_model, tmp_path):
+def test_denoise_takes_other_sizes_and_refuses_similarity_models(capsys, tiny_ddpm, tiny_model, tmp_path):
     big = tmp_path / "big.png"
-    Image.fromarray(np.zeros((40, 40), np.uint8)).save(big)
-    code, _, err = run(capsys, "denoise", big, "--out", tmp_path / "o.png", "--model", tiny_ddpm)
-    assert code == 2 and "28x28" in err
-    code, _, err = run(capsys, "denoise", big, "--out", tmp_path / "o.png", "--model", tiny_model)
+    Image.fromarray(np.zeros((40, 50), np.uint8)).save(big)
+    code, out, err = run(capsys, "denoise", big, "--out", tmp_path / "o.png", "--model", tiny_ddpm, "--json")
+    assert code == 0, err
+    row = json.loads(out)
+    assert (row["width"], row["height"]) == (50, 40) and row["tiles"] == 6  # 28-pixel tiles, 7 apart
+    with Image.open(tmp_path / "o.png") as im:
+        assert im.size == (50, 40)
+    code, _, err = run(capsys, "denoise", big, "--out", tmp_path / "p.png", "--model", tiny_model)
     assert code == 2 and "not a diffusion model" in err
 
 
@@ -206,6 +210,7 @@ def test_denoise_uses_the_learned_estimator_and_predicted_label(capsys, tiny_ddp
     import torch
 
     from siamdiff.core.checkpoint import load_model
+    from siamdiff.data.inputs import as_batch
     from siamdiff.reconstruction.pipeline import Denoiser
 
     code, out, err = run(capsys, "denoise", noisy_pngs[0], "--out", tmp_path / "a.png", "--model", tiny_ddpm,
@@ -216,7 +221,7 @@ def test_denoise_uses_the_learned_estimator_and_predicted_label(capsys, tiny_ddp
     assert row["sigma_estimator"] == "learned" and row["sigma"] == row["sigma_estimated"]
     # the sigma used is the estimator's own output for this image
     est, _ = load_model(tiny_companions["noise-estimator"], kind="sigma")
-    image = Denoiser.load(tiny_ddpm).prepare(noisy_pngs[0])[None]
+    image = as_batch(noisy_pngs[0])
     with torch.no_grad():
         assert row["sigma"] == pytest.approx(float(est(image)[0]), rel=1e-5)
     n_classes = len(Denoiser.load(tiny_ddpm).classes)

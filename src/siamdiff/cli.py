@@ -211,7 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not undo the bias of pixels clipped at 0 or 1 (on by default: PNG inputs are clipped)")
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance weight with --label")
     p.add_argument("--seed", type=int, default=0, help="seed of the ancestral chain")
-    p.add_argument("--json", action="store_true", help="one JSON object per file")
+    p.add_argument("--tile-overlap", dest="overlap", type=int,
+                   help="pixels by which the tiles of an image larger than the model's overlap (default a quarter of "
+                        "a tile)")
+    p.add_argument("--json", action="store_true", help="one JSON object per file, a failed one with its error")
 
     p = sub.add_parser("plot", help="pictures: pairs with scores, ROC curve, 2-D map of embeddings")
     what = p.add_subparsers(dest="what", required=True, parser_class=_Parser)
@@ -314,13 +317,16 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
     den = Denoiser.load(args.model, args.estimator, args.classifier)
     records = denoise_files(den, args.inputs, args.out, sigma=args.sigma, method=args.method, steps=args.steps,
                             label=args.label, guidance=args.guidance if args.label is not None else 0.0,
-                            seed=args.seed, declip=not args.no_declip)
+                            seed=args.seed, declip=not args.no_declip, overlap=args.overlap)
     for r in records:
+        if "error" in r:
+            print(f"siamdiff: error: {_one_line(r['error'])}", file=sys.stderr)
         if args.json:
             _print_json(r)
-        else:
-            print(f"{r['output']}  (sigma {r['sigma']:.3f}, t* {r['t_start']}, {r['method']})")
-    return 0
+        elif "error" not in r:
+            tiles = f", {r['tiles']} tiles" if r["tiles"] > 1 else ""
+            print(f"{r['output']}  (sigma {r['sigma']:.3f}, t* {r['t_start']}, {r['method']}{tiles})")
+    return 2 if any("error" in r for r in records) else 0
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:

@@ -39,6 +39,7 @@ __all__ = [
     "MAX_PIXELS",
     "FolderImages",
     "fit_to",
+    "image_to_array",
     "list_images",
     "read_folder",
     "read_image",
@@ -155,12 +156,13 @@ def _float_to_uint8(values: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(v), 0, 255).astype(np.uint8)
 
 
-def _pil_to_array(img: Image.Image) -> np.ndarray:
+def _pil_to_array(img: Image.Image, keep_alpha: bool = False) -> np.ndarray:
     """Convert a loaded PIL image of any supported mode to (H, W, 1) or (H, W, 3) uint8.
 
     Grayscale-like modes ('1', 'L', 'LA', 'I;16*', 'I', 'F') give one channel;
     everything else (palette, RGB, RGBA, CMYK, YCbCr, ...) gives three.
-    Alpha is composited over a white background.
+    Alpha is composited over a white background, or with ``keep_alpha`` kept as
+    a last channel: (H, W, 2) for gray and alpha, (H, W, 4) for RGBA.
     """
     mode = img.mode
     transparency = "transparency" in img.info
@@ -171,6 +173,8 @@ def _pil_to_array(img: Image.Image) -> np.ndarray:
     elif mode in ("L", "LA", "La"):
         # 'L' here carries a tRNS colour key: convert('LA') turns it into alpha.
         la = np.asarray(img if mode == "LA" else img.convert("LA"), dtype=np.uint8)
+        if keep_alpha:
+            return np.ascontiguousarray(la.reshape(img.height, img.width, 2))
         gray = _composite_over_white(la[:, :, 0], la[:, :, 1])
     elif mode.startswith("I;16") or mode == "I":
         gray = _sixteen_bit_to_uint8(np.asarray(img))
@@ -178,12 +182,23 @@ def _pil_to_array(img: Image.Image) -> np.ndarray:
         gray = _float_to_uint8(np.asarray(img))
     elif mode in ("RGBA", "RGBa", "PA") or (mode in ("P", "RGB") and transparency):
         rgba = np.asarray(img.convert("RGBA"), dtype=np.uint8)
+        if keep_alpha:
+            return np.ascontiguousarray(rgba.reshape(img.height, img.width, 4))
         return _composite_over_white(rgba[:, :, :3], rgba[:, :, 3])
     else:
         # Palette, RGB, CMYK, YCbCr, LAB, HSV, RGBX, ...
         rgb = img if mode == "RGB" else img.convert("RGB")
         return np.asarray(rgb, dtype=np.uint8).reshape(rgb.height, rgb.width, 3)
     return gray.reshape(img.height, img.width, 1)
+
+
+def image_to_array(img: Image.Image, keep_alpha: bool = False) -> np.ndarray:
+    """An in-memory PIL image as a uint8 array ``(H, W, C)``, converted as :func:`read_image` converts files."""
+    try:
+        img.load()
+    except (OSError, ValueError) as exc:
+        raise ImageReadError(f"cannot read the PIL image: {exc}") from None
+    return np.ascontiguousarray(_pil_to_array(img, keep_alpha))
 
 
 def _to_channels(array: np.ndarray, channels: int) -> np.ndarray:
@@ -197,7 +212,7 @@ def _to_channels(array: np.ndarray, channels: int) -> np.ndarray:
     return np.asarray(gray, dtype=np.uint8)[:, :, None]
 
 
-def read_image(path: str | os.PathLike[str], channels: int | None = None) -> np.ndarray:
+def read_image(path: str | os.PathLike[str], channels: int | None = None, keep_alpha: bool = False) -> np.ndarray:
     """Read one image file as a uint8 array of shape (H, W, C).
 
     Args:
@@ -206,6 +221,8 @@ def read_image(path: str | os.PathLike[str], channels: int | None = None) -> np.
             three (RGB) for everything else; ``1`` converts colour to
             grayscale with PIL's ``'L'`` conversion (ITU-R 601-2 luma);
             ``3`` replicates grayscale into RGB.
+        keep_alpha: keep an alpha channel as the last channel instead of
+            compositing over white (with ``channels`` None only).
 
     Returns:
         ``np.ndarray`` of dtype uint8 and shape (H, W, C), C in {1, 3}. EXIF
@@ -250,7 +267,7 @@ def read_image(path: str | os.PathLike[str], channels: int | None = None) -> np.
                     img.seek(0)
                 img.load()
                 img = _exif_transposed(img, p)
-                array = _pil_to_array(img)
+                array = _pil_to_array(img, keep_alpha and channels is None)
     except ImageReadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -472,7 +489,7 @@ def write_png_atomic(array: np.ndarray, path: str | os.PathLike[str]) -> None:
     leaves either the old file or the complete new one, never half a PNG.
 
     Args:
-        array: uint8 array of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4).
+        array: uint8 array of shape (H, W), (H, W, 1), (H, W, 2) (gray and alpha), (H, W, 3) or (H, W, 4).
         path: destination file.
 
     Raises:
@@ -484,12 +501,13 @@ def write_png_atomic(array: np.ndarray, path: str | os.PathLike[str]) -> None:
         raise ValueError(f"expected a uint8 image, got dtype {array.dtype}")
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
-    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
-        raise ValueError(f"expected an image of shape (H, W) or (H, W, 1|3|4), got {array.shape}")
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (2, 3, 4))):
+        raise ValueError(f"expected an image of shape (H, W) or (H, W, 1|2|3|4), got {array.shape}")
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise ValueError(f"cannot write an empty image of shape {array.shape}")
 
-    image = Image.fromarray(np.ascontiguousarray(array))  # L, RGB or RGBA from the shape
+    image = Image.fromarray(np.ascontiguousarray(array), mode="LA" if array.ndim == 3 and array.shape[2] == 2 else
+                            None)  # L, LA, RGB or RGBA from the shape
     atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 

@@ -17,16 +17,19 @@ WAVELET = ("wavelet", "wavelet-mad")  # the names that choose wavelet-MAD where 
 def wavelet_sigma(images: torch.Tensor) -> np.ndarray:
     """Donoho's wavelet-MAD estimate of Gaussian σ per image (scikit-image ``estimate_sigma``), ``(N,)``.
 
-    images: ``(N, C, H, W)`` in [0, 1]; colour channels are averaged.
+    images: ``(N, C, H, W)`` in [0, 1]; colour channels are averaged. An image whose finest wavelet details are all
+    zero (a flat, noise-free image) has no detectable noise: 0.
     """
     from skimage.restoration import estimate_sigma
 
     x = images.detach().cpu().double().numpy()
     multi = x.shape[1] > 1
-    with warnings.catch_warnings():  # scikit-image warns about images of a pixel or two: noise, not a message
+    with warnings.catch_warnings():  # scikit-image warns about images of a pixel or two, numpy about flat ones
         warnings.simplefilter("ignore", UserWarning)
-        return np.array([estimate_sigma(im.transpose(1, 2, 0) if multi else im[0], average_sigmas=True,
-                                        channel_axis=-1 if multi else None) for im in x])
+        warnings.simplefilter("ignore", RuntimeWarning)
+        sigma = np.array([estimate_sigma(im.transpose(1, 2, 0) if multi else im[0], average_sigmas=True,
+                                         channel_axis=-1 if multi else None) for im in x])
+    return np.nan_to_num(sigma, nan=0.0)
 
 
 @dataclass(frozen=True)
@@ -72,19 +75,31 @@ class SigmaNet(nn.Module):
         self.head = nn.Sequential(nn.Linear(n_in, config.hidden), nn.SiLU(), nn.Linear(config.hidden, 1)) \
             if config.hidden else nn.Linear(n_in, 1)
 
-    def log_sigma(self, x: torch.Tensor) -> torch.Tensor:
+    def statistics(self, x: torch.Tensor) -> torch.Tensor:
+        """The per-image averages ``(N, S)`` the estimate is made from: each feature channel's mean (``moments``)
+        and mean square, and the fractions of pixels below 0, above 1, at 0 and at 1 (``range_features``). Being
+        averages over pixels, the statistics of the tiles of one image average to those of the image."""
         h = self.features(x * 2 - 1)
-        energy = h.pow(2).mean(dim=(2, 3))
-        if self.config.pool == "moments":
-            pooled = torch.cat([h.mean(dim=(2, 3)), energy.sqrt()], dim=1)
-        else:
-            pooled = 0.5 * torch.log(energy + 1e-12)
+        parts = ([h.mean(dim=(2, 3))] if self.config.pool == "moments" else []) + [h.pow(2).mean(dim=(2, 3))]
         if self.config.range_features:
             flat = x.flatten(1)
-            pooled = torch.cat([pooled, torch.stack([(flat < 0).float().mean(1), (flat > 1).float().mean(1),
-                                                     (flat <= 0).float().mean(1), (flat >= 1).float().mean(1)], 1)],
-                               dim=1)
-        return self.head(pooled).squeeze(1)
+            parts.append(torch.stack([(flat < 0).float().mean(1), (flat > 1).float().mean(1),
+                                      (flat <= 0).float().mean(1), (flat >= 1).float().mean(1)], 1))
+        return torch.cat(parts, dim=1)
+
+    def log_sigma_from(self, stats: torch.Tensor) -> torch.Tensor:
+        """log σ ``(N,)`` from :meth:`statistics`."""
+        width = self.config.widths[-1]
+        if self.config.pool == "moments":
+            mean, energy, rest = stats[:, :width], stats[:, width:2 * width], stats[:, 2 * width:]
+            pooled = torch.cat([mean, energy.sqrt()], dim=1)
+        else:
+            energy, rest = stats[:, :width], stats[:, width:]
+            pooled = 0.5 * torch.log(energy + 1e-12)
+        return self.head(torch.cat([pooled, rest], dim=1)).squeeze(1)
+
+    def log_sigma(self, x: torch.Tensor) -> torch.Tensor:
+        return self.log_sigma_from(self.statistics(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.log_sigma(x).exp()

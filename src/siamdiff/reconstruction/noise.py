@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import torch
 
+# Noise levels ([0, 1] scale) the noise estimator and the supervised denoiser are trained on and denoising is
+# measured on; a diffusion schedule reaches far higher, but there the output is made up rather than recovered.
+SIGMA_RANGE = (0.01, 1.2)
+
 
 def as_tensor_sigma(sigma: float | torch.Tensor, n: int, device: torch.device) -> torch.Tensor:
     """``sigma`` as a ``(N, 1, 1, 1)`` tensor (a number applies to every image)."""

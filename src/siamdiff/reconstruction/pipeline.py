@@ -14,6 +14,7 @@ the unguided one-step estimate), then the method. A Denoiser wraps a diffusion m
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 import os
@@ -28,21 +29,28 @@ from torch import nn
 
 from ..core.checkpoint import load_model
 from ..core.config import check_seed, over_memory
-from ..core.errors import CheckpointError, SiamdiffError, first_line, number, require
+from ..core.errors import CheckpointError, ImageReadError, SiamdiffError, first_line, number, require
 from ..core.files import check_writable, output_folder
 from ..core.registry import KIND_NAMES, companion, resolve
 from ..data.augment import at_size
-from ..data.imageio import IMAGE_EXTENSIONS, fit_to, read_image, write_png_atomic
+from ..data.inputs import as_batch
+from ..data.imageio import IMAGE_EXTENSIONS, write_png_atomic
 from .diffusion import METHODS as DIFFUSION_METHODS
 from .diffusion import ancestral, ddim, denoise
 from .estimate import WAVELET, wavelet_sigma
+from .noise import SIGMA_RANGE
 from .noise import declip as undo_clipping
-from .schedule import Schedule, sigma_for_step
+from .schedule import Schedule, sigma_for_step, step_for_sigma
+from .tiles import Blend, batches, pad_to
 
 # The methods of each kind of model; None: no model (baselines).
 METHODS: dict[str | None, tuple[str, ...]] = {"diffusion": DIFFUSION_METHODS, "denoiser": ("direct",), "vae": ("vae",),
                                               None: ("noisy", "nlm", "wavelet")}
 MAX_GUIDANCE = 100.0  # useful guidance weights are about 0-10; 1e300 gave NaN images
+TILE_BATCH = 64  # tiles per network call for an image larger than the model's: bounds the memory a large image takes
+ESTIMATE_TILE = 128  # the learned noise estimate of a larger image pools its statistics over tiles of this side
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -55,6 +63,7 @@ class DenoiseInfo:
     method: str
     sigma_estimator: str | None = None  # "learned" or "wavelet-MAD" when σ was estimated
     labels: list[int] | None = None  # the classes kept by guidance, if any
+    tiles: list[int] | None = None  # tiles of the model's size each image was denoised in (1: the image itself)
 
 
 def _classical(noisy: torch.Tensor, sigma: np.ndarray, method: str) -> torch.Tensor:
@@ -83,6 +92,29 @@ def check_fits(model: nn.Module, kind: str, channels: int) -> None:
     if model.config.in_channels != channels:
         raise SiamdiffError(f"the {KIND_NAMES[kind]} takes {model.config.in_channels}-channel images, not "
                             f"{channels}-channel ones")
+
+
+def _to_channels(images: torch.Tensor, channels: int | None, sigma: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None):
+    """Noisy images ``(N, C, H, W)`` of noise level ``sigma (N,)`` as rows for a network of ``channels``:
+    ``(rows, their sigma, rows per image, back)``, ``back`` turning the network's outputs into the images'.
+
+    A colour image into a grayscale network is three rows, its channels. A grayscale image into a colour network is
+    made a colour image with the noise that network was trained on, independent in each channel: the gray noise,
+    replicated, is √3·σ along the gray direction and absent across it; noise drawn across it only (``N(0, 3σ²)``
+    per channel less its mean over the channels) makes it √3·σ in every direction, and ``back``, the mean over the
+    channels, removes exactly what was added."""
+    n, c = images.shape[:2]
+    if channels is None or c == channels:
+        return images, sigma, 1, lambda out: out
+    if channels == 1:
+        return (images.reshape(n * c, 1, *images.shape[-2:]), None if sigma is None else sigma.repeat_interleave(c),
+                c, lambda out: out.reshape(n, c, *out.shape[-2:]))
+    scale = 3 ** 0.5 * sigma.to(images.dtype).view(n, 1, 1, 1)
+    across = torch.randn((n, channels, *images.shape[-2:]), generator=generator, device=images.device,
+                         dtype=images.dtype) * scale
+    rows = images.expand(n, channels, *images.shape[-2:]) + across - across.mean(1, keepdim=True)
+    return rows, sigma * 3 ** 0.5, 1, lambda out: out.mean(1, keepdim=True)
 
 
 def _guidance(value: float) -> float:
@@ -146,6 +178,14 @@ class Denoiser:
         source = "" if name_or_path is None else str(name_or_path)
         return cls(net, meta, source, sigma_net, load_companion("classifier", classifier))
 
+    @property
+    def device(self) -> torch.device:
+        """Where the networks are (the CPU for the model-free baselines)."""
+        for model in (self.net, self.estimator, self.classifier):
+            for parameter in model.parameters() if model is not None else ():
+                return parameter.device
+        return torch.device("cpu")
+
     def to(self, device: str | torch.device) -> Denoiser:
         """Move the networks to ``device`` (in place; returns self)."""
         for model in (self.net, self.estimator, self.classifier):
@@ -186,37 +226,6 @@ class Denoiser:
         """Classes the model can keep by guidance (0: unconditional)."""
         return self.net.config.num_classes if self.kind == "diffusion" else 0
 
-    def prepare(self, image: str | os.PathLike | np.ndarray) -> torch.Tensor:
-        """A path or ``(H, W[, C])`` uint8 array -> ``(C, H, W)`` float in [0, 1].
-
-        Colour is converted to the model's channels (luma / replication). Another size is refused: resizing would
-        change the noise the model is asked to remove.
-        """
-        array = image if isinstance(image, np.ndarray) else read_image(image, channels=self.channels)
-        if array.ndim == 2:
-            array = array[:, :, None]
-        size = self.image_size
-        if size is not None and array.shape[:2] != (size, size):
-            name = image if not isinstance(image, np.ndarray) else "image"
-            raise SiamdiffError(f"'{name}' is {array.shape[1]}x{array.shape[0]} but the model denoises "
-                                f"{size}x{size} images (resizing would change the noise)")
-        array = fit_to(array, self.channels or array.shape[2], array.shape[:2])
-        return torch.from_numpy(array.transpose(2, 0, 1).copy()).float() / 255.0
-
-    def _check_images(self, images: torch.Tensor) -> None:
-        if not isinstance(images, torch.Tensor) or images.ndim != 4 or not images.is_floating_point():
-            what = f"a {images.ndim}-d {images.dtype} tensor" if isinstance(images, torch.Tensor) else \
-                type(images).__name__
-            raise SiamdiffError(f"{{images}} must be a float tensor (N, C, H, W) in [0, 1], got {what}", "images")
-        c, h, w = images.shape[1:]
-        for what, model in (("model", self.net), ("noise estimator", self.estimator), ("classifier", self.classifier)):
-            if model is not None and c != model.config.in_channels:
-                raise SiamdiffError(f"{{images}} have {c} channel(s) but the {what} takes "
-                                    f"{model.config.in_channels}-channel images", "images")
-        if self.image_size is not None and (h, w) != (self.image_size, self.image_size):
-            raise SiamdiffError(f"{{images}} are {w}x{h} but the model denoises {self.image_size}x{self.image_size} "
-                                f"images", "images")
-
     def sigma_range(self) -> float:
         """The largest noise level this denoiser can be told (σ at a diffusion schedule's last step)."""
         if self.schedule is None:
@@ -224,11 +233,26 @@ class Denoiser:
         return float(sigma_for_step(self.schedule, self.schedule.steps - 1))
 
     def estimate_sigma(self, images: torch.Tensor) -> np.ndarray:
-        """Noise level per image ``(N,)``: the learned estimator when there is one, else wavelet-MAD."""
-        if self.estimator is not None:
-            with torch.no_grad():
-                return self.estimator(images.float()).double().cpu().numpy()
-        return wavelet_sigma(images)
+        """Noise level per image ``(N,)`` of ``images (N, C, H, W)``: the learned estimator when there is one, else
+        wavelet-MAD. The learned estimate pools the estimator's statistics over the whole image — over tiles of
+        :data:`ESTIMATE_TILE` for a larger one — and over the channels of a colour image it takes one at a time. A
+        colour estimator cannot see the noise of a grayscale image (it reads it across the channels): wavelet-MAD
+        does."""
+        if not self._learned_estimate(images):
+            return wavelet_sigma(images)
+        rows, _, per_image, _ = _to_channels(images.float(), self.estimator.config.in_channels)
+        with torch.no_grad():
+            if max(rows.shape[-2:]) <= ESTIMATE_TILE:
+                stats = self.estimator.statistics(rows)
+            else:
+                stats = torch.stack([self.estimator.statistics(tiles).mean(0) for row in rows
+                                     for tiles in [torch.cat([t for _, t in batches(pad_to(row, ESTIMATE_TILE),
+                                                                                 ESTIMATE_TILE, 0, 64)])]])
+            stats = stats.view(len(images), per_image, -1).mean(1)
+            return self.estimator.log_sigma_from(stats).exp().double().cpu().numpy()
+
+    def _learned_estimate(self, images: torch.Tensor) -> bool:
+        return self.estimator is not None and not (images.shape[1] == 1 < self.estimator.config.in_channels)
 
     def classify(self, images: torch.Tensor) -> torch.Tensor:
         """The classifier's class ``(N,)`` of images in [0, 1], given to it at its own size."""
@@ -238,7 +262,7 @@ class Denoiser:
             return self.classifier(at_size(images, self.classifier.config.image_size)).argmax(1)
 
     def _labels(self, label: int | str | Sequence[int] | torch.Tensor | None, images: torch.Tensor,
-                sigma: torch.Tensor) -> torch.Tensor | None:
+                sigma: torch.Tensor, whole: bool = True) -> torch.Tensor | None:
         """The class each image keeps: none, one class for all, one per image, or ``"auto"``: the class the
         classifier sees in the unguided one-step (Tweedie) estimate, which is far easier to classify than the
         noisy input (at σ 0.5 the classifier is at chance on noisy MNIST digits)."""
@@ -252,6 +276,9 @@ class Denoiser:
             if self.classifier is None:
                 raise SiamdiffError("{label} auto needs a classifier: use a shipped model or pass {classifier}",
                                     "label", "classifier")
+            if not whole:
+                raise SiamdiffError(f"{{label}} auto names the class of images of the model's size and channels "
+                                    f"({self.channels}x{self.image_size}x{self.image_size}); give the class", "label")
             pilot, _ = denoise(self.net, self.schedule, images, sigma, "tweedie")
             return self.classify(pilot)
         values = label.tolist() if isinstance(label, (torch.Tensor, np.ndarray)) else label
@@ -282,6 +309,15 @@ class Denoiser:
                                 f"{top:.4g} at its last step)", "sigma")
         return torch.full((len(images),), value, dtype=torch.float64), [None] * len(images)
 
+    def _warn_beyond_training(self, sigma: torch.Tensor) -> None:
+        """A σ the schedule reaches but the models were not trained or measured on is denoised, with a warning: out
+        there the model makes up an image of its data (a digit from σ 5) rather than recovering the input's."""
+        top = SIGMA_RANGE[1]
+        if self.net is not None and bool((sigma > top).any()):
+            log.warning("sigma %.3g is beyond the noise levels the models were trained and measured on (%g to %g): "
+                        "the output is invented by the model more than recovered from the input",
+                        float(sigma.max()), *SIGMA_RANGE)
+
     def _check_steps(self, method: str, steps: int) -> None:
         """Only DDIM takes steps; for it more than the schedule's would only repeat steps (100,000 ran for hours)."""
         whole = isinstance(steps, numbers.Integral) and not isinstance(steps, bool)
@@ -291,50 +327,110 @@ class Denoiser:
         require(whole and steps >= 1, "steps", "a positive number", steps)
 
     @torch.no_grad()
-    def denoise(self, images: torch.Tensor, sigma: float | str = "auto", method: str | None = None, steps: int = 10,
+    def denoise(self, images: object, sigma: float | str = "auto", method: str | None = None, steps: int = 10,
                 label: int | str | Sequence[int] | torch.Tensor | None = None, guidance: float = 0.0,
-                seed: int | torch.Generator = 0, declip: bool = True) -> tuple[torch.Tensor, DenoiseInfo]:
-        """Clean ``images (N, C, H, W)`` in [0, 1] with ``method`` (default: the model's first).
+                seed: int | torch.Generator = 0, declip: bool = True, overlap: int | None = None,
+                tile_batch: int = TILE_BATCH) -> tuple[torch.Tensor, DenoiseInfo]:
+        """Clean ``images`` with ``method`` (default: the model's first); returns ``(N, C, H, W)`` float in [0, 1]
+        with the input's channels, and what was done (:class:`DenoiseInfo`).
 
+        images: any input of :mod:`siamdiff.data.inputs` — a path, a PIL image, a numpy array or a tensor, one
+        image or a batch, uint8 or float on the [0, 1] scale, of any size and colour. An image larger (or smaller)
+        than the model's is denoised in overlapping tiles of its size, ``overlap`` pixels apart (default a quarter
+        of a tile), blended with a smooth window; all tiles of an image share its σ. A colour image in a grayscale
+        model is denoised a channel at a time; a grayscale image in a colour model as gray colour, averaged back.
+        An alpha channel is kept as it is.
         sigma: a number, or ``"auto"`` (estimated per image); label: the class to keep by classifier-free guidance
-        of weight ``guidance`` (a class number, one per image, or ``"auto"``); steps: DDIM's network calls;
-        seed: of the ancestral chain (or a ``torch.Generator`` to draw from); declip: undo the bias of pixels
-        clipped at 0 or 1 first, in images that lie within [0, 1] (as read from files; diffusion methods).
-        Returns the clean images in [0, 1] and what was done (:class:`DenoiseInfo`).
+        of weight ``guidance`` (a class number, one per image, or ``"auto"``: the class the classifier sees in the
+        unguided estimate, for images of the model's size); steps: DDIM's network calls; seed: of the ancestral
+        chain (or a ``torch.Generator`` to draw from); declip: undo the bias of pixels clipped at 0 or 1 first, in
+        images that lie within [0, 1] (as read from files; diffusion methods); tile_batch: tiles per network call.
         """
         method = method or self.methods[0]
         if method not in self.methods:
             raise SiamdiffError(f"unknown {{method}} '{method}' for this model: use one of {', '.join(self.methods)}",
                                 "method")
-        self._check_images(images)
+        x = as_batch(images)
         self._check_steps(method, steps)
         guidance = _guidance(guidance)
+        overlap = self._overlap(overlap)
+        require(isinstance(tile_batch, numbers.Integral) and tile_batch >= 1, "tile_batch", "a positive number",
+                tile_batch)
+        device = self.device
+        x = x.to(device)
         generator = seed if isinstance(seed, torch.Generator) else \
-            torch.Generator(device=images.device).manual_seed(check_seed(seed))
-        sig, estimated = self._sigma(sigma, images)
-        images = images.float()
-        t_star: list[int | None] = [None] * len(images)
+            torch.Generator(device=device).manual_seed(check_seed(seed))
+        colour, alpha = (x[:, :-1], x[:, -1:]) if x.shape[1] in (2, 4) else (x, None)
+        sig, estimated = self._sigma(sigma, colour)
+        self._warn_beyond_training(sig)
+        t_star: list[int | None] = [None] * len(x)
         labels = None
-        if self.kind == "diffusion":
-            if declip:
-                images = undo_clipping(images, sig)
-            labels = self._labels(label, images, sig)
-            out, steps_in = denoise(self.net, self.schedule, images, sig, method, steps, labels, guidance, generator)
-            t_star = [int(t) for t in steps_in]
-        elif label is not None:
-            self._labels(label, images, sig)  # refuses: no classes
-        elif method == "direct":
-            t = torch.zeros(len(images), dtype=torch.long, device=images.device)
-            out = ((self.net(images * 2 - 1, t, None) + 1) / 2).clamp(0, 1)
-        elif method == "vae":
-            out = self.net.reconstruct(images.clamp(0, 1))
-        elif method == "noisy":  # the input, as a viewer shows it
-            out = images.clamp(0, 1)
+        if self.net is None:
+            if label is not None:
+                self._labels(label, colour, sig)  # refuses: no classes
+            out = colour.clamp(0, 1) if method == "noisy" else _classical(colour, sig.numpy(), method)
+            tiles = [1] * len(x)
         else:
-            out = _classical(images, sig.numpy(), method)
-        how = None if sigma != "auto" else ("learned" if self.estimator is not None else "wavelet-MAD")
+            if self.kind == "diffusion" and declip:
+                colour = undo_clipping(colour, sig)
+            rows, row_sigma, per_image, back = _to_channels(colour, self.channels, sig, generator)
+            whole = per_image == 1 and rows.shape[-2:] == (self.image_size, self.image_size)
+            labels = self._labels(label, rows if per_image == 1 else colour, row_sigma if per_image == 1 else sig,
+                                  whole)
+            row_labels = None if labels is None else labels.repeat_interleave(per_image)
+            out, tiles = self._tiled(rows, row_sigma, method, steps, row_labels, guidance, generator, overlap,
+                                     tile_batch)
+            out = back(out)
+            tiles = tiles[::per_image]
+            if self.kind == "diffusion":
+                t_star = [int(t) for t in step_for_sigma(self.schedule, row_sigma[::per_image])]
+        if alpha is not None:
+            out = torch.cat([out, alpha.clamp(0, 1)], dim=1)
+        how = None if sigma != "auto" else ("learned" if self._learned_estimate(colour) else "wavelet-MAD")
         return out.clamp(0, 1), DenoiseInfo([float(s) for s in sig], estimated, t_star, method, how,
-                                            None if labels is None else [int(k) for k in labels])
+                                            None if labels is None else [int(k) for k in labels], tiles)
+
+    def _overlap(self, overlap: int | None) -> int:
+        if self.image_size is None:
+            return 0
+        if overlap is None:
+            return self.image_size // 4
+        require(isinstance(overlap, numbers.Integral) and not isinstance(overlap, bool)
+                and 0 <= overlap < self.image_size, "overlap", f"from 0 to {self.image_size - 1} pixels", overlap)
+        return int(overlap)
+
+    def _network(self, x: torch.Tensor, sigma: torch.Tensor, method: str, steps: int, labels: torch.Tensor | None,
+                 guidance: float, generator: torch.Generator) -> torch.Tensor:
+        """The model's method on images of its size."""
+        if method == "direct":
+            t = torch.zeros(len(x), dtype=torch.long, device=x.device)
+            return ((self.net(x * 2 - 1, t, None) + 1) / 2).clamp(0, 1)
+        if method == "vae":
+            return self.net.reconstruct(x.clamp(0, 1))
+        return denoise(self.net, self.schedule, x, sigma, method, steps, labels, guidance, generator)[0]
+
+    def _tiled(self, rows: torch.Tensor, sigma: torch.Tensor, method: str, steps: int, labels: torch.Tensor | None,
+               guidance: float, generator: torch.Generator, overlap: int, tile_batch: int
+               ) -> tuple[torch.Tensor, list[int]]:
+        """:meth:`_network` on images of any size: a batch of images of the model's size in one call, as given;
+        any other image in tiles, ``tile_batch`` at a time, blended (memory bounded by the tiles, not the image)."""
+        size = self.image_size
+        n, c, h, w = rows.shape
+        if (h, w) == (size, size):
+            return self._network(rows, sigma, method, steps, labels, guidance, generator), [1] * n
+        out, counts = torch.empty_like(rows), []
+        for i in range(n):
+            image = pad_to(rows[i], size)
+            blend = Blend(tuple(image.shape), size, overlap, device=rows.device)
+            count = 0
+            for places, tiles in batches(image, size, overlap, tile_batch):
+                k = len(tiles)
+                blend.add(places, self._network(tiles, sigma[i].expand(k), method, steps,
+                                                None if labels is None else labels[i].expand(k), guidance, generator))
+                count += k
+            out[i] = blend.result()[:, :h, :w]
+            counts.append(count)
+        return out, counts
 
     def check_sample(self, n: int = 16, method: str = "ddim", steps: int = 50, label: int | None = None,
                      guidance: float = 1.0, seed: int = 0, batch_size: int = 256) -> None:
@@ -362,7 +458,7 @@ class Denoiser:
         the DDPM chain (every step), ``batch_size`` at a time (memory stays bounded whatever ``n``)."""
         self.check_sample(n, method, steps, label, guidance, seed, batch_size)
         c, s = self.channels, self.image_size
-        device = next(self.net.parameters()).device
+        device = self.device
         gen = torch.Generator(device=device).manual_seed(int(seed))
         out = []
         for start in range(0, n, batch_size):
@@ -427,22 +523,38 @@ def output_paths(inputs: list[Path], out: Path) -> list[Path]:
     return targets
 
 
+def _png(image: torch.Tensor) -> np.ndarray:
+    """``(C, H, W)`` in [0, 1] -> ``(H, W, C)`` uint8."""
+    return torch.round(image.clamp(0, 1) * 255).to(torch.uint8).cpu().numpy().transpose(1, 2, 0)
+
+
 def denoise_files(denoiser: Denoiser, inputs: Sequence[str | os.PathLike], out: str | os.PathLike,
                   **options: Any) -> list[dict[str, Any]]:
-    """Denoise image files into PNGs: ``out`` is the file for one input named ``*.png``, else a folder receiving
-    ``<stem>.png`` per input. Every target is checked and every input read before anything is written; an input is
-    never overwritten. ``options`` go to :meth:`Denoiser.denoise`. Returns one record per file: ``input``,
-    ``output``, ``sigma`` (used), ``sigma_estimated``, ``sigma_estimator``, ``t_start``, ``method``, ``label``."""
+    """Denoise image files into PNGs, one file at a time: ``out`` is the file for one input named ``*.png``, else a
+    folder receiving ``<stem>.png`` per input. Every target is checked before anything is written, and an input is
+    never overwritten. An input that cannot be read is skipped and recorded with its ``error``; any other refusal
+    (a bad option) stops before the first file is written. ``options`` go to :meth:`Denoiser.denoise`.
+
+    Returns one record per input: ``input``, ``output``, ``sigma`` (used), ``sigma_estimated``,
+    ``sigma_estimator``, ``t_start``, ``method``, ``label``, ``tiles``, ``width``, ``height`` — or ``input`` and ``error``."""
     paths = [Path(p) for p in inputs]
     targets = output_paths(paths, Path(out))
-    images = torch.stack([denoiser.prepare(p) for p in paths])
-    clean, info = denoiser.denoise(images, **options)
-    records = []
+    records: list[dict[str, Any]] = []
     with output_folder(targets[0].parent):
-        for k, (src, dst) in enumerate(zip(paths, targets)):
-            write_png_atomic(torch.round(clean[k] * 255).to(torch.uint8).numpy().transpose(1, 2, 0), dst)
-            records.append({"input": str(src), "output": str(dst), "sigma": info.sigma[k],
-                            "sigma_estimated": info.sigma_estimated[k], "sigma_estimator": info.sigma_estimator,
-                            "t_start": info.t_start[k], "method": info.method,
-                            "label": None if info.labels is None else info.labels[k]})
+        for src, dst in zip(paths, targets):
+            try:
+                image = as_batch(src)
+            except ImageReadError as exc:
+                records.append({"input": str(src), "error": str(exc)})
+                continue
+            clean, info = denoiser.denoise(image, **options)
+            write_png_atomic(_png(clean[0]), dst)
+            records.append({"input": str(src), "output": str(dst), "sigma": info.sigma[0],
+                            "sigma_estimated": info.sigma_estimated[0], "sigma_estimator": info.sigma_estimator,
+                            "t_start": info.t_start[0], "method": info.method,
+                            "label": None if info.labels is None else info.labels[0], "tiles": info.tiles[0],
+                            "width": int(clean.shape[-1]), "height": int(clean.shape[-2])})
+        if not any("output" in r for r in records):
+            raise SiamdiffError(f"none of the {len(paths)} input(s) could be read" if len(paths) > 1 else
+                                records[0]["error"])
     return records

@@ -28,12 +28,11 @@ from .estimate import SigmaNet, SigmaNetConfig
 from .metrics import psnr
 from .models import PRESETS as UNETS
 from .models import build_from_config
-from .noise import gaussian, to_file
+from .noise import SIGMA_RANGE, gaussian, to_file
 from .schedule import Schedule, add_noise
 from .vae import PRESETS as VAES
 from .vae import VAE, vae_loss
 
-SIGMA_RANGE = (0.01, 1.2)  # noise levels the denoiser and the estimator are trained on ([0, 1] scale)
 DIFFUSION_LOSSES = ("mse", "l1")
 
 

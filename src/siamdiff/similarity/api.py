@@ -17,12 +17,13 @@ import torch
 from ..core.checkpoint import load_model
 from ..core.errors import CheckpointError, SiamdiffError
 from ..core.registry import resolve, shipped_name
-from ..data.imageio import fit_to, read_image
+from ..data.imageio import fit_to
+from ..data.inputs import as_batch
 from ..nets.convnet import EmbeddingNet
 from .calibration import Calibration
 from .embed import embed
 
-ImageLike = str | os.PathLike | np.ndarray
+ImageLike = str | os.PathLike | np.ndarray | torch.Tensor  # or a PIL image: see siamdiff.data.inputs
 
 
 class SimilarityModel:
@@ -66,25 +67,37 @@ class SimilarityModel:
         return self.net.config.image_size
 
     def prepare(self, image: ImageLike) -> np.ndarray:
-        """A path or ``(H, W[, C])`` uint8 array -> ``(C, S, S)`` uint8 for this model.
+        """One image (any input of :mod:`siamdiff.data.inputs`) -> ``(C, S, S)`` uint8 for this model.
 
-        Conversion (documented): colour to grayscale by luma, grayscale to colour by replication, any other
-        size resized to the model's square size (bilinear, anti-aliased; aspect ratio not kept).
+        Conversion (documented): alpha composited over white, colour to grayscale by luma, grayscale to colour by
+        replication, any other size resized to the model's square size (bilinear, anti-aliased; aspect ratio not
+        kept).
         """
-        array = read_image(image, channels=self.channels) if not isinstance(image, np.ndarray) else image
-        if array.dtype != np.uint8:
-            raise SiamdiffError("image arrays must be uint8")
+        if isinstance(image, np.ndarray) and image.dtype == np.uint8 and (image.ndim == 2 or (
+                image.ndim == 3 and image.shape[2] in (1, 3))):
+            array = image  # (H, W[, C]) uint8: as it is
+        else:
+            batch = as_batch(image, "image", keep_alpha=False)
+            if len(batch) != 1:
+                raise SiamdiffError(f"{{image}} must be one image, got a batch of {len(batch)}", "image")
+            x = batch[0].clamp(0, 1)
+            if x.shape[0] in (2, 4):  # alpha over white, as files are read
+                x = x[:-1] * x[-1:] + (1 - x[-1:])
+            array = torch.round(x * 255).to(torch.uint8).permute(1, 2, 0).numpy()
         return fit_to(array, self.channels, (self.image_size, self.image_size)).transpose(2, 0, 1)
 
-    def embed(self, images: torch.Tensor | np.ndarray | list[ImageLike], batch_size: int = 1024) -> np.ndarray:
-        """Embeddings ``(N, D)`` of a uint8 batch ``(N, C, H, W)`` or of a list of paths/arrays."""
-        if isinstance(images, list):
-            images = np.stack([self.prepare(im) for im in images]) if images else np.zeros((0, 1, 1, 1), np.uint8)
-        batch = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
-        if batch.ndim != 4 or tuple(batch.shape[1:]) != (self.channels, self.image_size, self.image_size):
-            raise SiamdiffError(f"expected images of shape (N, {self.channels}, {self.image_size}, "
-                                f"{self.image_size}), got {tuple(batch.shape)}")
-        return embed(self.net, batch, batch_size=batch_size)
+    def embed(self, images: ImageLike | list[ImageLike], batch_size: int = 1024) -> np.ndarray:
+        """Embeddings ``(N, D)`` of images: a list of images (paths, arrays, PIL images, tensors), or one batch
+        ``(N, C, H, W)`` — uint8 of the model's shape as it is, anything else converted as :meth:`prepare` does."""
+        if isinstance(images, (list, tuple)):
+            batch = np.stack([self.prepare(im) for im in images]) if images else \
+                np.zeros((0, self.channels, self.image_size, self.image_size), np.uint8)
+        elif isinstance(images, (np.ndarray, torch.Tensor)) and images.dtype in (np.uint8, torch.uint8) and \
+                tuple(images.shape[1:]) == (self.channels, self.image_size, self.image_size):
+            batch = images
+        else:
+            batch = np.stack([self.prepare(im) for im in as_batch(images, "images", keep_alpha=False)])
+        return embed(self.net, torch.as_tensor(batch), batch_size=batch_size)
 
     def probability(self, distance: np.ndarray | float) -> np.ndarray:
         """Calibrated probability of "same category" for embedding distances."""

@@ -1,0 +1,182 @@
+"""Denoising any image: tiles blended without seams, one sigma per image, any channels, the input contract."""
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from siamdiff.core.errors import SiamdiffError
+from siamdiff.data.datasets import load_sample
+from siamdiff.data.inputs import as_batch
+from siamdiff.reconstruction.diffusion import denoise
+from siamdiff.reconstruction.noise import declip, gaussian
+from siamdiff.reconstruction.pipeline import Denoiser
+from siamdiff.reconstruction.tiles import Blend, batches, pad_to, positions, starts, window
+
+
+@pytest.mark.parametrize("size,tile,overlap", [(28, 28, 7), (29, 28, 7), (100, 32, 8), (64, 32, 0), (33, 32, 31)])
+def test_tiles_cover_the_side_and_end_at_its_edge(size, tile, overlap):
+    s = starts(size, tile, overlap)
+    assert s[0] == 0 and s[-1] == size - tile and all(b - a <= tile - overlap for a, b in zip(s, s[1:]))
+    covered = np.zeros(size, bool)
+    for a in s:
+        covered[a:a + tile] = True
+    assert covered.all()
+
+
+def test_the_window_is_flat_inside_symmetric_and_never_zero():
+    w = window(32, 8)
+    assert torch.equal(w, w.T) and torch.equal(w, w.flip(0)) and w.min() > 0
+    assert torch.all(w[8:24, 8:24] == 1) and w[0, 0] < w[4, 4] < w[8, 8]
+
+
+@pytest.mark.parametrize("shape", [(3, 70, 93), (1, 28, 28), (1, 5, 40), (3, 1, 1), (1, 2, 300)])
+def test_blending_tiles_that_are_left_alone_gives_the_image_back(shape):
+    x = torch.rand(shape)
+    padded = pad_to(x, 28)
+    assert min(padded.shape[-2:]) >= 28 and torch.equal(padded[:, :shape[1], :shape[2]], x)
+    blend = Blend(tuple(padded.shape), 28, 7)
+    for places, tiles in batches(padded, 28, 7, 5):
+        blend.add(places, tiles)
+    torch.testing.assert_close(blend.result()[:, :shape[1], :shape[2]], x, atol=1e-6, rtol=0)
+    assert len(positions(padded.shape[1], padded.shape[2], 28, 7)) >= 1
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    return Denoiser.load("mnist")
+
+
+def _noisy(n=6, sigma=0.2, name="mnist"):
+    return gaussian(load_sample(name).images[:n].float() / 255, sigma, torch.Generator().manual_seed(5))
+
+
+def test_images_of_the_models_size_are_denoised_as_the_diffusion_functions_do(mnist):
+    """One tile per image: exactly the batched algorithm — estimate, declip, one posterior-mean step."""
+    x = _noisy()
+    out, info = mnist.denoise(x)
+    sigma = torch.as_tensor(mnist.estimate_sigma(x), dtype=torch.float64)
+    want, _ = denoise(mnist.net, mnist.schedule, declip(x, sigma), sigma, "tweedie")
+    torch.testing.assert_close(out, want, atol=1e-6, rtol=0)
+    assert info.tiles == [1] * 6
+
+
+def test_a_large_image_is_denoised_in_tiles_with_one_sigma(mnist):
+    clean = load_sample("mnist").images[:6].float() / 255
+    big = torch.cat([torch.cat(list(clean[3 * r:3 * r + 3, 0]), dim=1) for r in range(2)])[None, None]  # 56 x 84
+    noisy = gaussian(big, 0.2, torch.Generator().manual_seed(1))
+    out, info = mnist.denoise(noisy)
+    assert out.shape == big.shape and info.tiles == [12] and len(info.sigma) == 1
+    assert abs(info.sigma[0] - 0.2) < 0.03  # pooled over the whole image
+    gain = 10 * torch.log10(((noisy.clamp(0, 1) - big) ** 2).mean() / ((out - big) ** 2).mean())
+    assert gain > 6  # a denoised image, not the noisy one
+    again, _ = mnist.denoise(noisy, method="ancestral", seed=3)
+    assert torch.equal(again, mnist.denoise(noisy, method="ancestral", seed=3)[0])  # seeded, tiles and all
+
+
+def test_colour_into_a_grayscale_model_is_a_channel_at_a_time_and_alpha_is_kept(mnist):
+    gray = _noisy(3)[:, 0]
+    rgb = gray.permute(1, 2, 0)[None].permute(0, 3, 1, 2)  # (1, 3, 28, 28): the three digits as channels
+    out, info = mnist.denoise(rgb, sigma=0.2)
+    alone, _ = mnist.denoise(gray[:, None], sigma=0.2)
+    torch.testing.assert_close(out[0], alone[:, 0], atol=1e-6, rtol=0)
+    rgba = torch.cat([rgb, torch.full((1, 1, 28, 28), 0.25)], dim=1)
+    with_alpha, _ = mnist.denoise(rgba, sigma=0.2)
+    assert with_alpha.shape == (1, 4, 28, 28) and torch.all(with_alpha[0, 3] == 0.25)
+    torch.testing.assert_close(with_alpha[:, :3], out, atol=1e-6, rtol=0)
+
+
+def test_grayscale_into_a_colour_model_comes_back_gray():
+    out, info = Denoiser.load("cifar10").denoise(_noisy(2, name="mnist")[:, :, :20, :20])
+    assert out.shape == (2, 1, 20, 20) and info.tiles == [1, 1]  # padded to one 32x32 tile each
+
+
+def test_every_form_of_one_image_gives_the_same_result(mnist, tmp_path):
+    image = (_noisy(1)[0, 0].clamp(0, 1) * 255).round().to(torch.uint8)
+    Image.fromarray(image.numpy()).save(tmp_path / "n.png")
+    forms = [tmp_path / "n.png", str(tmp_path / "n.png"), Image.open(tmp_path / "n.png"), image.numpy(),
+             image.numpy()[:, :, None], image[None], image[None, None], image.float() / 255,
+             (image.float() / 255).numpy()[None]]
+    want, _ = mnist.denoise(image[None, None].float() / 255)
+    for form in forms:
+        got, _ = mnist.denoise(form)
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=0, msg=lambda m: f"{type(form)}: {m}")
+
+
+@pytest.mark.parametrize("bad,message", [
+    (np.zeros((2, 1, 1, 28, 28), np.uint8), "must be an image"), (np.zeros((28, 28, 7), np.uint8), "must be an image"),
+    (np.zeros((28, 28), np.int32), "uint8 (0-255) or float"), (torch.full((28, 28), float("nan")), "NaN"),
+    (torch.full((28, 28), 200.0), "look like 0-255 values"), (np.zeros((0, 28)), "empty"), ("", "empty path"),
+    ([1, 2], "must be a path, a PIL image"), ("missing.png", "no such file")])
+def test_anything_else_is_one_clear_error(mnist, bad, message):
+    with pytest.raises(SiamdiffError, match=re.escape(message)) as caught:
+        mnist.denoise(bad)
+    assert "\n" not in str(caught.value)
+
+
+def test_label_auto_is_for_images_of_the_models_size(mnist):
+    with pytest.raises(SiamdiffError, match="label auto names the class of images of the model's size"):
+        mnist.denoise(torch.rand(1, 1, 40, 40), label="auto")
+    with pytest.raises(SiamdiffError, match="overlap must be from 0 to 27"):
+        mnist.denoise(torch.rand(1, 1, 40, 40), overlap=28)
+
+
+def test_similarity_takes_the_same_inputs(tmp_path):
+    from siamdiff.similarity.api import SimilarityModel
+
+    model = SimilarityModel.load("mnist")
+    image = load_sample("mnist").images[0, 0]
+    Image.fromarray(image.numpy()).save(tmp_path / "a.png")
+    want = model.embed([image.numpy()])
+    for form in (tmp_path / "a.png", Image.open(tmp_path / "a.png"), image, image[None], image.float() / 255,
+                 np.repeat(image.numpy()[:, :, None], 3, axis=2)):
+        np.testing.assert_allclose(model.embed([form]), want, atol=1e-5)
+    assert model.score(image.float() / 255, tmp_path / "a.png")["distance"] < 1e-5
+    assert model.embed(image[None, None].float() / 255).shape == (1, 64)  # a batch of floats, converted
+    with pytest.raises(SiamdiffError, match="must be one image, got a batch of 2"):
+        model.score(load_sample("mnist").images[:2], image)
+
+
+def test_as_batch_reads_channels_last_arrays_and_channels_first_tensors():
+    assert as_batch(np.zeros((5, 6, 3), np.uint8)).shape == (1, 3, 5, 6)
+    assert as_batch(torch.zeros(3, 5, 6)).shape == (1, 3, 5, 6)
+    assert as_batch(np.zeros((3, 5, 6), np.uint8)).shape == (1, 3, 5, 6)  # last side not a channel count
+    assert as_batch(torch.zeros(5, 6, 3)).shape == (1, 3, 5, 6)
+
+
+def test_a_sigma_beyond_training_is_denoised_with_a_warning_and_beyond_the_schedule_refused(mnist, caplog):
+    x = _noisy(1)
+    mnist.denoise(x, sigma=1.0)
+    assert not caplog.records
+    mnist.denoise(x, sigma=5)
+    assert "beyond the noise levels the models were trained and measured on (0.01 to 1.2)" in caplog.text
+    with pytest.raises(SiamdiffError, match="beyond the noise this model's schedule reaches"):
+        mnist.denoise(x, sigma=1e6)
+
+
+def test_gray_into_a_colour_model_gets_the_noise_that_model_knows():
+    """Gray noise σ replicated, plus noise across the channels only: independent noise of √3·σ in each channel,
+    and the mean over the channels is the gray image again, exactly."""
+    from siamdiff.reconstruction.pipeline import _to_channels
+
+    gray = torch.rand(1, 1, 200, 200)
+    noise = 0.1 * torch.randn(1, 1, 200, 200, generator=torch.Generator().manual_seed(0))
+    rows, sigma, per_image, back = _to_channels(gray + noise, 3, torch.tensor([0.1], dtype=torch.float64),
+                                                torch.Generator().manual_seed(1))
+    assert per_image == 1 and rows.shape == (1, 3, 200, 200) and abs(float(sigma[0]) - 0.1 * 3 ** 0.5) < 1e-12
+    torch.testing.assert_close(back(rows), gray + noise, atol=1e-6, rtol=0)
+    cov = torch.cov((rows - gray)[0].reshape(3, -1))
+    torch.testing.assert_close(cov, torch.eye(3) * 0.03, atol=0.002, rtol=0)
+
+
+def test_a_gray_photo_in_the_colour_model_is_denoised_like_a_colour_one():
+    from skimage.data import camera
+
+    clean = torch.from_numpy(camera()[128:256, 128:256]).float()[None, None] / 255
+    noisy = gaussian(clean, 25 / 255, torch.Generator().manual_seed(2), clip=True)
+    out, info = Denoiser.load("cifar10").denoise(noisy)
+    assert info.sigma_estimator == "wavelet-MAD" and abs(info.sigma[0] - 25 / 255) < 0.02
+    gain = 10 * torch.log10(((noisy - clean) ** 2).mean() / ((out - clean) ** 2).mean())
+    assert out.shape == clean.shape and gain > 6
