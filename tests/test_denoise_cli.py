@@ -61,6 +61,23 @@ def test_denoise_writes_pngs_and_json(capsys, tiny_ddpm, noisy_pngs, tmp_path):
     assert (tmp_path / "one.png").is_file()
 
 
+def test_denoise_saves_the_chain_on_request(capsys, tiny_ddpm, noisy_pngs, tmp_path):
+    code, out, err = run(capsys, "denoise", *noisy_pngs[:2], "--out", tmp_path / "clean", "--model", tiny_ddpm,
+                         "--method", "ddim", "--steps", "3", "--save-chain", tmp_path / "chains", "--json")
+    assert code == 0, err
+    for row, src in zip(map(json.loads, out.splitlines()), noisy_pngs):
+        strip, *frames = row["chain"]
+        assert strip == str(tmp_path / "chains" / f"{src.stem}-chain.png") and len(frames) == 3
+        with Image.open(strip) as im:
+            assert im.size == (4 * 28 + 3 * 2, 28)  # the input and three estimates, 2 px apart
+        with Image.open(frames[-1]) as last, Image.open(row["output"]) as output:
+            assert np.array_equal(np.asarray(last), np.asarray(output))  # DDIM ends at its last estimate
+    (tmp_path / "file").write_text("x")
+    code, _, err = run(capsys, "denoise", noisy_pngs[0], "--out", tmp_path / "y.png", "--model", tiny_ddpm,
+                       "--save-chain", tmp_path / "file")
+    assert code == 2 and "--save-chain" in err and "is a file" in err and not (tmp_path / "y.png").exists()
+
+
 @pytest.mark.parametrize("extra,message", [
     (["--sigma", "-0.1"], "--sigma"), (["--sigma", "abc"], "--sigma"), (["--steps", "0"], "--steps"),
     (["--label", "12"], "--label"), (["--label", "3", "--guidance", "nan"], "--guidance"),

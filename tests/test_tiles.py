@@ -146,6 +146,30 @@ def test_as_batch_reads_channels_last_arrays_and_channels_first_tensors():
     assert as_batch(torch.zeros(5, 6, 3)).shape == (1, 3, 5, 6)
 
 
+@pytest.mark.parametrize("method,steps,frames", [("tweedie", 10, 1), ("ddim", 4, 4), ("ancestral", 10, 10)])
+def test_the_chain_ends_at_the_output_and_tiles_like_it(mnist, method, steps, frames):
+    x = _noisy(2)
+    out, info = mnist.denoise(x, sigma=0.2, method=method, steps=steps, chain=True, seed=1)
+    assert len(info.chain) == frames and info.chain[0][0] == info.t_start[0]
+    assert [t for t, _ in info.chain] == sorted({t for t, _ in info.chain}, reverse=True)
+    assert all(f.shape == x.shape and 0 <= f.min() and f.max() <= 1 for _, f in info.chain)
+    if method != "ancestral":  # its last step returns the posterior mean, not the estimate of the call before
+        torch.testing.assert_close(info.chain[-1][1], out, atol=1e-6, rtol=0)
+    assert torch.equal(out, mnist.denoise(x, sigma=0.2, method=method, steps=steps, seed=1)[0])  # watching is free
+    big = torch.cat([x[0, 0], x[1, 0]], dim=1)[None, None]  # 28 x 56: 3 tiles
+    out, info = mnist.denoise(big, sigma=0.2, method=method, steps=steps, chain=True, seed=1)
+    assert info.tiles == [3] and all(f.shape == big.shape for _, f in info.chain)
+    if method != "ancestral":
+        torch.testing.assert_close(info.chain[-1][1], out, atol=1e-6, rtol=0)
+
+
+def test_the_chain_is_one_chain_of_a_diffusion_model(mnist):
+    with pytest.raises(SiamdiffError, match="give images of one noise level"):
+        mnist.denoise(torch.cat([_noisy(1, 0.1), _noisy(1, 0.5)]), chain=True)
+    with pytest.raises(SiamdiffError, match="this model has none"):
+        Denoiser.load(None, kind=None).denoise(_noisy(1), method="nlm", chain=True)
+
+
 def test_a_sigma_beyond_training_is_denoised_with_a_warning_and_beyond_the_schedule_refused(mnist, caplog):
     x = _noisy(1)
     mnist.denoise(x, sigma=1.0)

@@ -214,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile-overlap", dest="overlap", type=int,
                    help="pixels by which the tiles of an image larger than the model's overlap (default a quarter of "
                         "a tile)")
+    p.add_argument("--save-chain", type=_path, metavar="DIR",
+                   help="also write each image's reverse chain into DIR: the estimates of the clean image along it, "
+                        "and a strip of them after the noisy input (tweedie: its one step)")
     p.add_argument("--json", action="store_true", help="one JSON object per file, a failed one with its error")
 
     p = sub.add_parser("plot", help="pictures: pairs with scores, ROC curve, 2-D map of embeddings")
@@ -317,7 +320,8 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
     den = Denoiser.load(args.model, args.estimator, args.classifier)
     records = denoise_files(den, args.inputs, args.out, sigma=args.sigma, method=args.method, steps=args.steps,
                             label=args.label, guidance=args.guidance if args.label is not None else 0.0,
-                            seed=args.seed, declip=not args.no_declip, overlap=args.overlap)
+                            seed=args.seed, declip=not args.no_declip, overlap=args.overlap,
+                            save_chain=args.save_chain)
     for r in records:
         if "error" in r:
             print(f"siamdiff: error: {_one_line(r['error'])}", file=sys.stderr)
@@ -325,7 +329,8 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
             _print_json(r)
         elif "error" not in r:
             tiles = f", {r['tiles']} tiles" if r["tiles"] > 1 else ""
-            print(f"{r['output']}  (sigma {r['sigma']:.3f}, t* {r['t_start']}, {r['method']}{tiles})")
+            chain = f"; chain in {r['chain'][0]}" if "chain" in r else ""
+            print(f"{r['output']}  (sigma {r['sigma']:.3f}, t* {r['t_start']}, {r['method']}{tiles}{chain})")
     return 2 if any("error" in r for r in records) else 0
 
 

@@ -11,6 +11,9 @@ step ``t*`` with ``(1 − ᾱ_t*) / ᾱ_t* ≈ (2σ)²`` as ``x_t* = √ᾱ_t* �
   error is twice the MMSE's).
 
 Classifier-free guidance (Ho & Salimans 2022) with weight ``w``: ``ε̂ = (1 + w)·ε̂(x, t, y) − w·ε̂(x, t, ∅)``.
+
+Each method takes an optional ``trace(t, x_t, x̂_0)``, called at every network call with the steps ``t (N,)``, the
+state and the estimate of the clean image it gives (both on the [−1, 1] scale): the reverse chain, to watch.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch
 from .schedule import Schedule, step_for_sigma
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+Trace = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
 METHODS = ("tweedie", "ddim", "ancestral")
 
 
@@ -48,9 +52,12 @@ def x0_from_eps(schedule: Schedule, x_t: torch.Tensor, t: torch.Tensor, eps: tor
 
 
 def tweedie(model: EpsModel, schedule: Schedule, x_t: torch.Tensor, t: torch.Tensor,
-            labels: torch.Tensor | None = None, guidance: float = 0.0) -> torch.Tensor:
+            labels: torch.Tensor | None = None, guidance: float = 0.0, trace: Trace | None = None) -> torch.Tensor:
     """Posterior mean of ``x_0`` given ``x_t`` from one network call."""
-    return x0_from_eps(schedule, x_t, t, predict_eps(model, x_t, t, labels, guidance))
+    x0 = x0_from_eps(schedule, x_t, t, predict_eps(model, x_t, t, labels, guidance))
+    if trace is not None:
+        trace(t, x_t, x0)
+    return x0
 
 
 def ddim_steps(t_start: torch.Tensor, steps: int) -> list[torch.Tensor]:
@@ -62,7 +69,8 @@ def ddim_steps(t_start: torch.Tensor, steps: int) -> list[torch.Tensor]:
 
 
 def ddim(model: EpsModel, schedule: Schedule, x_t: torch.Tensor, t_start: torch.Tensor, steps: int = 10,
-         labels: torch.Tensor | None = None, guidance: float = 0.0, clip: bool = True) -> torch.Tensor:
+         labels: torch.Tensor | None = None, guidance: float = 0.0, clip: bool = True,
+         trace: Trace | None = None) -> torch.Tensor:
     """Deterministic DDIM from ``t_start (N,)`` to a clean image in ``steps`` network calls (1 .. the schedule's
     steps: more would only repeat steps)."""
     if not 1 <= steps <= schedule.steps:
@@ -75,6 +83,8 @@ def ddim(model: EpsModel, schedule: Schedule, x_t: torch.Tensor, t_start: torch.
         if clip:
             x0 = x0.clamp(-1.0, 1.0)
             eps = (x - alpha_bar_at(schedule, now, x).sqrt() * x0) / (1 - alpha_bar_at(schedule, now, x)).sqrt().clamp_min(1e-12)
+        if trace is not None:
+            trace(now, x, x0)
         ab_next = alpha_bar_at(schedule, nxt, x)
         x = ab_next.sqrt() * x0 + (1 - ab_next).sqrt() * eps
     return x
@@ -82,8 +92,9 @@ def ddim(model: EpsModel, schedule: Schedule, x_t: torch.Tensor, t_start: torch.
 
 def ancestral(model: EpsModel, schedule: Schedule, x_t: torch.Tensor, t_start: torch.Tensor,
               labels: torch.Tensor | None = None, guidance: float = 0.0, clip: bool = True,
-              generator: torch.Generator | None = None) -> torch.Tensor:
-    """DDPM ancestral sampling from ``t_start (N,)`` down to 0 (every step; images start at their own step).
+              generator: torch.Generator | None = None, trace: Trace | None = None) -> torch.Tensor:
+    """DDPM ancestral sampling from ``t_start (N,)`` down to 0 (every step; images start at their own step; the
+    trace sees the images at each step).
 
     Each step draws ``x_{t-1} ~ q(x_{t-1} | x_t, x̂_0)`` with ``x̂_0`` clipped to [−1, 1] when ``clip``.
     """
@@ -92,13 +103,13 @@ def ancestral(model: EpsModel, schedule: Schedule, x_t: torch.Tensor, t_start: t
         active = t_start >= s
         if active.any():
             la = labels[active] if labels is not None else None
-            x[active] = ancestral_step(model, schedule, x[active], s, la, guidance, clip, generator)
+            x[active] = ancestral_step(model, schedule, x[active], s, la, guidance, clip, generator, trace)
     return x
 
 
 def ancestral_step(model: EpsModel, schedule: Schedule, x: torch.Tensor, s: int,
                    labels: torch.Tensor | None = None, guidance: float = 0.0, clip: bool = True,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
+                   generator: torch.Generator | None = None, trace: Trace | None = None) -> torch.Tensor:
     """One DDPM step from ``x_s`` (every image at step ``s``) to a draw of ``x_{s-1}`` (the mean at ``s = 0``)."""
     betas, ab = schedule.betas, schedule.alpha_bar
     ab_prev = ab[s - 1] if s > 0 else torch.ones((), dtype=ab.dtype)
@@ -106,6 +117,8 @@ def ancestral_step(model: EpsModel, schedule: Schedule, x: torch.Tensor, s: int,
     x0 = x0_from_eps(schedule, x, t, predict_eps(model, x, t, labels, guidance))
     if clip:
         x0 = x0.clamp(-1.0, 1.0)
+    if trace is not None:
+        trace(t, x, x0)
     # posterior q(x_{s-1} | x_s, x_0): mean = c0·x0 + c1·x_s, variance β̃_s
     c0 = float(ab_prev.sqrt() * betas[s] / (1 - ab[s]))
     c1 = float((1 - betas[s]).sqrt() * (1 - ab_prev) / (1 - ab[s]))
@@ -118,8 +131,9 @@ def ancestral_step(model: EpsModel, schedule: Schedule, x: torch.Tensor, s: int,
 
 def denoise(model: EpsModel, schedule: Schedule, y: torch.Tensor, sigma: torch.Tensor | float,
             method: str = "tweedie", steps: int = 10, labels: torch.Tensor | None = None, guidance: float = 0.0,
-            generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Denoise ``y (N, C, H, W)`` in [0, 1] with noise level ``sigma`` (number or ``(N,)``).
+            generator: torch.Generator | None = None, trace: Trace | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Denoise ``y (N, C, H, W)`` in [0, 1] with noise level ``sigma`` (number or ``(N,)``), telling ``trace`` each
+    network call.
 
     Returns ``(clean estimate in [0, 1], t* (N,))``.
     """
@@ -127,11 +141,11 @@ def denoise(model: EpsModel, schedule: Schedule, y: torch.Tensor, sigma: torch.T
     t_star = step_for_sigma(schedule, s).to(y.device)
     x_t = alpha_bar_at(schedule, t_star, y).sqrt() * (2 * y - 1)
     if method == "tweedie":
-        x0 = tweedie(model, schedule, x_t, t_star, labels, guidance)
+        x0 = tweedie(model, schedule, x_t, t_star, labels, guidance, trace)
     elif method == "ddim":
-        x0 = ddim(model, schedule, x_t, t_star, steps, labels, guidance)
+        x0 = ddim(model, schedule, x_t, t_star, steps, labels, guidance, trace=trace)
     elif method == "ancestral":
-        x0 = ancestral(model, schedule, x_t, t_star, labels, guidance, generator=generator)
+        x0 = ancestral(model, schedule, x_t, t_star, labels, guidance, generator=generator, trace=trace)
     else:
         raise ValueError(f"unknown method '{method}': use one of {', '.join(METHODS)}")
     return ((x0 + 1) / 2).clamp(0.0, 1.0), t_star

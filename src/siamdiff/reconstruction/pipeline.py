@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..core.checkpoint import load_model
@@ -49,6 +50,7 @@ METHODS: dict[str | None, tuple[str, ...]] = {"diffusion": DIFFUSION_METHODS, "d
 MAX_GUIDANCE = 100.0  # useful guidance weights are about 0-10; 1e300 gave NaN images
 TILE_BATCH = 64  # tiles per network call for an image larger than the model's: bounds the memory a large image takes
 ESTIMATE_TILE = 128  # the learned noise estimate of a larger image pools its statistics over tiles of this side
+CHAIN_FRAMES = 10  # estimates of the clean image kept from a reverse chain on request, evenly spaced over its calls
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,20 @@ class DenoiseInfo:
     sigma_estimator: str | None = None  # "learned" or "wavelet-MAD" when σ was estimated
     labels: list[int] | None = None  # the classes kept by guidance, if any
     tiles: list[int] | None = None  # tiles of the model's size each image was denoised in (1: the image itself)
+    # on request, the reverse chain: (step, estimate of the clean images (N, C, H, W) in [0, 1]) from t* down
+    chain: list[tuple[int, torch.Tensor]] | None = None
+
+
+class _Chain:
+    """A trace of :mod:`.diffusion` that keeps the estimates of the network calls numbered in ``keep``."""
+
+    def __init__(self, keep: set[int]) -> None:
+        self.keep, self.calls, self.frames = keep, 0, []
+
+    def __call__(self, t: torch.Tensor, x_t: torch.Tensor, x0: torch.Tensor) -> None:
+        if self.calls in self.keep:
+            self.frames.append((int(t.max()), ((x0 + 1) / 2).clamp(0, 1)))
+        self.calls += 1
 
 
 def _classical(noisy: torch.Tensor, sigma: np.ndarray, method: str) -> torch.Tensor:
@@ -330,7 +346,7 @@ class Denoiser:
     def denoise(self, images: object, sigma: float | str = "auto", method: str | None = None, steps: int = 10,
                 label: int | str | Sequence[int] | torch.Tensor | None = None, guidance: float = 0.0,
                 seed: int | torch.Generator = 0, declip: bool = True, overlap: int | None = None,
-                tile_batch: int = TILE_BATCH) -> tuple[torch.Tensor, DenoiseInfo]:
+                tile_batch: int = TILE_BATCH, chain: bool = False) -> tuple[torch.Tensor, DenoiseInfo]:
         """Clean ``images`` with ``method`` (default: the model's first); returns ``(N, C, H, W)`` float in [0, 1]
         with the input's channels, and what was done (:class:`DenoiseInfo`).
 
@@ -344,7 +360,9 @@ class Denoiser:
         of weight ``guidance`` (a class number, one per image, or ``"auto"``: the class the classifier sees in the
         unguided estimate, for images of the model's size); steps: DDIM's network calls; seed: of the ancestral
         chain (or a ``torch.Generator`` to draw from); declip: undo the bias of pixels clipped at 0 or 1 first, in
-        images that lie within [0, 1] (as read from files; diffusion methods); tile_batch: tiles per network call.
+        images that lie within [0, 1] (as read from files; diffusion methods); tile_batch: tiles per network call;
+        chain: keep up to :data:`CHAIN_FRAMES` estimates of the clean images along the reverse chain (diffusion
+        models; every image at one σ) in ``DenoiseInfo.chain``, at a memory cost of one image per frame.
         """
         method = method or self.methods[0]
         if method not in self.methods:
@@ -364,8 +382,10 @@ class Denoiser:
         sig, estimated = self._sigma(sigma, colour)
         self._warn_beyond_training(sig)
         t_star: list[int | None] = [None] * len(x)
-        labels = None
+        labels = frames = None
         if self.net is None:
+            if chain:
+                self._chain_calls(method, steps, sig)  # refuses: no chain
             if label is not None:
                 self._labels(label, colour, sig)  # refuses: no classes
             out = colour.clamp(0, 1) if method == "noisy" else _classical(colour, sig.numpy(), method)
@@ -374,13 +394,15 @@ class Denoiser:
             if self.kind == "diffusion" and declip:
                 colour = undo_clipping(colour, sig)
             rows, row_sigma, per_image, back = _to_channels(colour, self.channels, sig, generator)
+            keep = self._chain_calls(method, steps, row_sigma) if chain else None
             whole = per_image == 1 and rows.shape[-2:] == (self.image_size, self.image_size)
             labels = self._labels(label, rows if per_image == 1 else colour, row_sigma if per_image == 1 else sig,
                                   whole)
             row_labels = None if labels is None else labels.repeat_interleave(per_image)
-            out, tiles = self._tiled(rows, row_sigma, method, steps, row_labels, guidance, generator, overlap,
-                                     tile_batch)
+            out, tiles, frames = self._tiled(rows, row_sigma, method, steps, row_labels, guidance, generator, overlap,
+                                             tile_batch, keep)
             out = back(out)
+            frames = None if frames is None else [(t, back(f)) for t, f in frames]
             tiles = tiles[::per_image]
             if self.kind == "diffusion":
                 t_star = [int(t) for t in step_for_sigma(self.schedule, row_sigma[::per_image])]
@@ -388,7 +410,19 @@ class Denoiser:
             out = torch.cat([out, alpha.clamp(0, 1)], dim=1)
         how = None if sigma != "auto" else ("learned" if self._learned_estimate(colour) else "wavelet-MAD")
         return out.clamp(0, 1), DenoiseInfo([float(s) for s in sig], estimated, t_star, method, how,
-                                            None if labels is None else [int(k) for k in labels], tiles)
+                                            None if labels is None else [int(k) for k in labels], tiles, frames)
+
+    def _chain_calls(self, method: str, steps: int, sigma: torch.Tensor) -> set[int]:
+        """The network calls of the reverse chain to keep: up to :data:`CHAIN_FRAMES`, evenly spaced, the last one
+        included. One chain for all images: they must enter it at one step."""
+        if self.kind != "diffusion":
+            raise SiamdiffError("{chain} follows a diffusion model's reverse chain; this model has none", "chain")
+        entry = {int(t) for t in step_for_sigma(self.schedule, sigma)}
+        if len(entry) > 1:
+            raise SiamdiffError("{chain} follows one reverse chain: give images of one noise level (one image, or "
+                                "one {sigma} for all)", "chain", "sigma")
+        calls = {"tweedie": 1, "ddim": steps, "ancestral": entry.pop() + 1}[method]
+        return {int(k) for k in np.linspace(0, calls - 1, min(calls, CHAIN_FRAMES)).round()}
 
     def _overlap(self, overlap: int | None) -> int:
         if self.image_size is None:
@@ -400,37 +434,49 @@ class Denoiser:
         return int(overlap)
 
     def _network(self, x: torch.Tensor, sigma: torch.Tensor, method: str, steps: int, labels: torch.Tensor | None,
-                 guidance: float, generator: torch.Generator) -> torch.Tensor:
-        """The model's method on images of its size."""
+                 guidance: float, generator: torch.Generator, trace: _Chain | None = None) -> torch.Tensor:
+        """The model's method on images of its size (``trace``: of a diffusion model's chain)."""
         if method == "direct":
             t = torch.zeros(len(x), dtype=torch.long, device=x.device)
             return ((self.net(x * 2 - 1, t, None) + 1) / 2).clamp(0, 1)
         if method == "vae":
             return self.net.reconstruct(x.clamp(0, 1))
-        return denoise(self.net, self.schedule, x, sigma, method, steps, labels, guidance, generator)[0]
+        return denoise(self.net, self.schedule, x, sigma, method, steps, labels, guidance, generator, trace)[0]
 
     def _tiled(self, rows: torch.Tensor, sigma: torch.Tensor, method: str, steps: int, labels: torch.Tensor | None,
-               guidance: float, generator: torch.Generator, overlap: int, tile_batch: int
-               ) -> tuple[torch.Tensor, list[int]]:
+               guidance: float, generator: torch.Generator, overlap: int, tile_batch: int, keep: set[int] | None
+               ) -> tuple[torch.Tensor, list[int], list[tuple[int, torch.Tensor]] | None]:
         """:meth:`_network` on images of any size: a batch of images of the model's size in one call, as given;
-        any other image in tiles, ``tile_batch`` at a time, blended (memory bounded by the tiles, not the image)."""
+        any other image in tiles, ``tile_batch`` at a time, blended (memory bounded by the tiles, not the image).
+        With ``keep``, also the chain's estimates at those calls, blended the same way."""
         size = self.image_size
         n, c, h, w = rows.shape
         if (h, w) == (size, size):
-            return self._network(rows, sigma, method, steps, labels, guidance, generator), [1] * n
-        out, counts = torch.empty_like(rows), []
+            trace = None if keep is None else _Chain(keep)
+            out = self._network(rows, sigma, method, steps, labels, guidance, generator, trace)
+            return out, [1] * n, None if trace is None else trace.frames
+        out, counts, chains = torch.empty_like(rows), [], []
         for i in range(n):
             image = pad_to(rows[i], size)
             blend = Blend(tuple(image.shape), size, overlap, device=rows.device)
-            count = 0
+            frame_blends = [Blend(tuple(image.shape), size, overlap, device=rows.device) for _ in keep or ()]
+            count, steps_kept = 0, []
             for places, tiles in batches(image, size, overlap, tile_batch):
                 k = len(tiles)
+                trace = None if keep is None else _Chain(keep)
                 blend.add(places, self._network(tiles, sigma[i].expand(k), method, steps,
-                                                None if labels is None else labels[i].expand(k), guidance, generator))
+                                                None if labels is None else labels[i].expand(k), guidance, generator,
+                                                trace))
+                for frame_blend, (_, frame) in zip(frame_blends, trace.frames if trace else ()):
+                    frame_blend.add(places, frame)
+                steps_kept = [t for t, _ in trace.frames] if trace else []
                 count += k
             out[i] = blend.result()[:, :h, :w]
             counts.append(count)
-        return out, counts
+            chains.append([fb.result()[:, :h, :w] for fb in frame_blends])
+        if keep is None:
+            return out, counts, None
+        return out, counts, [(t, torch.stack([frames[k] for frames in chains])) for k, t in enumerate(steps_kept)]
 
     def check_sample(self, n: int = 16, method: str = "ddim", steps: int = 50, label: int | None = None,
                      guidance: float = 1.0, seed: int = 0, batch_size: int = 256) -> None:
@@ -523,37 +569,66 @@ def output_paths(inputs: list[Path], out: Path) -> list[Path]:
     return targets
 
 
+STRIP_HEIGHT = 256  # frames of a taller image are shown this high in the chain's strip (the frames keep their size)
+
+
 def _png(image: torch.Tensor) -> np.ndarray:
     """``(C, H, W)`` in [0, 1] -> ``(H, W, C)`` uint8."""
     return torch.round(image.clamp(0, 1) * 255).to(torch.uint8).cpu().numpy().transpose(1, 2, 0)
 
 
+def write_chain(folder: Path, stem: str, noisy: torch.Tensor, chain: list[tuple[int, torch.Tensor]]) -> list[str]:
+    """One image's reverse chain into ``folder``: each kept estimate as ``<stem>-chain-<k>-t<step>.png`` and the
+    noisy input followed by them as one strip, ``<stem>-chain.png``. Returns the paths, the strip first."""
+    frames = [noisy[:chain[0][1].shape[0]], *(f for _, f in chain)]
+    h = frames[0].shape[-2]
+    if h > STRIP_HEIGHT:
+        w = max(1, round(frames[0].shape[-1] * STRIP_HEIGHT / h))
+        shown = [F.interpolate(f[None], size=(STRIP_HEIGHT, w), mode="area")[0] for f in frames]
+    else:
+        shown = frames
+    gap = torch.ones(shown[0].shape[0], shown[0].shape[1], 2)
+    strip = torch.cat([piece for f in shown for piece in (f, gap)][:-1], dim=-1)
+    paths = [folder / f"{stem}-chain.png", *(folder / f"{stem}-chain-{k:02d}-t{t:04d}.png"
+                                             for k, (t, _) in enumerate(chain))]
+    for path, image in zip(paths, [strip, *(f for _, f in chain)]):
+        write_png_atomic(_png(image), path)
+    return [str(p) for p in paths]
+
+
 def denoise_files(denoiser: Denoiser, inputs: Sequence[str | os.PathLike], out: str | os.PathLike,
-                  **options: Any) -> list[dict[str, Any]]:
+                  save_chain: str | os.PathLike | None = None, **options: Any) -> list[dict[str, Any]]:
     """Denoise image files into PNGs, one file at a time: ``out`` is the file for one input named ``*.png``, else a
     folder receiving ``<stem>.png`` per input. Every target is checked before anything is written, and an input is
     never overwritten. An input that cannot be read is skipped and recorded with its ``error``; any other refusal
-    (a bad option) stops before the first file is written. ``options`` go to :meth:`Denoiser.denoise`.
+    (a bad option) stops before the first file is written. ``save_chain``: a folder for each input's reverse chain
+    (:func:`write_chain`). ``options`` go to :meth:`Denoiser.denoise`.
 
     Returns one record per input: ``input``, ``output``, ``sigma`` (used), ``sigma_estimated``,
-    ``sigma_estimator``, ``t_start``, ``method``, ``label``, ``tiles``, ``width``, ``height`` — or ``input`` and ``error``."""
+    ``sigma_estimator``, ``t_start``, ``method``, ``label``, ``tiles``, ``width``, ``height`` (and ``chain``: the
+    files of the chain) — or ``input`` and ``error``."""
     paths = [Path(p) for p in inputs]
     targets = output_paths(paths, Path(out))
+    chain_folder = None if save_chain is None else Path(save_chain)
+    if chain_folder is not None and chain_folder.exists() and not chain_folder.is_dir():
+        raise SiamdiffError(f"{{save_chain}} '{chain_folder}' is a file: give a folder", "save_chain")
     records: list[dict[str, Any]] = []
-    with output_folder(targets[0].parent):
+    with output_folder(targets[0].parent), output_folder(chain_folder or targets[0].parent):
         for src, dst in zip(paths, targets):
             try:
                 image = as_batch(src)
             except ImageReadError as exc:
                 records.append({"input": str(src), "error": str(exc)})
                 continue
-            clean, info = denoiser.denoise(image, **options)
+            clean, info = denoiser.denoise(image, chain=chain_folder is not None, **options)
             write_png_atomic(_png(clean[0]), dst)
+            chain = {} if info.chain is None else \
+                {"chain": write_chain(chain_folder, dst.stem, image[0], [(t, f[0]) for t, f in info.chain])}
             records.append({"input": str(src), "output": str(dst), "sigma": info.sigma[0],
                             "sigma_estimated": info.sigma_estimated[0], "sigma_estimator": info.sigma_estimator,
                             "t_start": info.t_start[0], "method": info.method,
                             "label": None if info.labels is None else info.labels[0], "tiles": info.tiles[0],
-                            "width": int(clean.shape[-1]), "height": int(clean.shape[-2])})
+                            "width": int(clean.shape[-1]), "height": int(clean.shape[-2]), **chain})
         if not any("output" in r for r in records):
             raise SiamdiffError(f"none of the {len(paths)} input(s) could be read" if len(paths) > 1 else
                                 records[0]["error"])

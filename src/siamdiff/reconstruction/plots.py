@@ -12,7 +12,7 @@ from ..core.errors import SiamdiffError
 from ..core.files import check_writable
 from ..core.plotting import pyplot, save_figure, show_image
 from ..data.imageio import write_png_atomic
-from .diffusion import alpha_bar_at, predict_eps, x0_from_eps
+from .diffusion import alpha_bar_at, denoise
 from .schedule import step_for_sigma
 
 
@@ -39,24 +39,22 @@ def plot_vae_grid(vae, clean: torch.Tensor, noisy: torch.Tensor, path: Path) -> 
 def plot_chain(net, schedule, noisy: torch.Tensor, sigma: float, path: Path, frames: int = 8,
                label: int | None = None, generator: torch.Generator | None = None) -> Path:
     """One image's ancestral reverse chain from t* to 0: x_t (top) and the current x̂_0 estimate (bottom)."""
-    from .diffusion import ancestral_step
-
     plt = pyplot()
     t_star = int(step_for_sigma(schedule, sigma))
-    x = alpha_bar_at(schedule, torch.tensor([t_star]), noisy).sqrt() * (noisy * 2 - 1)
-    labels = torch.tensor([label]) if label is not None else None
     shown = sorted(set(np.linspace(t_star, 0, frames).round().astype(int).tolist()), reverse=True)
     states, estimates = [], []
-    for t in range(t_star, -1, -1):
-        tt = torch.tensor([t])
-        if t in shown:
-            eps = predict_eps(net, x, tt, labels, 1.0 if labels is not None else 0.0)
-            states.append((x / alpha_bar_at(schedule, tt, x).sqrt() + 1) / 2)
-            estimates.append((x0_from_eps(schedule, x, tt, eps).clamp(-1, 1) + 1) / 2)
-        x = ancestral_step(net, schedule, x, t, labels, 1.0 if labels is not None else 0.0, generator=generator)
+
+    def keep(t: torch.Tensor, x_t: torch.Tensor, x0: torch.Tensor) -> None:
+        if int(t.max()) in shown:
+            states.append((x_t / alpha_bar_at(schedule, t, x_t).sqrt() + 1) / 2)
+            estimates.append((x0 + 1) / 2)
+
+    labels = torch.tensor([label]) if label is not None else None
+    out, _ = denoise(net, schedule, noisy, sigma, "ancestral", labels=labels,
+                     guidance=1.0 if labels is not None else 0.0, generator=generator, trace=keep)
     fig, axes = plt.subplots(2, len(shown) + 1, figsize=((len(shown) + 1) * 0.95, 2.1))
-    _row(axes[0], torch.cat([*states, (x + 1) / 2]), "x_t / sqrt(ab)")
-    _row(axes[1], torch.cat([*estimates, (x + 1) / 2]), "estimate of x_0")
+    _row(axes[0], torch.cat([*states, out]), "x_t / sqrt(ab)")
+    _row(axes[1], torch.cat([*estimates, out]), "estimate of x_0")
     for ax, t in zip(axes[0], [*shown, "out"]):
         ax.set_title(f"t={t}", fontsize=7)
     fig.suptitle(f"Reverse chain from t*={t_star} (sigma {sigma})", fontsize=9)
