@@ -1,6 +1,7 @@
 """The shipped weights, their model cards, and the demo that uses them."""
 
 import json
+import re
 import shlex
 
 import pytest
@@ -55,7 +56,9 @@ def test_demo_writes_report_pictures_and_index(tmp_path):
     for name in denoisers:
         assert f"## denoising {name}" in text
         assert (tmp_path / "demo" / "plots" / name / "denoise-sigma-0.3.png").is_file()
-    assert (tmp_path / "demo" / "report.html").read_text().count("<img") == 4 * len(SHIPPED) + 3 * len(denoisers)
+    photo = re.search(r"PSNR ([\d.]+) dB noisy, ([\d.]+) dB denoised", text.split("## denoising a photo")[1])
+    assert float(photo[2]) > float(photo[1]) + 6 and (tmp_path / "demo" / "photo" / "chelsea-denoised.png").is_file()
+    assert (tmp_path / "demo" / "report.html").read_text().count("<img") == 4 * len(SHIPPED) + 3 * len(denoisers) + 2
     # a second run reuses the images and the index and gives the same scores
     assert run_demo(tmp_path / "demo").read_text().split("Demo took")[0] == text.split("Demo took")[0]
 
