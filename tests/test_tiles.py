@@ -204,3 +204,15 @@ def test_a_gray_photo_in_the_colour_model_is_denoised_like_a_colour_one():
     assert info.sigma_estimator == "wavelet-MAD" and abs(info.sigma[0] - 25 / 255) < 0.02
     gain = 10 * torch.log10(((noisy - clean) ** 2).mean() / ((out - clean) ** 2).mean())
     assert out.shape == clean.shape and gain > 6
+
+
+def test_bfloat16_changes_the_output_far_less_than_the_noise_it_removes():
+    den = Denoiser.load("cifar10")
+    clean = load_sample("cifar10").images[:4].float() / 255
+    noisy = gaussian(clean, 0.1, torch.Generator().manual_seed(4))
+    exact, _ = den.denoise(noisy, sigma=0.1)
+    fast, _ = den.denoise(noisy, sigma=0.1, precision="bf16")
+    assert fast.dtype == torch.float32 and not torch.equal(fast, exact)  # it did run in bfloat16
+    assert (fast - exact).pow(2).mean() < 0.01 * (exact - clean).pow(2).mean()
+    with pytest.raises(SiamdiffError, match="precision must be fp32 or bf16"):
+        den.denoise(noisy, precision="fp16")

@@ -113,7 +113,7 @@ def _train_parser(sub, kind) -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     from .reconstruction.evaluate import LABELS
     from .reconstruction.evaluate import METHODS as EVAL_METHODS
-    from .reconstruction.pipeline import METHODS
+    from .reconstruction.pipeline import METHODS, PRECISIONS
     from .training.kinds import KINDS
 
     parser = _Parser(prog="siamdiff", description="Image similarity with Siamese networks, and denoising.")
@@ -214,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile-overlap", dest="overlap", type=int,
                    help="pixels by which the tiles of an image larger than the model's overlap (default a quarter of "
                         "a tile)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="bf16: the network under bfloat16 autocast, about 3x faster on CPUs with AMX and on GPUs")
     p.add_argument("--save-chain", type=_path, metavar="DIR",
                    help="also write each image's reverse chain into DIR: the estimates of the clean image along it, "
                         "and a strip of them after the noisy input (tweedie: its one step)")
@@ -321,7 +323,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
     records = denoise_files(den, args.inputs, args.out, sigma=args.sigma, method=args.method, steps=args.steps,
                             label=args.label, guidance=args.guidance if args.label is not None else 0.0,
                             seed=args.seed, declip=not args.no_declip, overlap=args.overlap,
-                            save_chain=args.save_chain)
+                            save_chain=args.save_chain, precision=args.precision)
     for r in records:
         if "error" in r:
             print(f"siamdiff: error: {_one_line(r['error'])}", file=sys.stderr)
