@@ -9,7 +9,7 @@ canvases, and the first test images of MNIST, Fashion-MNIST and CIFAR-10 as they
 {5, 15, 25, 50}/255 (the datasets: 0.1 and 0.3), clipped and rounded to 8 bits as a file would be (the datasets
 also unclipped), seeded per image. Methods, each on the same noisy images: siamdiff (one posterior-mean step of
 the shipped diffusion model in overlapping tiles; the CIFAR-10 model for every photo, gray ones as gray colour;
-the datasets' own models for their test images) blind and told the true sigma; BM3D (the ``bm3d`` package,
+the datasets' own models for their test images) blind, blind with the network in bfloat16, and told the true sigma; BM3D (the ``bm3d`` package,
 benchmark-only) told the true sigma and blind (sigma from scikit-image's wavelet estimate); the non-local-means
 and wavelet baselines of ``siamdiff eval denoise`` told the true sigma; the noisy input. PSNR and SSIM against the
 clean image, seconds per megapixel. Seams: siamdiff's PSNR on the pixels within 2 px of its tiles' inner borders,
@@ -40,9 +40,9 @@ DATASET_N = 100
 MOSAICS = 4  # canvases of 8 x 8 CIFAR-10 test images
 BAND = 2  # pixels on each side of a tile's inner border counted as "at the seam"
 SEAM_METHOD = "siamdiff (blind)"
-METHODS = ("siamdiff (blind)", "siamdiff (true sigma)", "BM3D (true sigma)", "BM3D (blind)", "nlm (true sigma)",
+METHODS = ("siamdiff (blind)", "siamdiff (blind, bf16)", "siamdiff (true sigma)", "BM3D (true sigma)", "BM3D (blind)", "nlm (true sigma)",
            "wavelet (true sigma)", "noisy")
-DATASET_METHODS = ("siamdiff (blind)", "BM3D (true sigma)", "nlm (true sigma)", "noisy")
+DATASET_METHODS = ("siamdiff (blind)", "siamdiff (blind, bf16)", "BM3D (true sigma)", "nlm (true sigma)", "noisy")
 
 
 def noisy_of(clean: np.ndarray, sigma: float, seed: int, clip: bool = True) -> np.ndarray:
@@ -70,11 +70,11 @@ class Methods:
         self.models = {name: Denoiser.load(name) for name in ("mnist", "fashion-mnist", "cifar10")}
         self.baselines = Denoiser.load(None, kind=None)
 
-    def siamdiff(self, model: str, noisy: np.ndarray, sigma: float | str) -> np.ndarray:
+    def siamdiff(self, model: str, noisy: np.ndarray, sigma: float | str, precision: str = "fp32") -> np.ndarray:
         import torch
 
         x = torch.from_numpy(noisy.transpose(2, 0, 1)[None].astype(np.float32))
-        return self.models[model].denoise(x, sigma=sigma)[0][0].numpy().transpose(1, 2, 0)
+        return self.models[model].denoise(x, sigma=sigma, precision=precision)[0][0].numpy().transpose(1, 2, 0)
 
     def baseline(self, method: str, noisy: np.ndarray, sigma: float) -> np.ndarray:
         import torch
@@ -96,6 +96,8 @@ class Methods:
     def run(self, name: str, model: str, noisy: np.ndarray, sigma: float) -> np.ndarray:
         if name == "siamdiff (blind)":
             return self.siamdiff(model, noisy, "auto")
+        if name == "siamdiff (blind, bf16)":
+            return self.siamdiff(model, noisy, "auto", "bf16")
         if name == "siamdiff (true sigma)":
             return self.siamdiff(model, noisy, sigma)
         if name.startswith("BM3D"):
@@ -202,11 +204,12 @@ def measure_datasets(methods: Methods, data_dir: str, n: int) -> list[dict]:
                 noisy = [noisy_of(c, sigma, seed=7000 + k + round(1000 * sigma), clip=clip) for k, c in enumerate(clean)]
                 for method in DATASET_METHODS:
                     began = time.perf_counter()
-                    if method == "siamdiff (blind)":  # one batched call, as a user denoising a folder would
+                    if method.startswith("siamdiff"):  # one batched call, as a user denoising a folder would
                         import torch
 
                         x = torch.from_numpy(np.stack(noisy).transpose(0, 3, 1, 2).astype(np.float32))
-                        outs = methods.models[dataset].denoise(x)[0].numpy().transpose(0, 2, 3, 1)
+                        outs = methods.models[dataset].denoise(x, precision="bf16" if "bf16" in method else "fp32")
+                        outs = outs[0].numpy().transpose(0, 2, 3, 1)
                     else:
                         outs = [methods.run(method, dataset, n, sigma) for n in noisy]
                     seconds = time.perf_counter() - began
@@ -285,9 +288,10 @@ def summary(result: dict) -> list[str]:
                     for m in ("siamdiff (blind)", "BM3D (true sigma)")}
             gaps.append(f"{s}/255 {mean['siamdiff (blind)'] - mean['BM3D (true sigma)']:+.2f} dB")
         speed = {m: sum(r["seconds_per_megapixel"] for r in rows if r["method"] == m) for m in
-                 ("siamdiff (blind)", "BM3D (true sigma)")}
+                 ("siamdiff (blind)", "siamdiff (blind, bf16)", "BM3D (true sigma)")}
         out.append(f"- {group}: siamdiff blind minus BM3D told the true sigma: {', '.join(gaps)}; BM3D takes "
-                   f"{speed['BM3D (true sigma)'] / speed['siamdiff (blind)']:.1f}x siamdiff's time per megapixel.")
+                   f"{speed['BM3D (true sigma)'] / speed['siamdiff (blind)']:.1f}x siamdiff's time per megapixel, "
+                   f"{speed['BM3D (true sigma)'] / speed['siamdiff (blind, bf16)']:.1f}x with bf16.")
     seams = result.get("seams", [])
     if seams:
         worst = min(seams, key=lambda s: s["difference"])
