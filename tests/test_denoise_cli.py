@@ -328,6 +328,25 @@ def test_compiled_denoiser_matches_eager(tiny_ddpm):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
+def test_a_compiled_denoiser_estimates_sigma_as_the_eager_one(monkeypatch):
+    """The wiring of compile(), without compiling (torch.compile as the identity): the estimator's pooled
+    statistics are reached through the compiled wrapper, for an image of the model's size and a larger one."""
+    import torch
+
+    from siamdiff.data.datasets import load_sample
+    from siamdiff.reconstruction.noise import gaussian
+    from siamdiff.reconstruction.pipeline import Denoiser
+
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled.append(fn) or fn)
+    noisy = gaussian(load_sample("mnist").images[:4].float() / 255, 0.3, torch.Generator().manual_seed(0))
+    big = torch.cat([noisy[0, 0]] * 6, dim=1)[None, None]  # 28 x 168: tiles, and 128x128 estimate tiles
+    eager, fast = Denoiser.load("mnist"), Denoiser.load("mnist").compile()
+    for x in (noisy, big):
+        assert torch.equal(fast.denoise(x)[0], eager.denoise(x)[0])
+    assert len(compiled) == 3  # the network, the estimator and its statistics
+
+
 def test_compile_failure_is_one_clear_error(tiny_ddpm, monkeypatch):
     import torch
 

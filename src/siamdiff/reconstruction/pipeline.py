@@ -222,7 +222,7 @@ class Denoiser:
         if self.net is not None:
             self.net = _Compiled(self.net)
         if self.estimator is not None:
-            self.estimator = _Compiled(self.estimator)
+            self.estimator = _Compiled(self.estimator, ("statistics",))
         return self
 
     @property
@@ -533,14 +533,28 @@ class _Compiled(nn.Module):
     """``torch.compile`` of a network (static shapes: one graph per input shape), keeping its ``config`` and turning
     a compiler failure into a one-line error."""
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: nn.Module, methods: tuple[str, ...] = ()) -> None:
         super().__init__()
         self.config = getattr(net, "config", None)
         self.compiled = torch.compile(net, dynamic=False)
+        self.methods = {name: torch.compile(getattr(net, name), dynamic=False) for name in methods}
+        self.uncompiled = {"net": net}  # its other methods, as they are (a dict: not a second copy of the module)
 
     def forward(self, *args: Any) -> torch.Tensor:
+        return self._call(self.compiled, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in self.__dict__.get("methods", {}):
+            return lambda *args: self._call(self.__dict__["methods"][name], *args)
         try:
-            return self.compiled(*args)
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.__dict__["uncompiled"]["net"], name)
+
+    @staticmethod
+    def _call(fn: Any, *args: Any) -> torch.Tensor:
+        try:
+            return fn(*args)
         except Exception as exc:  # noqa: BLE001 - inductor raises many types (no compiler, unsupported op)
             raise SiamdiffError(f"torch.compile failed ({type(exc).__name__}: {first_line(exc)[:200]}); use the "
                                 f"network without compile()") from None
