@@ -1,0 +1,80 @@
+"""The docs stay true: the README's result tables are the benchmark JSON's numbers, and no committed file names a
+folder of the machine it was made on."""
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MACHINE_PATH = re.compile(r"(?<![\w.])/(?:tmp|work|root|home|Users|mnt|var/folders)/[\w.+-]")
+
+
+def _committed() -> list[Path]:
+    try:
+        out = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    return [ROOT / line for line in out.splitlines() if (ROOT / line).is_file()]
+
+
+def test_no_committed_file_names_a_machine_folder():
+    from safetensors import safe_open
+
+    found = []
+    for path in _committed():
+        if path.suffix == ".safetensors":
+            with safe_open(str(path), framework="pt") as f:
+                text = json.dumps(f.metadata())
+        elif path.suffix in (".md", ".json", ".txt", ".toml", ".cfg", ".yaml", ".yml", ".sh") or path.name == "run":
+            text = path.read_text(errors="replace")
+        else:
+            continue
+        found += [f"{path.relative_to(ROOT)}: {m.group(0)}" for m in MACHINE_PATH.finditer(text)]
+    assert not found, found
+
+
+def _table(text: str, heading: str) -> list[list[str]]:
+    """The cells of the first markdown table after the line that starts with ``heading``."""
+    lines = text[text.index(heading):].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if not set("".join(cells)) <= set("-: "):
+            rows.append(cells)
+    return rows
+
+
+def test_readme_similarity_table_is_the_benchmarks():
+    result = json.loads((ROOT / "docs" / "benchmarks" / "similarity.json").read_text())
+    rows = {r["dataset"]: r["metrics"] for r in result["rows"] if r["model"] == "default"}
+    table = _table((ROOT / "README.md").read_text(), "Similarity of the shipped models")
+    header, body = table[0], table[1:]
+    keys = {"recall@1": "recall_at_1", "MAP@R": "map_at_r", "verification accuracy": "verification_accuracy",
+            "ROC-AUC": "roc_auc", "hard pairs: siamdiff": "hard_accuracy", "hard pairs: pixel SSIM": "hard_accuracy_ssim"}
+    names = {"MNIST": "mnist", "Fashion-MNIST": "fashion-mnist", "CIFAR-10": "cifar10"}
+    assert len(body) == 3
+    for cells in body:
+        metrics = rows[names[cells[0]]]
+        for title, cell in zip(header[1:], cells[1:]):
+            assert cell == f"{metrics[keys[title]]:.4f}", (cells[0], title)
+
+
+def test_readme_denoising_table_is_the_benchmarks():
+    result = json.loads((ROOT / "docs" / "benchmarks" / "denoise.json").read_text())
+    table = _table((ROOT / "README.md").read_text(), "Denoising, MNIST")
+    header, body = table[0], table[1:]
+    sigmas = [float(h.removeprefix("σ ")) for h in header[1:]]
+    assert body
+    for cells in body:
+        name = re.match(r"`([^`]+)`", cells[0])[1]  # the benchmark's row name, in backticks
+        for sigma, cell in zip(sigmas, cells[1:]):
+            row = next(r for r in result["rows"] if (r["dataset"], r["name"], r["sigma"], r["clip"]) ==
+                       ("mnist", name, sigma, False))
+            assert cell == f"{row['psnr']:.2f}", (name, sigma)
+
