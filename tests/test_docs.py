@@ -78,3 +78,10 @@ def test_readme_denoising_table_is_the_benchmarks():
                        ("mnist", name, sigma, False))
             assert cell == f"{row['psnr']:.2f}", (name, sigma)
 
+
+def test_readme_photo_lines_are_the_benchmarks():
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("Denoising photos"):].split("\n## ")[0].split("\n### ")[0]
+    quoted = [line for line in section.splitlines() if line.startswith("- ")]
+    written = (ROOT / "docs" / "benchmarks" / "photos.md").read_text().splitlines()
+    assert quoted and all(line in written for line in quoted), quoted
