@@ -9,7 +9,7 @@ from PIL import Image
 
 from siamdiff.core.errors import SiamdiffError
 from siamdiff.data.datasets import load_sample
-from siamdiff.data.inputs import as_batch
+from siamdiff.data.inputs import as_batch, to_uint8
 from siamdiff.reconstruction.diffusion import denoise
 from siamdiff.reconstruction.noise import declip, gaussian
 from siamdiff.reconstruction.pipeline import Denoiser
@@ -144,6 +144,18 @@ def test_as_batch_reads_channels_last_arrays_and_channels_first_tensors():
     assert as_batch(torch.zeros(3, 5, 6)).shape == (1, 3, 5, 6)
     assert as_batch(np.zeros((3, 5, 6), np.uint8)).shape == (1, 3, 5, 6)  # last side not a channel count
     assert as_batch(torch.zeros(5, 6, 3)).shape == (1, 3, 5, 6)
+
+
+def test_without_alpha_every_form_is_composited_over_white_and_to_uint8_undoes_the_scaling():
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, 51  # red 200 at alpha 0.2 over white: 0.2 * 200 / 255 + 0.8
+    for form in (rgba, torch.from_numpy(rgba).permute(2, 0, 1), Image.fromarray(rgba, "RGBA")):
+        x = as_batch(form, keep_alpha=False)
+        assert x.shape == (1, 3, 4, 4)
+        torch.testing.assert_close(x[0, :, 0, 0], torch.tensor([0.2 * 200 / 255 + 0.8, 0.8, 0.8]), atol=2e-3, rtol=0)
+    assert as_batch(rgba).shape == (1, 4, 4, 4)
+    assert np.array_equal(to_uint8(as_batch(rgba))[0], rgba)
+    assert np.array_equal(to_uint8(torch.tensor([[[-0.5, 0.5, 2.0]]])), np.array([[[0], [128], [255]]], np.uint8))
 
 
 @pytest.mark.parametrize("method,steps,frames", [("tweedie", 10, 1), ("ddim", 4, 4), ("ancestral", 10, 10)])

@@ -11,7 +11,6 @@ parameter.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -54,8 +53,9 @@ def _channels_first(x: torch.Tensor, channels_last: bool, param: str) -> torch.T
 def as_batch(images: object, param: str = "images", keep_alpha: bool = True) -> torch.Tensor:
     """Any accepted input as a float32 batch ``(N, C, H, W)`` on the [0, 1] scale (``uint8`` divided by 255).
 
-    A path or a PIL image is read as :func:`~siamdiff.data.imageio.read_image` reads files (with its alpha channel
-    when ``keep_alpha``; else composited over white)."""
+    A path or a PIL image is read as :func:`~siamdiff.data.imageio.read_image` reads files. An alpha channel (2 or 4
+    channels) is kept as the last channel when ``keep_alpha``; else the image is composited over white, whatever
+    form it came in."""
     if isinstance(images, (str, os.PathLike)):
         if not str(images).strip():
             raise SiamdiffError(f"{{{param}}} is an empty path", param)
@@ -85,14 +85,13 @@ def as_batch(images: object, param: str = "images", keep_alpha: bool = True) -> 
                                 f"images are on the [0, 1] scale; divide by 255 or pass uint8", param)
     else:
         raise SiamdiffError(f"{{{param}}} must be uint8 (0-255) or float (0-1) values, got {tensor.dtype}", param)
+    if not keep_alpha and batch.shape[1] in (2, 4):  # over white, as files are read
+        alpha = batch[:, -1:].clamp(0, 1)
+        batch = batch[:, :-1].clamp(0, 1) * alpha + (1 - alpha)
     return batch.contiguous()
 
 
-def as_batches(images: object, param: str = "images", keep_alpha: bool = True) -> list[torch.Tensor]:
-    """Like :func:`as_batch`, but a list or tuple of images (of any sizes) gives one batch ``(1, C, H, W)`` per
-    image; a single input gives its batch."""
-    if isinstance(images, Sequence) and not isinstance(images, (str, bytes)):
-        if not images:
-            raise SiamdiffError(f"{{{param}}} is an empty list", param)
-        return [b for im in images for b in as_batch(im, param, keep_alpha).split(1)]
-    return [as_batch(images, param, keep_alpha)]
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """Images ``(C, H, W)`` or ``(N, C, H, W)`` on the [0, 1] scale as uint8 arrays, channels last (``(H, W, C)``
+    or ``(N, H, W, C)``): clipped to [0, 1] and rounded to the nearest of the 256 levels — what a PNG holds."""
+    return torch.round(images.detach().clamp(0, 1) * 255).to(torch.uint8).cpu().movedim(-3, -1).numpy()

@@ -34,7 +34,7 @@ from ..core.errors import CheckpointError, ImageReadError, SiamdiffError, first_
 from ..core.files import check_writable, output_folder
 from ..core.registry import KIND_NAMES, companion, resolve
 from ..data.augment import at_size
-from ..data.inputs import as_batch
+from ..data.inputs import as_batch, to_uint8
 from ..data.imageio import IMAGE_EXTENSIONS, write_png_atomic
 from .diffusion import METHODS as DIFFUSION_METHODS
 from .diffusion import ancestral, ddim, denoise
@@ -358,7 +358,8 @@ class Denoiser:
         image or a batch, uint8 or float on the [0, 1] scale, of any size and colour. An image larger (or smaller)
         than the model's is denoised in overlapping tiles of its size, ``overlap`` pixels apart (default a quarter
         of a tile), blended with a smooth window; all tiles of an image share its σ. A colour image in a grayscale
-        model is denoised a channel at a time; a grayscale image in a colour model as gray colour, averaged back.
+        model is denoised a channel at a time; a grayscale image in a colour model as colour, with noise added across
+        the channels so that the model sees the noise it knows, and averaged back.
         An alpha channel is kept as it is.
         sigma: a number, or ``"auto"`` (estimated per image); label: the class to keep by classifier-free guidance
         of weight ``guidance`` (a class number, one per image, or ``"auto"``: the class the classifier sees in the
@@ -596,11 +597,6 @@ def output_paths(inputs: list[Path], out: Path) -> list[Path]:
 STRIP_HEIGHT = 256  # frames of a taller image are shown this high in the chain's strip (the frames keep their size)
 
 
-def _png(image: torch.Tensor) -> np.ndarray:
-    """``(C, H, W)`` in [0, 1] -> ``(H, W, C)`` uint8."""
-    return torch.round(image.clamp(0, 1) * 255).to(torch.uint8).cpu().numpy().transpose(1, 2, 0)
-
-
 def write_chain(folder: Path, stem: str, noisy: torch.Tensor, chain: list[tuple[int, torch.Tensor]]) -> list[str]:
     """One image's reverse chain into ``folder``: each kept estimate as ``<stem>-chain-<k>-t<step>.png`` and the
     noisy input followed by them as one strip, ``<stem>-chain.png``. Returns the paths, the strip first."""
@@ -616,7 +612,7 @@ def write_chain(folder: Path, stem: str, noisy: torch.Tensor, chain: list[tuple[
     paths = [folder / f"{stem}-chain.png", *(folder / f"{stem}-chain-{k:02d}-t{t:04d}.png"
                                              for k, (t, _) in enumerate(chain))]
     for path, image in zip(paths, [strip, *(f for _, f in chain)]):
-        write_png_atomic(_png(image), path)
+        write_png_atomic(to_uint8(image), path)
     return [str(p) for p in paths]
 
 
@@ -645,7 +641,7 @@ def denoise_files(denoiser: Denoiser, inputs: Sequence[str | os.PathLike], out: 
                 records.append({"input": str(src), "error": str(exc)})
                 continue
             clean, info = denoiser.denoise(image, chain=chain_folder is not None, **options)
-            write_png_atomic(_png(clean[0]), dst)
+            write_png_atomic(to_uint8(clean[0]), dst)
             chain = {} if info.chain is None else \
                 {"chain": write_chain(chain_folder, dst.stem, image[0], [(t, f[0]) for t, f in info.chain])}
             records.append({"input": str(src), "output": str(dst), "sigma": info.sigma[0],

@@ -12,6 +12,7 @@ from ..core.errors import SiamdiffError
 from ..core.files import check_writable
 from ..core.plotting import pyplot, save_figure, show_image
 from ..data.imageio import write_png_atomic
+from ..data.inputs import to_uint8
 from .diffusion import alpha_bar_at, denoise
 from .schedule import step_for_sigma
 
@@ -101,7 +102,7 @@ def save_grid(images: torch.Tensor, path: str | Path, columns: int = 8) -> Path:
     n, c, h, w = images.shape
     rows = -(-n // columns)
     grid = np.zeros((rows * (h + 2), min(n, columns) * (w + 2), c), dtype=np.uint8)
-    arr = (images.clamp(0, 1) * 255).round().to(torch.uint8).numpy().transpose(0, 2, 3, 1)
+    arr = to_uint8(images)
     for k in range(n):
         r, q = divmod(k, columns)
         grid[r * (h + 2):r * (h + 2) + h, q * (w + 2):q * (w + 2) + w] = arr[k]

@@ -18,7 +18,7 @@ from ..core.checkpoint import load_model
 from ..core.errors import CheckpointError, SiamdiffError
 from ..core.registry import resolve, shipped_name
 from ..data.imageio import fit_to
-from ..data.inputs import as_batch
+from ..data.inputs import as_batch, to_uint8
 from ..nets.convnet import EmbeddingNet
 from .calibration import Calibration
 from .embed import embed
@@ -80,10 +80,7 @@ class SimilarityModel:
             batch = as_batch(image, "image", keep_alpha=False)
             if len(batch) != 1:
                 raise SiamdiffError(f"{{image}} must be one image, got a batch of {len(batch)}", "image")
-            x = batch[0].clamp(0, 1)
-            if x.shape[0] in (2, 4):  # alpha over white, as files are read
-                x = x[:-1] * x[-1:] + (1 - x[-1:])
-            array = torch.round(x * 255).to(torch.uint8).permute(1, 2, 0).numpy()
+            array = to_uint8(batch[0])
         return fit_to(array, self.channels, (self.image_size, self.image_size)).transpose(2, 0, 1)
 
     def embed(self, images: ImageLike | list[ImageLike], batch_size: int = 1024) -> np.ndarray:
