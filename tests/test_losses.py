@@ -83,6 +83,16 @@ def test_normsoftmax_by_hand():
     assert normsoftmax_loss(emb, y, proxies, 0.5).item() == pytest.approx((first + second) / 2, rel=1e-6)
 
 
+def test_normsoftmax_label_smoothing_by_hand():
+    # two classes, smoothing 0.2: the target is 0.9 on the true class, 0.1 on the other
+    emb, proxies, y = torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0])
+    logp = torch.log_softmax(torch.tensor([2.0, 0.0]), 0)  # cosines (1, 0) over tau 0.5
+    expected = -(0.9 * logp[0] + 0.1 * logp[1]).item()
+    assert normsoftmax_loss(emb, y, proxies, 0.5, 0.2).item() == pytest.approx(expected, rel=1e-6)
+    assert LossConfig("normsoftmax", temperature=0.5, label_smoothing=0.2).in_batch(
+        Proxies(2, 2))(emb, y).item() > 0
+
+
 def test_normsoftmax_trains_its_proxies_and_needs_them():
     proxies = Proxies(3, 4)
     e, y = torch.randn(6, 4, requires_grad=True), torch.tensor([0, 1, 2, 0, 1, 2])

@@ -144,7 +144,8 @@ def test_seed_recipe_is_the_reports():
 
 def test_default_recipes_differ_per_dataset_and_explicit_settings_win():
     cifar, mnist = recipe("cifar10", 3, 32), recipe("mnist", 1, 28)
-    assert (cifar.loss.name, cifar.cutout, cifar.train.weight_decay, cifar.flip) == ("normsoftmax", 8, 0.05, True)
+    assert (cifar.loss.name, cifar.translate, cifar.train.weight_decay, cifar.flip) == ("normsoftmax", 2, 0.05, True)
+    assert cifar.loss.label_smoothing == 0.2 and mnist.loss.label_smoothing == 0.0
     assert cifar.model.mirror_average and not mnist.model.mirror_average
     assert (mnist.loss.name, mnist.cutout, mnist.train.weight_decay) == ("supcon", 0, 5e-4)
     assert cifar.loss.temperature == 0.05 and mnist.loss.temperature == 0.1
@@ -152,7 +153,7 @@ def test_default_recipes_differ_per_dataset_and_explicit_settings_win():
     assert recipe("mnist", 1, 28, TrainOptions(model="default", loss="triplet", margin=0.2)).loss.margin == 0.2
     assert recipe("cifar10", 3, 32, TrainOptions(model="default", epochs=3)).train.epochs == 3
     assert recipe("cifar10", 3, 32, TrainOptions(model="tiny")).train.epochs == 2
-    assert recipe("cifar10", 3, 32).to_dict()["cutout"] == 8  # written into the model file
+    assert recipe("cifar10", 3, 32).to_dict()["loss"]["label_smoothing"] == 0.2  # written into the model file
     folder = recipe("folder:x", 3, 32, TrainOptions(model="default"))
     assert folder.flip and folder.cutout == 0 and folder.loss.name == "supcon"
 

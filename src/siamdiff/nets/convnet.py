@@ -23,7 +23,10 @@ class EmbedConfig(JsonConfig):
     widths: conv channels per stage (the ``embed`` stem is as wide as the first stage, at most 64); fc: hidden FC
     widths (seed only); residual: add a residual block after a stage (one flag for all, or one per stage; a
     residual network halves the resolution after every stage);
-    depth: conv layers per stage; mirror_average: outside training, embed an image as the (normalised) mean of its
+    depth: conv layers per stage before its pooling; after_pool: conv layers per stage after it (a stage of
+    ``depth=1, after_pool=1`` is airbench's conv-pool-conv group, Jordan 2024, arXiv:2404.00498; with after_pool
+    every stage halves the resolution); stem: the stem's width (None: as wide as the first stage, at most 64);
+    mirror_average: outside training, embed an image as the (normalised) mean of its
     own and its left-right mirror's outputs — set by the recipe for the models it trains with random mirrors (their
     categories do not change under a mirror; never digits).
     """
@@ -35,7 +38,9 @@ class EmbedConfig(JsonConfig):
     embed_dim: int
     fc: tuple[int, ...] = ()
     residual: bool | tuple[bool, ...] = False  # one flag for every stage, or one per stage
-    depth: int = 1  # conv-BN-ReLU layers per stage (embed only)
+    depth: int = 1  # conv-BN-ReLU layers per stage before its pooling (embed only)
+    after_pool: int = 0  # conv-BN-ReLU layers per stage after its pooling (embed only)
+    stem: int | None = None  # the stem's width; None: min(widths[0], 64)
     normalize: bool = True
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.5,)
@@ -54,10 +59,9 @@ PRESETS: dict[str, EmbedConfig] = {
     "seed-cifar10": EmbedConfig("seed", 3, 32, (96, 192, 384), 2, fc=(126, 42), normalize=False, **_CIFAR_STATS),
     "default-mnist": EmbedConfig("embed", 1, 28, (32, 64, 128), 64, depth=2, **_MNIST_STATS),
     "default-fashion-mnist": EmbedConfig("embed", 1, 28, (32, 64, 128), 64, depth=2, **_FASHION_STATS),
-    # The residual layout of Page's "ResNet-9" (myrtle.ai, "How to train your ResNet", 2018): a 64-wide stem, stages
-    # of 128/256/512 with a residual block after the first and the last.
-    "default-cifar10": EmbedConfig("embed", 3, 32, (128, 256, 512), 128, residual=(True, False, True),
-                                   **_CIFAR_STATS),
+    # airbench's layout (Jordan 2024, arXiv:2404.00498): a 32-wide stem, then stages of 64/256/256, each
+    # conv-pool-conv; a third of the FLOP of Page's ResNet-9 (128/256/512 with residual blocks), which it replaced.
+    "default-cifar10": EmbedConfig("embed", 3, 32, (64, 256, 256), 128, after_pool=1, stem=32, **_CIFAR_STATS),
     # Tiny presets for tests and smoke runs.
     "tiny-1": EmbedConfig("embed", 1, 28, (4, 8), 8),
     "tiny-3": EmbedConfig("embed", 3, 32, (4, 8), 8, residual=True),
@@ -135,15 +139,17 @@ class EmbeddingNet(nn.Module):
         residual = c.residual if isinstance(c.residual, tuple) else (c.residual,) * len(c.widths)
         if len(residual) != len(c.widths):
             raise ValueError(f"residual has {len(residual)} flags for {len(c.widths)} stages")
-        stem = min(c.widths[0], 64)
+        stem = min(c.widths[0], 64) if c.stem is None else c.stem
         layers: list[nn.Module] = [*_conv_bn(c.in_channels, stem)]
         cin = stem
         for i, (w, res) in enumerate(zip(c.widths, residual)):
             layers += _conv_bn(cin, w)
             for _ in range(c.depth - 1):
                 layers += _conv_bn(w, w)
-            if i < len(c.widths) - 1 or any(residual):
+            if i < len(c.widths) - 1 or any(residual) or c.after_pool:
                 layers.append(nn.MaxPool2d(2))
+            for _ in range(c.after_pool):
+                layers += _conv_bn(w, w)
             if res:
                 layers.append(Residual(w))
             cin = w

@@ -116,10 +116,11 @@ def supcon_loss(emb: torch.Tensor, labels: torch.Tensor, temperature: float = 0.
 
 
 def normsoftmax_loss(emb: torch.Tensor, labels: torch.Tensor, proxies: torch.Tensor,
-                     temperature: float = 0.05) -> torch.Tensor:
-    """Normalized-softmax loss: ``emb (B, D)``, ``labels (B,)`` in ``[0, K)``, ``proxies (K, D)`` (any length)."""
+                     temperature: float = 0.05, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Normalized-softmax loss: ``emb (B, D)``, ``labels (B,)`` in ``[0, K)``, ``proxies (K, D)`` (any length);
+    ``label_smoothing`` moves that share of each target to the uniform distribution (Szegedy et al. 2016)."""
     logits = F.normalize(emb, dim=1) @ F.normalize(proxies, dim=1).T / temperature
-    return F.cross_entropy(logits, labels)
+    return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
 
 
 class Proxies(nn.Module):
@@ -132,11 +133,13 @@ class Proxies(nn.Module):
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Which loss and its one hyper-parameter (margin, or temperature for supcon and normsoftmax)."""
+    """Which loss and its one hyper-parameter (margin, or temperature for supcon and normsoftmax); normsoftmax also
+    has a ``label_smoothing``."""
 
     name: str = "contrastive"
     margin: float = 1.0
     temperature: float = 0.1
+    label_smoothing: float = 0.0
 
     @classmethod
     def default(cls, name: str, margin: float | None = None) -> LossConfig:
@@ -156,5 +159,5 @@ class LossConfig:
         if self.name == "normsoftmax":
             if proxies is None:
                 raise ValueError("the normsoftmax loss needs its class proxies")
-            return lambda e, y: normsoftmax_loss(e, y, proxies.weight, self.temperature)
+            return lambda e, y: normsoftmax_loss(e, y, proxies.weight, self.temperature, self.label_smoothing)
         raise ValueError(f"unknown loss '{self.name}': use one of {', '.join(LOSSES)}")
