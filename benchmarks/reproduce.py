@@ -215,6 +215,20 @@ def run_job(job: Job, runs: Path, args: argparse.Namespace, meta: dict) -> dict:
     return record
 
 
+def is_installed(record: dict, weights: Path) -> bool:
+    """Whether the installed model of a shipped job's kind is that job's model (its command and last validation):
+    a rebuilt model that was not kept (a better one stays installed) shows as not installed."""
+    from siamdiff.core.checkpoint import read_metadata
+
+    path = weights / f"{FILE_KIND[record['kind']]}-{record['dataset']}.safetensors"
+    if not record["ships"] or not path.is_file():
+        return False
+    extra = read_metadata(path)["extra"]
+    last = (extra.get("history") or [{}])[-1]
+    return extra.get("command") == record["command"] and \
+        all(last.get(k) == v for k, v in record["validation"].items())
+
+
 def headline(record: dict) -> str:
     m = record["metrics"]
     if "recall_at_1" in m:
@@ -235,13 +249,16 @@ def markdown(result: dict) -> str:
              "Made by: " + "; ".join(made_by) + "  ",
              f"{describe(result['hardware'])}; {result['date']}.", "",
              "Every model trained from scratch with its default recipe (`siamdiff train KIND --dataset D`); metrics "
-             "of the float16 copy that is shipped, on the official test split (similarity: docs/similarity.md's "
-             "protocol; denoisers: blind, the first test images). Train minutes are the training loop's own "
-             "(all epochs, validation included); job minutes add evaluation and installing.", "",
-             "| job | epochs | train min | job min | device | result |", "|---|---:|---:|---:|---|---|"]
+             "of its float16 copy on the official test split (similarity: docs/similarity.md's protocol; "
+             "denoisers: blind, the first test images). Train minutes are the training loop's own (all epochs, "
+             "validation included); job minutes add evaluation and installing. Installed: whether that copy is the "
+             "shipped model now (a rebuilt model that does not beat the shipped one is put back by hand: "
+             "`git checkout src/siamdiff/weights/KIND-D.*`).", "",
+             "| job | epochs | train min | job min | device | result | installed |",
+             "|---|---:|---:|---:|---|---|---|"]
     for r in result["jobs"]:
         lines.append(f"| {r['job']} | {r['epochs']} | {r['train_seconds'] / 60:.1f} | {r['job_seconds'] / 60:.1f} | "
-                     f"{r['device']} | {headline(r)} |")
+                     f"{r['device']} | {headline(r)} | {'yes' if r['installed'] else 'no'} |")
     lines += ["", f"Total: {result['train_seconds'] / 60:.1f} min of training, {result['job_seconds'] / 60:.1f} min "
               "of jobs."]
     pairs = [(r, d) for r in result["jobs"] if r["kind"] == "ddpm" and "psnr" in r["metrics"]
@@ -289,6 +306,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-tables", action="store_true", help="leave the benchmark tables as they are")
     parser.add_argument("--weights", type=Path, default=WEIGHTS, help="where shipped models are installed")
     parser.add_argument("--out", type=Path, default=DOCS)
+    parser.add_argument("--summary-only", action="store_true",
+                        help="write reproduce.md again from reproduce.json (and what is installed now)")
     parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     # what made the models: this command as typed (or as called, from Python)
@@ -305,6 +324,8 @@ def main(argv: list[str] | None = None) -> None:
     runs = args.runs / args.budget
     meta = {**provenance(), "command": args.command}
     records, began = [], time.perf_counter()
+    if args.summary_only:
+        selected = []
     for i, job in enumerate(selected, 1):
         t = time.perf_counter()
         print(f"[{i}/{len(selected)}] {job.key}: training", flush=True)
@@ -317,6 +338,10 @@ def main(argv: list[str] | None = None) -> None:
     order = [j.key for j in everything]
     records = sorted([r for r in kept if r["job"] not in {n["job"] for n in records}] + records,
                      key=lambda r: order.index(r["job"]) if r["job"] in order else len(order))
+    for r in records:
+        r["installed"] = is_installed(r, args.weights)
+    if args.summary_only:  # the rows' own commands stay; the summary's provenance is the last run's
+        meta = {k: v for k, v in json.loads(summary.read_text()).items() if k not in ("jobs", "installed")}
     result = {**meta, "budget": args.budget, "jobs": records,
               "train_seconds": round(sum(r["train_seconds"] for r in records), 1),
               "job_seconds": round(sum(r["job_seconds"] for r in records), 1)}

@@ -33,6 +33,7 @@ def test_rebuild_installs_models_with_cards_and_resumes(tmp_path, data_root, cap
         assert card["epochs"] == 1 and card["train_seconds"] >= 0 and card["hardware"]["cores"] >= 1
         net, meta = load_model(tmp_path / "weights" / f"{kind}-mnist.safetensors", kind=kind)
         assert next(iter(net.state_dict().values())).dtype.is_floating_point
+    assert all(r["installed"] for r in records)
     diffusion = next(r for r in records if r["job"] == "ddpm:mnist")
     assert set(diffusion["metrics"]["psnr"]) == {"0.1", "0.2", "0.3", "0.5"}
 
@@ -66,3 +67,14 @@ def test_every_shipped_kind_and_benchmark_model_has_a_job():
 
     folders = {j.folder for j in reproduce.jobs(benchmark_models=True) if not j.ships}
     assert {f"mnist-{name}" for name in BENCHMARK_MODELS} <= folders
+
+
+def test_summary_marks_a_rebuilt_model_that_was_not_kept(tmp_path, data_root):
+    _rebuild(tmp_path, data_root, "noise-estimator:mnist", "ddpm:mnist")
+    (tmp_path / "weights" / "diffusion-mnist.safetensors").unlink()  # put back by hand: another model is shipped
+    reproduce.main(["--data-dir", data_root, "--summary-only", "--weights", str(tmp_path / "weights"), "--out",
+                    str(tmp_path / "out")])
+    rows = json.loads((tmp_path / "out" / "reproduce.json").read_text())["jobs"]
+    assert [(r["job"], r["installed"]) for r in rows] == [("noise-estimator:mnist", True), ("ddpm:mnist", False)]
+    table = (tmp_path / "out" / "reproduce.md").read_text()
+    assert next(line for line in table.splitlines() if line.startswith("| ddpm:mnist |")).endswith("| no |")
