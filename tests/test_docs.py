@@ -85,3 +85,17 @@ def test_readme_photo_lines_are_the_benchmarks():
     quoted = [line for line in section.splitlines() if line.startswith("- ")]
     written = (ROOT / "docs" / "benchmarks" / "photos.md").read_text().splitlines()
     assert quoted and all(line in written for line in quoted), quoted
+
+
+def test_readme_training_table_is_the_rebuild():
+    result = json.loads((ROOT / "docs" / "benchmarks" / "reproduce.json").read_text())
+    jobs = {r["job"]: r for r in result["jobs"]}
+    text = (ROOT / "README.md").read_text()
+    table = _table(text, "### Training on a 2-core CPU")
+    header, body = table[0], table[1:]
+    assert header[:4] == ["job", "epochs", "training min", "recall@1"] and body
+    for cells in body:
+        job = jobs[cells[0].strip("`")]
+        assert cells[1] == str(job["epochs"]) and cells[2] == f"{job['train_seconds'] / 60:.1f}"
+        assert cells[3] == f"{job['metrics']['recall_at_1']:.4f}"
+        assert f"`{job['command']}`" in text  # the command that made the row is written beside the table
