@@ -8,8 +8,9 @@ and regenerate the benchmark tables: the one command behind the weights in src/s
 
 Jobs run in order (for each dataset: classifier, noise estimator, diffusion model, similarity model; then the
 benchmark-only models), each in its run folder ``RUNS/<kind>-<dataset>``; every epoch is checkpointed, so a stopped
-or killed run continues where it was when the same command is given again (a finished job is skipped; a job whose
-recipe changed is refused by the training loop's resume check — remove its folder). Each job prints one progress
+or killed run continues where it was when the same command is given again (a finished job is read back from its
+``done.json``, even when its recipe has changed since; a job in training whose recipe changed is refused by the
+training loop's resume check — remove its folder to train it again). Each job prints one progress
 line with its time. A shipped job's model is copied to float16, evaluated as shipped, and installed together with
 its card (``<kind>-<dataset>.json``: the command, data, recipe, time, hardware and metrics). The summary goes to
 docs/benchmarks/reproduce.{json,md}; the tables are rebuilt by benchmarks/similarity.py and benchmarks/denoise.py,
@@ -85,7 +86,14 @@ def jobs(datasets: tuple[str, ...] = DATASETS, benchmark_models: bool = False) -
 
 
 WEIGHTS = ROOT / "src" / "siamdiff" / "weights"
-FILE_KIND = {"similarity": "similarity", "ddpm": "diffusion", "noise-estimator": "sigma", "classifier": "classifier"}
+
+
+def shipped_name(kind: str, dataset: str) -> str:
+    """``<file kind>-<dataset>``: the name of the shipped model a job of train kind ``kind`` installs (its file kind
+    is the training table's, e.g. ``ddpm`` -> ``diffusion``)."""
+    from siamdiff.training.kinds import KINDS
+
+    return f"{KINDS[kind].file_kind}-{dataset}"
 
 
 def seconds_text(s: float) -> str:
@@ -160,7 +168,7 @@ def model_card(job: Job, run: Path, record: dict) -> dict:
 
     meta = read_metadata(run / "model.safetensors")
     extra, history = meta["extra"], meta["extra"]["history"]
-    card = {"name": f"{FILE_KIND[job.kind]}-{job.dataset}", "kind": FILE_KIND[job.kind], "dataset": job.dataset,
+    card = {"name": shipped_name(job.kind, job.dataset), "kind": meta["kind"], "dataset": job.dataset,
             "command": record["command"],
             "rebuild": f"python benchmarks/reproduce.py --data-dir ../shared/data --only {job.key}"
                        + (f" --budget {record['budget']}" if record["budget"] != "default" else ""),
@@ -182,7 +190,7 @@ def install(job: Job, run: Path, record: dict, args: argparse.Namespace) -> None
     from siamdiff.core.files import atomic_write
 
     args.weights.mkdir(parents=True, exist_ok=True)
-    name = f"{FILE_KIND[job.kind]}-{job.dataset}"
+    name = shipped_name(job.kind, job.dataset)
     card = model_card(job, run, record)
     save_float16_copy(run / "model-float16.safetensors", args.weights / f"{name}.safetensors")
     atomic_write(args.weights / f"{name}.json", lambda tmp: tmp.write_text(json.dumps(card, indent=2) + "\n"))
@@ -220,7 +228,7 @@ def is_installed(record: dict, weights: Path) -> bool:
     a rebuilt model that was not kept (a better one stays installed) shows as not installed."""
     from siamdiff.core.checkpoint import read_metadata
 
-    path = weights / f"{FILE_KIND[record['kind']]}-{record['dataset']}.safetensors"
+    path = weights / f"{shipped_name(record['kind'], record['dataset'])}.safetensors"
     if not record["ships"] or not path.is_file():
         return False
     extra = read_metadata(path)["extra"]
@@ -334,14 +342,15 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[{i}/{len(selected)}] {job.key}: {record['epochs']} epochs, train {seconds_text(record['train_seconds'])}"
               f", this run {seconds_text(time.perf_counter() - t)}, {headline(record)}", flush=True)
     summary = args.out / "reproduce.json"  # rows of jobs not run now are kept, each with the command that made it
-    kept = json.loads(summary.read_text())["jobs"] if summary.is_file() else []
+    previous = json.loads(summary.read_text()) if summary.is_file() else {"jobs": []}
+    kept = previous["jobs"]
     order = [j.key for j in everything]
     records = sorted([r for r in kept if r["job"] not in {n["job"] for n in records}] + records,
                      key=lambda r: order.index(r["job"]) if r["job"] in order else len(order))
     for r in records:
         r["installed"] = is_installed(r, args.weights)
     if args.summary_only:  # the rows' own commands stay; the summary's provenance is the last run's
-        meta = {k: v for k, v in json.loads(summary.read_text()).items() if k not in ("jobs", "installed")}
+        meta = {k: v for k, v in previous.items() if k != "jobs"}
     result = {**meta, "budget": args.budget, "jobs": records,
               "train_seconds": round(sum(r["train_seconds"] for r in records), 1),
               "job_seconds": round(sum(r["job_seconds"] for r in records), 1)}
