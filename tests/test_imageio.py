@@ -22,7 +22,9 @@ from siamdiff.data.imageio import (
     fit_to,
     list_images,
     read_folder,
+    encode_png,
     read_image,
+    read_image_bytes,
     write_png_atomic,
 )
 
@@ -529,3 +531,41 @@ def test_write_png_atomic_cleans_up_on_failure(tmp_path: Path, monkeypatch: pyte
     with pytest.raises(SiamdiffError, match="no space left"):
         write_png_atomic(np.zeros((2, 2), dtype=np.uint8), tmp_path / "x.png")
     assert list(tmp_path.iterdir()) == []
+
+
+
+def test_uploaded_bytes_decode_as_files_do(tmp_path: Path) -> None:
+    rgba = np.random.default_rng(0).integers(0, 256, (9, 7, 4), dtype=np.uint8)
+    for name, array in (("c.png", rgba[:, :, :3]), ("a.png", rgba), ("g.png", rgba[:, :, 0])):
+        Image.fromarray(array).save(tmp_path / name)
+        data = (tmp_path / name).read_bytes()
+        for channels in (None, 1, 3):
+            assert np.array_equal(read_image_bytes(data, name, channels), read_image(tmp_path / name, channels))
+        assert np.array_equal(read_image_bytes(data, name, keep_alpha=True),
+                              read_image(tmp_path / name, keep_alpha=True))
+
+
+def test_uploaded_bytes_refusals(tmp_path: Path) -> None:
+    png = encode_png(np.random.default_rng(0).integers(0, 256, (9, 7, 3), dtype=np.uint8))
+    with pytest.raises(ImageReadError, match=r"^cannot read 'up\.png': image is too large \(63 pixels > 62\)"):
+        read_image_bytes(png, "up.png", max_pixels=62)
+    for bad, words in ((b"", "file is empty"), (png[: len(png) // 2], "truncated or corrupt"),
+                       (b"hello", "not an image file")):
+        with pytest.raises(ImageReadError, match=words):
+            read_image_bytes(bad, "up.png")
+    # PIL identifies an EPS file (decoding it would run Ghostscript); an upload is not decoded as one
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n"
+    with Image.open(io.BytesIO(eps)) as img:
+        assert img.format == "EPS"
+    with pytest.raises(ImageReadError, match="not an image file"):
+        read_image_bytes(eps, "up.eps")
+
+
+def test_encode_png_round_trips() -> None:
+    rng = np.random.default_rng(1)
+    for shape in ((5, 6), (5, 6, 1), (5, 6, 2), (5, 6, 3), (5, 6, 4)):
+        array = rng.integers(0, 256, shape, dtype=np.uint8)
+        back = np.asarray(Image.open(io.BytesIO(encode_png(array))))
+        assert np.array_equal(back, array.reshape(back.shape))
+    with pytest.raises(ValueError):
+        encode_png(np.zeros((0, 4), np.uint8))

@@ -16,6 +16,7 @@ Conventions:
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import re
@@ -37,12 +38,15 @@ from ..core.files import atomic_write
 __all__ = [
     "IMAGE_EXTENSIONS",
     "MAX_PIXELS",
+    "UPLOAD_FORMATS",
     "FolderImages",
     "fit_to",
     "image_to_array",
+    "encode_png",
     "list_images",
     "read_folder",
     "read_image",
+    "read_image_bytes",
     "write_png_atomic",
 ]
 
@@ -126,10 +130,10 @@ def _truncated_images_refused() -> Iterator[None]:
                 ImageFile.LOAD_TRUNCATED_IMAGES = state.saved
 
 
-def _too_large_reason(pixels: int | None) -> str:
-    if pixels is None:
-        return f"image is too large (> {MAX_PIXELS} pixels), refusing a possible decompression bomb"
-    return f"image is too large ({pixels} pixels > {MAX_PIXELS}), refusing a possible decompression bomb"
+def _too_large_reason(pixels: int | None, limit: int) -> str:
+    if pixels is None or pixels <= limit:  # PIL's own guard fired (its limit is the same as ours)
+        return f"image is too large (> {limit} pixels), refusing a possible decompression bomb"
+    return f"image is too large ({pixels} pixels > {limit}), refusing a possible decompression bomb"
 
 
 def _composite_over_white(values: np.ndarray, alpha: np.ndarray) -> np.ndarray:
@@ -254,15 +258,23 @@ def read_image(path: str | os.PathLike[str], channels: int | None = None, keep_a
     if size_bytes == 0:
         raise _ReadFailure(p, "file is empty")
 
+    return _decode(p, p, channels, keep_alpha)
+
+
+def _decode(source: Path | io.BytesIO, p: str | os.PathLike[str], channels: int | None, keep_alpha: bool,
+            max_pixels: int | None = None, formats: tuple[str, ...] | None = None) -> np.ndarray:
+    """Decode an image from a file or bytes (``p`` names it in messages): the one decoder of files and uploads.
+    ``max_pixels`` None: :data:`MAX_PIXELS`."""
+    max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
     try:
         with warnings.catch_warnings(), _truncated_images_refused():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(p) as img:
+            with Image.open(source, formats=formats) as img:
                 width, height = img.size
                 if width <= 0 or height <= 0:
                     raise _ReadFailure(p, f"image has zero width or height ({width}x{height})")
-                if width * height > MAX_PIXELS:
-                    raise _ReadFailure(p, _too_large_reason(width * height))
+                if width * height > max_pixels:
+                    raise _ReadFailure(p, _too_large_reason(width * height, max_pixels))
                 if getattr(img, "n_frames", 1) > 1:
                     img.seek(0)
                 img.load()
@@ -272,7 +284,7 @@ def read_image(path: str | os.PathLike[str], channels: int | None = None, keep_a
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         match = _BOMB_PIXELS_RE.search(str(exc))
-        raise _ReadFailure(p, _too_large_reason(int(match.group(1)) if match else None)) from None
+        raise _ReadFailure(p, _too_large_reason(int(match.group(1)) if match else None, max_pixels)) from None
     except UnidentifiedImageError:
         raise _ReadFailure(p, "not an image file") from None
     except FileNotFoundError:
@@ -291,6 +303,22 @@ def read_image(path: str | os.PathLike[str], channels: int | None = None, keep_a
     if channels is not None:
         array = _to_channels(array, channels)
     return np.ascontiguousarray(array)
+
+
+#: The formats :func:`read_image_bytes` decodes (PIL names): what a browser or a camera sends, nothing that runs an
+#: external program (PIL's EPS plug-in calls Ghostscript).
+UPLOAD_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
+
+
+def read_image_bytes(data: bytes, name: str = "upload", channels: int | None = None, keep_alpha: bool = False,
+                     max_pixels: int | None = None) -> np.ndarray:
+    """Decode an uploaded image as :func:`read_image` reads a file, from its content alone (its name and declared
+    type are not trusted): one of :data:`UPLOAD_FORMATS`, at most ``max_pixels`` pixels (default :data:`MAX_PIXELS`;
+    checked from the header, before decoding). ``name`` names it in the one-line :class:`ImageReadError`."""
+    _check_channels(channels, allow_none=True)
+    if not data:
+        raise _ReadFailure(name, "file is empty")
+    return _decode(io.BytesIO(data), name, channels, keep_alpha, max_pixels, UPLOAD_FORMATS)
 
 
 def _os_reason(exc: OSError) -> str:
@@ -497,6 +525,13 @@ def write_png_atomic(array: np.ndarray, path: str | os.PathLike[str]) -> None:
             ``path`` is a directory, or the write fails.
         ValueError: wrong dtype or shape.
     """
+    data = encode_png(array)  # checks the array before any file is touched
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """A uint8 image ``(H, W)`` or ``(H, W, 1|2|3|4)`` as the bytes of a PNG file (L, LA, RGB or RGBA by its
+    channels)."""
     if array.dtype != np.uint8:
         raise ValueError(f"expected a uint8 image, got dtype {array.dtype}")
     if array.ndim == 3 and array.shape[2] == 1:
@@ -505,9 +540,10 @@ def write_png_atomic(array: np.ndarray, path: str | os.PathLike[str]) -> None:
         raise ValueError(f"expected an image of shape (H, W) or (H, W, 1|2|3|4), got {array.shape}")
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise ValueError(f"cannot write an empty image of shape {array.shape}")
-
     image = Image.fromarray(np.ascontiguousarray(array), mode="LA" if array.ndim == 3 and array.shape[2] == 2 else
                             None)  # L, LA, RGB or RGBA from the shape
-    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
