@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .core.errors import SiamdiffError, first_line
+from .core.errors import SiamdiffError, first_line, one_line
 from .core.version import __version__
 
 log = logging.getLogger("siamdiff")
@@ -326,7 +326,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
                             save_chain=args.save_chain, precision=args.precision)
     for r in records:
         if "error" in r:
-            print(f"siamdiff: error: {_one_line(r['error'])}", file=sys.stderr)
+            print(f"siamdiff: error: {one_line(r['error'])}", file=sys.stderr)
         if args.json:
             _print_json(r)
         elif "error" not in r:
@@ -367,11 +367,6 @@ COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "similarity": _cmd_similarit
             "sample": _cmd_sample}
 
 
-def _one_line(message: str) -> str:
-    """``message`` with control characters (a newline in a file name, say) escaped: an error stays one line."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -381,7 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except SiamdiffError as exc:
-        print(f"siamdiff: error: {_one_line(exc.render(args.flags))}", file=sys.stderr)
+        print(f"siamdiff: error: {one_line(exc.render(args.flags))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("siamdiff: interrupted", file=sys.stderr)
@@ -394,7 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         reason = exc.strerror.lower() if exc.strerror else first_line(exc)
         where = f": '{exc.filename}'" if exc.filename else ""
-        print(f"siamdiff: error: {_one_line(reason + where)}", file=sys.stderr)
+        print(f"siamdiff: error: {one_line(reason + where)}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - a bug of ours: one line, the traceback only with --verbose
         if "can't allocate memory" in str(exc):  # torch's CPU allocator fails with a RuntimeError, not MemoryError
@@ -402,6 +397,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         if args.verbose:
             raise
-        print(f"siamdiff: internal error: {type(exc).__name__}: {_one_line(first_line(exc))} (run with -v for the "
+        print(f"siamdiff: internal error: {type(exc).__name__}: {one_line(first_line(exc))} (run with -v for the "
               f"traceback)", file=sys.stderr)
         return 1

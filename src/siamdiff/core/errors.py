@@ -18,6 +18,11 @@ def first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+def one_line(message: str) -> str:
+    """``message`` with control characters (a newline in a file name, say) escaped: an error stays one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+
+
 class SiamdiffError(Exception):
     """Bad input or configuration. ``params`` are the parameter names written as ``{name}`` in ``message``."""
 

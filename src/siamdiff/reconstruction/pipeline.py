@@ -597,9 +597,9 @@ def output_paths(inputs: list[Path], out: Path) -> list[Path]:
 STRIP_HEIGHT = 256  # frames of a taller image are shown this high in the chain's strip (the frames keep their size)
 
 
-def write_chain(folder: Path, stem: str, noisy: torch.Tensor, chain: list[tuple[int, torch.Tensor]]) -> list[str]:
-    """One image's reverse chain into ``folder``: each kept estimate as ``<stem>-chain-<k>-t<step>.png`` and the
-    noisy input followed by them as one strip, ``<stem>-chain.png``. Returns the paths, the strip first."""
+def chain_strip(noisy: torch.Tensor, chain: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
+    """One image's noisy input ``(C, H, W)`` followed by the estimates of its reverse chain, side by side, 2 white
+    pixels apart, at most :data:`STRIP_HEIGHT` high: ``(C, h, w)`` in [0, 1]."""
     frames = [noisy[:chain[0][1].shape[0]], *(f for _, f in chain)]
     h = frames[0].shape[-2]
     if h > STRIP_HEIGHT:
@@ -608,12 +608,34 @@ def write_chain(folder: Path, stem: str, noisy: torch.Tensor, chain: list[tuple[
     else:
         shown = frames
     gap = torch.ones(shown[0].shape[0], shown[0].shape[1], 2)
-    strip = torch.cat([piece for f in shown for piece in (f, gap)][:-1], dim=-1)
+    return torch.cat([piece for f in shown for piece in (f, gap)][:-1], dim=-1)
+
+
+def write_chain(folder: Path, stem: str, noisy: torch.Tensor, chain: list[tuple[int, torch.Tensor]]) -> list[str]:
+    """One image's reverse chain into ``folder``: each kept estimate as ``<stem>-chain-<k>-t<step>.png`` and the
+    strip of :func:`chain_strip` as ``<stem>-chain.png``. Returns the paths, the strip first."""
     paths = [folder / f"{stem}-chain.png", *(folder / f"{stem}-chain-{k:02d}-t{t:04d}.png"
                                              for k, (t, _) in enumerate(chain))]
-    for path, image in zip(paths, [strip, *(f for _, f in chain)]):
+    for path, image in zip(paths, [chain_strip(noisy, chain), *(f for _, f in chain)]):
         write_png_atomic(to_uint8(image), path)
     return [str(p) for p in paths]
+
+
+def denoise_one(denoiser: Denoiser, image: torch.Tensor, chain: bool = False, **options: Any
+                ) -> tuple[torch.Tensor, dict[str, Any], list[tuple[int, torch.Tensor]] | None]:
+    """Denoise one image (a batch of one, as :func:`~siamdiff.data.inputs.as_batch` gives) with
+    :meth:`Denoiser.denoise` and describe what was done: the one code path of ``siamdiff denoise`` and the web API.
+
+    Returns the cleaned image ``(C, H, W)``, its record (``sigma`` used, ``sigma_estimated``, ``sigma_estimator``,
+    ``t_start``, ``method``, ``label``, ``tiles``, ``width``, ``height``) and, with ``chain``, the reverse chain as
+    ``(step, estimate (C, H, W))`` pairs (else None)."""
+    clean, info = denoiser.denoise(image, chain=chain, **options)
+    record = {"sigma": info.sigma[0], "sigma_estimated": info.sigma_estimated[0],
+              "sigma_estimator": info.sigma_estimator, "t_start": info.t_start[0], "method": info.method,
+              "label": None if info.labels is None else info.labels[0], "tiles": info.tiles[0],
+              "width": int(clean.shape[-1]), "height": int(clean.shape[-2])}
+    frames = None if info.chain is None else [(t, f[0]) for t, f in info.chain]
+    return clean[0], record, frames
 
 
 def denoise_files(denoiser: Denoiser, inputs: Sequence[str | os.PathLike], out: str | os.PathLike,
@@ -640,15 +662,10 @@ def denoise_files(denoiser: Denoiser, inputs: Sequence[str | os.PathLike], out: 
             except ImageReadError as exc:
                 records.append({"input": str(src), "error": str(exc)})
                 continue
-            clean, info = denoiser.denoise(image, chain=chain_folder is not None, **options)
-            write_png_atomic(to_uint8(clean[0]), dst)
-            chain = {} if info.chain is None else \
-                {"chain": write_chain(chain_folder, dst.stem, image[0], [(t, f[0]) for t, f in info.chain])}
-            records.append({"input": str(src), "output": str(dst), "sigma": info.sigma[0],
-                            "sigma_estimated": info.sigma_estimated[0], "sigma_estimator": info.sigma_estimator,
-                            "t_start": info.t_start[0], "method": info.method,
-                            "label": None if info.labels is None else info.labels[0], "tiles": info.tiles[0],
-                            "width": int(clean.shape[-1]), "height": int(clean.shape[-2]), **chain})
+            clean, record, frames = denoise_one(denoiser, image, chain=chain_folder is not None, **options)
+            write_png_atomic(to_uint8(clean), dst)
+            chain = {} if frames is None else {"chain": write_chain(chain_folder, dst.stem, image[0], frames)}
+            records.append({"input": str(src), "output": str(dst), **record, **chain})
         if not any("output" in r for r in records):
             raise SiamdiffError(f"none of the {len(paths)} input(s) could be read" if len(paths) > 1 else
                                 records[0]["error"])
