@@ -6,7 +6,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "siamdiff"
 # each layer may import itself and the layers before it
-LAYERS = ["core", "data", "training", "nets", "similarity|reconstruction", "cli|demo|__init__|__main__"]
+LAYERS = ["core", "data", "training", "nets", "similarity|reconstruction", "web", "cli|demo|__init__|__main__"]
 
 
 def _modules() -> dict[str, Path]:

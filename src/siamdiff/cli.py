@@ -221,6 +221,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "and a strip of them after the noisy input (tweedie: its one step)")
     p.add_argument("--json", action="store_true", help="one JSON object per file, a failed one with its error")
 
+    p = sub.add_parser("serve", help="a local web page and REST API (pip install 'siamdiff[web]')")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (0: any free one, printed)")
+    p.add_argument("--model", dest="models", nargs="+", action="extend", metavar="NAME|PATH",
+                   help="models to serve: shipped names or model files (default: every shipped model)")
+    p.add_argument("--index", dest="indexes", nargs="+", action="extend", metavar="PATH", help="indexes to search")
+    p.add_argument("--workers", type=int, default=1, help="requests computed at once")
+    p.add_argument("--queue", type=int, default=8, help="requests waiting beyond those; more are answered 503")
+    p.add_argument("--max-upload-mb", type=float, default=16, help="largest uploaded file")
+    p.add_argument("--max-pixels", type=int, default=2048 * 2048, help="largest uploaded image")
+
     p = sub.add_parser("plot", help="pictures: pairs with scores, ROC curve, 2-D map of embeddings")
     what = p.add_subparsers(dest="what", required=True, parser_class=_Parser)
     q = what.add_parser("similarity")
@@ -354,6 +365,14 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .web.serve import serve
+
+    serve(args.host, args.port, args.models, args.indexes, workers=args.workers, queue=args.queue,
+          max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -364,7 +383,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "similarity": _cmd_similarity, "index": _cmd_index,
             "search": _cmd_search, "plot": _cmd_plot, "demo": _cmd_demo, "denoise": _cmd_denoise,
-            "sample": _cmd_sample}
+            "sample": _cmd_sample, "serve": _cmd_serve}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
