@@ -99,3 +99,18 @@ def test_readme_training_table_is_the_rebuild():
         assert cells[1] == str(job["epochs"]) and cells[2] == f"{job['train_seconds'] / 60:.1f}"
         assert cells[3] == f"{job['metrics']['recall_at_1']:.4f}"
         assert f"`{job['command']}`" in text  # the command that made the row is written beside the table
+
+
+def test_readme_server_table_is_the_benchmark():
+    result = json.loads((ROOT / "docs" / "benchmarks" / "serve.json").read_text())
+    text = (ROOT / "README.md").read_text()
+    header, *body = _table(text, "### Web server")
+    assert header == ["request", "p50 ms", "p99 ms", "requests/s"] and len(body) == 4
+    sequential, concurrent = result["similarity_sequential"], result["similarity_concurrent"]
+    expected = [(sequential, f"{1000 / sequential['mean_ms']:.0f}"), (concurrent, str(concurrent["requests_per_s"])),
+                (result["denoise"]["32x32"], ""), (result["denoise"]["256x256"], "")]
+    for cells, (row, rate) in zip(body, expected):
+        assert cells[1:] == [str(row["p50_ms"]), str(row["p99_ms"]), rate], cells
+    fuzz = result["fuzz"]
+    assert f"Of {fuzz['requests']:,} fuzzed requests" in text and f"{fuzz['status_5xx']} were" in text
+    assert fuzz["healthy_after"] and f"`{result['command']}`" in text
