@@ -6,8 +6,9 @@ the server must stay healthy). Written to docs/benchmarks/serve.{json,md}.
     python benchmarks/serve.py --pairs 50 --fuzz 100
 
 The server is ``siamdiff serve`` itself, started as a subprocess (``--threads`` torch threads, default 2) with the
-shipped MNIST and CIFAR-10 models, an index of the embedded MNIST sample and ``--max-upload-mb 1`` (so that the
-fuzzer's oversized uploads stay cheap). Each client keeps one connection open, as a script would.
+shipped MNIST and CIFAR-10 models, an index of the embedded MNIST sample, ``--max-upload-mb 1`` and
+``--max-calls 500`` (so that the fuzzer's oversized uploads and its denoisings of thousands of tiles or steps are
+refused at once, as the limits are there to do). Each client keeps one connection open, as a script would.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DOCS, describe, provenance, write  # noqa: E402
 
 MAX_UPLOAD_MB = 1
+MAX_CALLS = 500  # network calls of one denoising: the fuzzer's costly requests are refused, not computed
 # what uvicorn answers (400, plain text) to a request it cannot parse as HTTP, such as a Content-Length of -5
 PROTOCOL_REFUSAL = "Invalid HTTP request received."
 
@@ -66,9 +68,10 @@ def fuzz_requests(rng: random.Random, n: int) -> list[dict]:
         "bomb": claimed_size_png(100_000, 100_000), "wide": claimed_size_png(70_000, 1),
         "oversized": b"\x89PNG" + bytes(MAX_UPLOAD_MB * 2**20 + 10), "html": b"<html><script>alert(1)</script>",
         "gif-header": b"GIF89a" + bytes(20), "tiny": png(np.zeros((1, 1), np.uint8)),
+        "thin": png(np.zeros((1, 60_000), np.uint8)), "flat": png(np.zeros((3000, 3000), np.uint8)),
     }
     weights = {"good": 6, "colour": 2, "text": 2, "empty": 1, "truncated": 2, "random": 2, "bomb": 2, "wide": 1,
-               "oversized": 1, "html": 1, "gif-header": 1, "tiny": 2}
+               "oversized": 1, "html": 1, "gif-header": 1, "tiny": 2, "thin": 1, "flat": 1}
     numbers = ["", "0", "1", "-1", "3", "nan", "inf", "-inf", "1e309", "1e-309", "abc", "0x10", "2", " 5 ",
                "99999999999999999999999", "1.5", "10", "auto", "AUTO", "\x00", "../../etc/passwd"]
     names = [None, "", "mnist", "cifar10", "fashion-mnist", "nope", "../weights/similarity-mnist",
@@ -98,9 +101,11 @@ def fuzz_requests(rng: random.Random, n: int) -> list[dict]:
             files = {"image": upload()} if rng.random() < 0.9 else {"file": upload()}
             data = fields(["model", "sigma", "label", "guidance", "seed", "precision", "chain"])
             data["method"] = rng.choice(["tweedie", "ddim", "ancestral", "magic", "", "direct"])
-            steps = rng.choice(["1", "3", "0", "-4", "1000000000", "x", "2.5"])
-            if data["method"] != "ancestral":
-                data["steps"] = steps
+            data["steps"] = rng.choice(["1", "3", "0", "-4", "1000", "1000000000", "x", "2.5"])
+            if data["method"] == "ancestral" and files.get("image", (0, b""))[1] not in (uploads["thin"],
+                                                                                          uploads["flat"]):
+                data["sigma"] = rng.choice(["0.05", "0.1"])  # a chain of a hundred steps or so
+                data.pop("label", None)
             out.append({"method": "POST", "url": "/api/denoise", "files": files, "data": data})
         elif kind == 7:
             body = rng.choice([b"", b"garbage", b"--zz\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n",
@@ -126,7 +131,8 @@ def fuzz_requests(rng: random.Random, n: int) -> list[dict]:
 def start_server(args, index: Path) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     command = [sys.executable, "-m", "siamdiff", "serve", "--port", "0", "--model", "mnist", "cifar10",
-               "--index", str(index), "--max-upload-mb", str(MAX_UPLOAD_MB), "--workers", str(args.workers),
+               "--index", str(index), "--max-upload-mb", str(MAX_UPLOAD_MB), "--max-calls", str(MAX_CALLS),
+               "--workers", str(args.workers),
                "--queue", str(args.queue)]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     line = proc.stdout.readline()

@@ -54,7 +54,8 @@ def catalog(index_file) -> Catalog:
 
 @pytest.fixture(scope="module")
 def client(catalog) -> TestClient:
-    return TestClient(create_app(catalog, Limits(max_bytes=200_000, max_pixels=300 * 300)))
+    return TestClient(create_app(catalog, Limits(max_bytes=200_000, max_pixels=300 * 300, max_calls=500)),
+                      base_url="http://localhost")
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +94,7 @@ def test_search_is_the_cli_object_with_thumbnails(client, digits, index_file, ca
     web = client.post("/api/search", files={"image": (query.name, query.read_bytes())},
                       data={"index": "digits", "k": "3"}).json()
     assert web["query"] == query.name and web["index"] == "digits"
-    assert [{k: h[k] for k in ("path", "distance", "probability")} for h in web["results"]] == cli["results"]
+    assert [{k: v for k, v in h.items() if k not in ("id", "image_url")} for h in web["results"]] == cli["results"]
     first = web["results"][0]
     assert Path(first["path"]) == query.resolve()  # the query is in the index: itself first
     picture = client.get(first["image_url"])
@@ -150,6 +151,8 @@ def test_similarity_refusals(client, files, data, status, words):
     ({"sigma": "-1"}, 400, "sigma"), ({"sigma": "nan"}, 400, "sigma"), ({"sigma": "lots"}, 400, "sigma"),
     ({"steps": "x"}, 422, "steps"), ({"steps": "0"}, 400, "steps"), ({"label": "42"}, 400, "label"),
     ({"method": "magic"}, 400, "method"), ({"precision": "fp8"}, 400, "precision"),
+    ({"method": "ancestral", "sigma": "1"}, 400, "network calls"),  # 1,000 steps: above the test's limit of 500
+    ({"method": "ddim", "steps": "300", "label": "3"}, 400, "network calls"),  # guided: 600 calls
     ({"model": "cifar10"}, 404, "unknown denoising model"),
 ])
 def test_denoise_refusals(client, data, status, words):
@@ -157,9 +160,33 @@ def test_denoise_refusals(client, data, status, words):
     assert words in one_line_error(client.post("/api/denoise", files={"image": ("n.png", image)}, data=data), status)
 
 
+def test_work_is_counted_in_tiles(client):
+    """A thin image is as many tiles as its length: refused by the call limit however few pixels it has."""
+    thin = png(np.zeros((1, 20_000), np.uint8))
+    message = one_line_error(client.post("/api/denoise", files={"image": ("thin.png", thin)}), 400)
+    assert re.search(r"\d[\d,]* tile\(s\)", message) and "limit of 500" in message
+    ok = client.post("/api/denoise", files={"image": ("n.png", png(np.zeros((60, 60), np.uint8)))})
+    assert ok.status_code == 200 and ok.json()["tiles"] > 1
+
+
+def test_other_sites_and_host_names_are_refused(catalog):
+    local = TestClient(create_app(catalog), base_url="http://127.0.0.1:8000")
+    assert local.get("/health").status_code == 200
+    rebound = TestClient(create_app(catalog), base_url="http://attacker.example")
+    assert "answers to" in one_line_error(rebound.get("/health"), 403)
+    pair = {"a": ("a.png", GOOD), "b": ("b.png", GOOD)}
+    foreign = local.post("/api/similarity", files=pair, headers={"origin": "http://evil.example"})
+    assert "other sites" in one_line_error(foreign, 403)
+    assert local.post("/api/similarity", files=pair, headers={"origin": "http://127.0.0.1:8000"}).status_code == 200
+    anywhere = TestClient(create_app(catalog, hosts=None), base_url="http://192.168.1.4:8000")
+    assert anywhere.get("/health").status_code == 200
+
+
 def test_search_refusals(client):
     image = {"image": ("q.png", png(np.zeros((28, 28), np.uint8)))}
     assert "k" in one_line_error(client.post("/api/search", files=image, data={"k": "0"}), 400)
+    assert "k must be from 1 to 100" in one_line_error(client.post("/api/search", files=image,
+                                                                   data={"k": "1000000000000"}), 400)
     assert "k" in one_line_error(client.post("/api/search", files=image, data={"k": "many"}), 422)
     assert "unknown index" in one_line_error(client.post("/api/search", files=image, data={"index": "x"}), 404)
 
@@ -216,7 +243,8 @@ def test_gate_answers_a_burst_with_503():
         async def send(message):
             sent.append(message)
 
-        await gate({"type": "http", "method": "POST", "path": "/api/similarity", "headers": []}, receive, send)
+        await gate({"type": "http", "method": "POST", "path": "/api/similarity",
+                    "headers": [(b"host", b"127.0.0.1:8000")]}, receive, send)
         return sent
 
     async def burst():
@@ -233,10 +261,53 @@ def test_gate_answers_a_burst_with_503():
     assert gate.busy == 0
 
 
+def test_gate_bounds_slow_bodies_and_counts_every_api_request(monkeypatch):
+    """A body that does not arrive in time is answered 408 and frees its place; GETs of the API are admitted like
+    POSTs (thumbnails decode images too)."""
+    from siamdiff.web import app as web_app
+
+    monkeypatch.setattr(web_app, "BODY_SECONDS", 0.05)
+    release = asyncio.Event()
+
+    async def slow_app(scope, receive, send):
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    gate = Gate(slow_app, Limits(workers=1, queue=0))
+
+    async def call(method: str, receive) -> list[dict]:
+        sent: list[dict] = []
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": method, "path": "/api/indexes/x/images/0",
+                 "headers": [(b"host", b"localhost:8000")]}
+        await gate(scope, receive, send)
+        return sent
+
+    async def never():
+        await asyncio.sleep(3600)
+
+    async def scenario():
+        slow = await call("POST", never)
+        first = asyncio.create_task(call("GET", never))
+        await asyncio.sleep(0.01)
+        second = await call("GET", never)
+        release.set()
+        return slow, await first, second
+
+    slow, first, second = asyncio.run(scenario())
+    assert slow[0]["status"] == 408 and "did not arrive" in json.loads(slow[1]["body"])["error"]
+    assert first[0]["status"] == 200 and second[0]["status"] == 503
+    assert gate.busy == 0 and gate.reading == 0
+
+
 def test_limits_are_checked():
     from siamdiff.core.errors import SiamdiffError
 
-    for bad in (dict(workers=0), dict(queue=-1), dict(max_bytes=0), dict(max_pixels=10**9)):
+    for bad in (dict(workers=0), dict(queue=-1), dict(max_bytes=0), dict(max_pixels=10**9), dict(max_calls=0)):
         with pytest.raises(SiamdiffError):
             Limits(**bad)
 

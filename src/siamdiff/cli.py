@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .core.config import auto_or
 from .core.errors import SiamdiffError, first_line, one_line
 from .core.version import __version__
 
@@ -42,21 +43,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # one line, exit 2 (argparse's own convention)
         self.exit(2, f"siamdiff: error: {message}\n")
-
-
-def _auto_or(parse):
-    """An argparse ``type``: ``auto``, else the text parsed by ``parse`` (int or float), else the text itself, which
-    the library then refuses with a message naming the option."""
-
-    def convert(text: str):
-        if text == "auto":
-            return text
-        try:
-            return parse(text)
-        except ValueError:
-            return text
-
-    return convert
 
 
 def _numbers(text: str) -> list[float]:
@@ -199,10 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=_path, required=True, help="a .png file for one input, else a folder")
     p.add_argument("--model", default="mnist", help="mnist, fashion-mnist, cifar10 or a diffusion model file/folder")
     p.add_argument("--method", default="tweedie", choices=METHODS["diffusion"])
-    p.add_argument("--sigma", type=_auto_or(float), default="auto",
+    p.add_argument("--sigma", type=auto_or(float), default="auto",
                    help="noise level on the [0, 1] scale, or auto (default)")
     p.add_argument("--steps", type=int, default=10, help="DDIM steps")
-    p.add_argument("--label", type=_auto_or(int), help="keep this class (a number), or auto: the class predicted "
+    p.add_argument("--label", type=auto_or(int), help="keep this class (a number), or auto: the class predicted "
                                                        "from the unguided estimate (class-conditional models)")
     p.add_argument("--estimator", help="noise estimator model file, or 'wavelet' for wavelet-MAD (shipped models "
                                        "bring a learned one; other models use wavelet-MAD)")
@@ -227,10 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", dest="models", nargs="+", action="extend", metavar="NAME|PATH",
                    help="models to serve: shipped names or model files (default: every shipped model)")
     p.add_argument("--index", dest="indexes", nargs="+", action="extend", metavar="PATH", help="indexes to search")
-    p.add_argument("--workers", type=int, default=1, help="requests computed at once")
-    p.add_argument("--queue", type=int, default=8, help="requests waiting beyond those; more are answered 503")
-    p.add_argument("--max-upload-mb", type=float, default=16, help="largest uploaded file")
-    p.add_argument("--max-pixels", type=int, default=2048 * 2048, help="largest uploaded image")
+    p.add_argument("--workers", type=int, help="requests computed at once (default 1)")
+    p.add_argument("--queue", type=int, help="requests waiting beyond those (default 8); more are answered 503")
+    p.add_argument("--max-upload-mb", type=float, help="largest uploaded file (default 16)")
+    p.add_argument("--max-pixels", type=int, help="largest uploaded image (default 4096 x 4096)")
+    p.add_argument("--max-calls", type=int, help="most network calls (tiles x steps) of one denoising (default 5000)")
 
     p = sub.add_parser("plot", help="pictures: pairs with scores, ROC curve, 2-D map of embeddings")
     what = p.add_subparsers(dest="what", required=True, parser_class=_Parser)
@@ -332,7 +319,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
 
     den = Denoiser.load(args.model, args.estimator, args.classifier)
     records = denoise_files(den, args.inputs, args.out, sigma=args.sigma, method=args.method, steps=args.steps,
-                            label=args.label, guidance=args.guidance if args.label is not None else 0.0,
+                            label=args.label, guidance=args.guidance,
                             seed=args.seed, declip=not args.no_declip, overlap=args.overlap,
                             save_chain=args.save_chain, precision=args.precision)
     for r in records:
@@ -368,8 +355,8 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .web.serve import serve
 
-    serve(args.host, args.port, args.models, args.indexes, workers=args.workers, queue=args.queue,
-          max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels)
+    serve(args.host, args.port, args.models, args.indexes, max_upload_mb=args.max_upload_mb, workers=args.workers,
+          queue=args.queue, max_pixels=args.max_pixels, max_calls=args.max_calls)
     return 0
 
 

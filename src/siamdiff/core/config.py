@@ -58,3 +58,18 @@ class JsonConfig:
     @classmethod
     def from_dict(cls: type[T], d: dict[str, Any]) -> T:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def auto_or(parse: Any) -> Any:
+    """A parser of option text: ``auto``, else the text parsed by ``parse`` (int or float), else the text itself,
+    which the library then refuses with a message naming the option (the command line's and the web API's)."""
+
+    def convert(text: str) -> Any:
+        if text == "auto":
+            return text
+        try:
+            return parse(text)
+        except ValueError:
+            return text
+
+    return convert

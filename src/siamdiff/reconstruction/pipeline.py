@@ -42,7 +42,7 @@ from .estimate import WAVELET, wavelet_sigma
 from .noise import SIGMA_RANGE
 from .noise import declip as undo_clipping
 from .schedule import Schedule, sigma_for_step, step_for_sigma
-from .tiles import Blend, batches, pad_to
+from .tiles import Blend, batches, pad_to, positions
 
 # The methods of each kind of model; None: no model (baselines).
 METHODS: dict[str | None, tuple[str, ...]] = {"diffusion": DIFFUSION_METHODS, "denoiser": ("direct",), "vae": ("vae",),
@@ -349,8 +349,8 @@ class Denoiser:
     def denoise(self, images: object, sigma: float | str = "auto", method: str | None = None, steps: int = 10,
                 label: int | str | Sequence[int] | torch.Tensor | None = None, guidance: float = 0.0,
                 seed: int | torch.Generator = 0, declip: bool = True, overlap: int | None = None,
-                tile_batch: int = TILE_BATCH, chain: bool = False, precision: str = "fp32"
-                ) -> tuple[torch.Tensor, DenoiseInfo]:
+                tile_batch: int = TILE_BATCH, chain: bool = False, precision: str = "fp32",
+                max_calls: int | None = None) -> tuple[torch.Tensor, DenoiseInfo]:
         """Clean ``images`` with ``method`` (default: the model's first); returns ``(N, C, H, W)`` float in [0, 1]
         with the input's channels, and what was done (:class:`DenoiseInfo`).
 
@@ -370,7 +370,8 @@ class Denoiser:
         models; every image at one σ) in ``DenoiseInfo.chain``, at a memory cost of one image per frame;
         precision: ``"fp32"``, or ``"bf16"``: the network under bfloat16 autocast — about 3x faster on CPUs with
         bfloat16 matrix units (AMX) and on GPUs, for a change in the output far below the noise it removes
-        (``benchmarks/photos.py`` measures both).
+        (``benchmarks/photos.py`` measures both); max_calls: refuse, before starting, work of more network calls
+        (tiles × steps) than this (a server's bound on one request).
         """
         method = method or self.methods[0]
         if method not in self.methods:
@@ -403,6 +404,8 @@ class Denoiser:
             if self.kind == "diffusion" and declip:
                 colour = undo_clipping(colour, sig)
             rows, row_sigma, per_image, back = _to_channels(colour, self.channels, sig, generator)
+            self._check_calls(rows, row_sigma, method, steps, label is not None and guidance != 0, overlap,
+                              max_calls)
             keep = self._chain_calls(method, steps, row_sigma) if chain else None
             whole = per_image == 1 and rows.shape[-2:] == (self.image_size, self.image_size)
             labels = self._labels(label, rows if per_image == 1 else colour, row_sigma if per_image == 1 else sig,
@@ -432,8 +435,30 @@ class Denoiser:
         if len(entry) > 1:
             raise SiamdiffError("{chain} follows one reverse chain: give images of one noise level (one image, or "
                                 "one {sigma} for all)", "chain", "sigma")
-        calls = {"tweedie": 1, "ddim": steps, "ancestral": entry.pop() + 1}[method]
+        calls = self._calls_per_image(method, steps, entry.pop())
         return {int(k) for k in np.linspace(0, calls - 1, min(calls, CHAIN_FRAMES)).round()}
+
+    def _calls_per_image(self, method: str, steps: int, t_star: int) -> int:
+        """Network calls of ``method`` on one image (or tile) of the model's size entering the chain at ``t_star``
+        (guidance doubles them)."""
+        return {"tweedie": 1, "ddim": steps, "ancestral": t_star + 1}.get(method, 1)
+
+    def _check_calls(self, rows: torch.Tensor, sigma: torch.Tensor, method: str, steps: int, guided: bool,
+                     overlap: int, max_calls: int | None) -> None:
+        """Refuse, before any of it is done, work of more than ``max_calls`` network calls on tiles of the model's
+        size: tiles of each image (its padded size) × calls of the method from its entry step."""
+        if max_calls is None or self.net is None:
+            return
+        size = self.image_size
+        h, w = rows.shape[-2:]
+        tiles = 1 if (h, w) == (size, size) else len(positions(max(h, size), max(w, size), size, overlap))
+        entry = step_for_sigma(self.schedule, sigma) if self.schedule is not None else torch.zeros(len(rows))
+        per_tile = [self._calls_per_image(method, steps, int(t)) * (2 if guided else 1) for t in entry]
+        calls = tiles * sum(per_tile)
+        if calls > max_calls:
+            raise SiamdiffError(f"this would take {calls:,} network calls ({len(rows)} image(s) or channel(s) of "
+                                f"{tiles:,} tile(s), {max(per_tile):,} call(s) each with {method}), more than the "
+                                f"limit of {max_calls:,}: use tweedie, fewer {{steps}} or a smaller image", "steps")
 
     def _overlap(self, overlap: int | None) -> int:
         if self.image_size is None:
@@ -626,9 +651,11 @@ def denoise_one(denoiser: Denoiser, image: torch.Tensor, chain: bool = False, **
     """Denoise one image (a batch of one, as :func:`~siamdiff.data.inputs.as_batch` gives) with
     :meth:`Denoiser.denoise` and describe what was done: the one code path of ``siamdiff denoise`` and the web API.
 
-    Returns the cleaned image ``(C, H, W)``, its record (``sigma`` used, ``sigma_estimated``, ``sigma_estimator``,
+    A ``guidance`` given without a ``label`` is ignored. Returns the cleaned image ``(C, H, W)``, its record (``sigma`` used, ``sigma_estimated``, ``sigma_estimator``,
     ``t_start``, ``method``, ``label``, ``tiles``, ``width``, ``height``) and, with ``chain``, the reverse chain as
     ``(step, estimate (C, H, W))`` pairs (else None)."""
+    if options.get("label") is None:
+        options["guidance"] = 0.0  # guidance keeps a class: without one there is nothing to guide towards
     clean, info = denoiser.denoise(image, chain=chain, **options)
     record = {"sigma": info.sigma[0], "sigma_estimated": info.sigma_estimated[0],
               "sigma_estimator": info.sigma_estimator, "t_start": info.t_start[0], "method": info.method,

@@ -72,7 +72,7 @@ class Catalog:
         kind = read_metadata(path)["kind"]
         label = _name_of(path)
         if kind == "similarity":
-            self._put(self.similarity, label, SimilarityModel.load(path))
+            self._put(self.similarity, label, _calibrated(SimilarityModel.load(path), given))
         elif kind in DENOISING_KINDS:
             self._put(self.denoisers, label, Denoiser.load(path, kind=kind))
         else:
@@ -80,12 +80,13 @@ class Catalog:
 
     def _add_index(self, given: str) -> None:
         index = Index.load(given)
-        model = next((m for m in self.similarity.values() if m.fingerprint == index.fingerprint), None)
-        if model is None:
-            if not index.model:
-                raise SiamdiffError(f"index '{given}' does not record the model that built it")
-            model = SimilarityModel.load(index.model)
+        if not index.model:
+            raise SiamdiffError(f"index '{given}' does not record the model that built it")
+        # the served model of that name when it is the one (same weights), else the model loaded for the index
+        model = next((m for m in self.similarity.values() if m.source == index.model and
+                      m.fingerprint == index.fingerprint), None) or SimilarityModel.load(index.model)
         index.check_model(model)
+        _calibrated(model, index.model)
         self._put(self.indexes, Path(given).name.split(".")[0] or "index", ServedIndex(index, model))
 
     @staticmethod
@@ -112,6 +113,14 @@ class Catalog:
         indexes = [{"name": n, "images": len(s.index.paths), "model": s.model.source}
                    for n, s in self.indexes.items()]
         return {"models": models, "indexes": indexes}
+
+
+def _calibrated(model: SimilarityModel, given: str) -> SimilarityModel:
+    """``model``, refused when it has no calibration: a served score needs its probability."""
+    if model.calibration is None:
+        raise SiamdiffError(f"similarity model '{given}' has no calibration (it was not trained with validation "
+                            f"pairs): serve needs one to give probabilities")
+    return model
 
 
 def _name_of(path: Path) -> str:

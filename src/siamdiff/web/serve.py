@@ -1,9 +1,11 @@
-"""Start the server: check everything (the extra installed, the models, the address) before listening."""
+"""Start the server: check everything (the extra installed, the address, the models) before answering."""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import math
+import os
 import socket
 import sys
 
@@ -11,7 +13,7 @@ from ..core.errors import SiamdiffError, number, require
 
 
 def is_loopback(host: str) -> bool:
-    """Whether ``host`` is reachable from this machine only."""
+    """Whether ``host`` (a name or an address) is reachable from this machine only."""
     if host.lower() == "localhost":
         return True
     try:
@@ -41,25 +43,37 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000, models: list[str] | None = None,
-          indexes: list[str] | None = None, workers: int = 1, queue: int = 8, max_upload_mb: float = 16,
-          max_pixels: int = 2048 * 2048) -> None:
-    """Load the models and indexes, then serve the page and the API until interrupted."""
+          indexes: list[str] | None = None, max_upload_mb: float | None = None, **limits: int | None) -> None:
+    """Listen, load the models and indexes, then serve the page and the API until interrupted. ``limits``: the
+    fields of :class:`~siamdiff.web.app.Limits` (None: its default)."""
     try:
         import fastapi  # noqa: F401
         import multipart  # noqa: F401 - python-multipart, which FastAPI needs for uploads
         import uvicorn
     except ImportError:
         raise SiamdiffError("the web server needs FastAPI and uvicorn: pip install 'siamdiff[web]'") from None
-    from .app import Limits, create_app
+    from .app import LOOPBACK_NAMES, Limits, create_app
     from .catalog import Catalog
 
-    megabytes = number(max_upload_mb, "max_upload_mb")
-    require(math.isfinite(megabytes) and megabytes > 0, "max_upload_mb", "a positive number", max_upload_mb)
-    limits = Limits(max_bytes=max(1, int(megabytes * 2**20)), max_pixels=max_pixels, workers=workers, queue=queue)
-    catalog = Catalog.load(models, indexes)
-    catalog.warm_up()
-    sock = listen(host, port)
-    if not is_loopback(host):
+    given = {k: v for k, v in limits.items() if v is not None}
+    if max_upload_mb is not None:
+        megabytes = number(max_upload_mb, "max_upload_mb")
+        require(math.isfinite(megabytes) and megabytes > 0, "max_upload_mb", "a positive number", max_upload_mb)
+        given["max_bytes"] = max(1, int(megabytes * 2**20))
+    unknown = set(given) - {f.name for f in dataclasses.fields(Limits)}
+    if unknown:
+        raise TypeError(f"unknown limits: {', '.join(sorted(unknown))}")
+    settings = Limits(**given)
+    sock = listen(host, port)  # a port in use is said at once, not after the models are loaded
+    try:
+        bound = sock.getsockname()[0]
+        local = is_loopback(bound)
+        catalog = Catalog.load(models, indexes)
+        catalog.warm_up()
+    except BaseException:
+        sock.close()
+        raise
+    if not local:
         print(f"siamdiff: warning: listening on {host}, not on loopback: anyone who can reach this machine can use "
               f"the server (it has no authentication)", file=sys.stderr)
     where = sock.getsockname()
@@ -67,5 +81,16 @@ def serve(host: str = "127.0.0.1", port: int = 8000, models: list[str] | None = 
     print(f"siamdiff: serving on http://{shown}:{where[1]}/ ({len(catalog.similarity)} similarity, "
           f"{len(catalog.denoisers)} denoising model(s), {len(catalog.indexes)} index(es)); Ctrl-C stops",
           flush=True)
-    config = uvicorn.Config(create_app(catalog, limits), log_level="warning", access_log=False)
-    uvicorn.Server(config).run(sockets=[sock])
+    app = create_app(catalog, settings, LOOPBACK_NAMES | {host.lower(), bound} if local else None)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2)
+    interrupted = False
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:
+        interrupted = True
+    # A request still being computed would hold the exit until it ends (the pool's thread is joined at exit): a
+    # stop is a stop, so leave without it, with the command line's code for an interruption.
+    print("siamdiff: stopped", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130 if interrupted else 0)
