@@ -1,9 +1,11 @@
 """Similarity benchmark: the evaluation protocol of docs/similarity.md on the shipped models (and on other models
-given by ``--models``), pair-scoring and search latency, written to docs/benchmarks/similarity.{json,md}.
+given by ``--models``), pair-scoring and search latency and the 2AFC agreement of the graded score and its peers,
+written to docs/benchmarks/similarity.{json,md}.
 
     python benchmarks/similarity.py --data-dir ../shared/data                      # the shipped models
     python benchmarks/similarity.py --data-dir ../shared/data --models runs/bench   # also DIR/<dataset>-seed/
     python benchmarks/similarity.py --data-dir ../shared/data --latency-only        # latency again
+    python benchmarks/similarity.py --data-dir ../shared/data --agreement-only      # 2AFC agreement again
 
 Each row records the `siamdiff eval similarity` command that gives it alone, and the command that trained the
 model (from the shipped model card, or from the model file).
@@ -88,6 +90,115 @@ def latency(data_dir: str, repeats: int = 200) -> dict:
             **provenance()}
 
 
+SCORES = ("siamdiff graded score", "siamdiff embedding distance", "seed embedding distance", "classifier embedding",
+          "pixel SSIM")
+
+
+def scorers(dataset: str, args: argparse.Namespace) -> dict:
+    """The scores the 2AFC agreement compares, as functions of two uint8 batches (higher: more similar): the shipped
+    model's graded score and embedding distance, the seed design's (with ``--models``), the penultimate layer of the
+    shipped classifier (cosine) and pixel SSIM."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from siamdiff.core.checkpoint import load_model
+    from siamdiff.core.registry import shipped_path
+    from siamdiff.similarity.api import SimilarityModel
+    from siamdiff.similarity.evaluate import ssim_scores
+
+    model = SimilarityModel.load(dataset)
+    classifier, _ = load_model(shipped_path("classifier", dataset), kind="classifier")
+    classifier.eval()
+
+    @torch.no_grad()
+    def penultimate(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        fa, fb = (classifier.pooled(torch.as_tensor(x)) for x in (a, b))
+        return F.cosine_similarity(fa, fb, dim=1).numpy()
+
+    def ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return ssim_scores(torch.as_tensor(np.concatenate([a, b])), np.arange(len(a)), np.arange(len(a), 2 * len(a)))
+
+    out = {"siamdiff graded score": lambda a, b: model.score_batch(a, b)["similarity"],
+           "siamdiff embedding distance": lambda a, b: -model.score_batch(a, b)["distance"],
+           "classifier embedding": penultimate, "pixel SSIM": ssim}
+    seed = args.models / f"{dataset}-seed" / "model.safetensors" if args.models else None
+    if seed is not None and seed.is_file():
+        seed_model = SimilarityModel.load(seed)
+        out["seed embedding distance"] = lambda a, b: -np.linalg.norm(seed_model.embed(a) - seed_model.embed(b),
+                                                                       axis=1)
+    return out
+
+
+GRID = {"weight": (0.05, 0.1, 0.2, 0.3, 0.5), "sharpness": (1, 4, 10, 20)}  # the graded score's settings tried
+CATEGORY_SLACK = 0.01  # how much validation category agreement a setting may lose against the embedding distance
+
+
+def validation_grid(dataset: str, val, n: int) -> list[dict]:
+    """The graded score's 2AFC agreement on validation triplets for each setting of :data:`GRID`: how its weight
+    and sharpness were chosen (never on test)."""
+    import numpy as np
+
+    from siamdiff.similarity import agreement as afc
+    from siamdiff.similarity.api import SimilarityModel
+    from siamdiff.similarity.graded import graded
+
+    model = SimilarityModel.load(dataset)
+    scored = {}
+    for kind in afc.KINDS:
+        a, e, o = (t.numpy() for t in afc.triplets(val.images, val.labels.numpy(), kind, n))
+        scored[kind] = (model.score_batch(a, e), model.score_batch(a, o))
+    def agree(e: np.ndarray, o: np.ndarray) -> float:
+        return round(float(np.mean((e > o) + 0.5 * (e == o))), 4)
+
+    rows = [{"dataset": dataset, "weight": None, "sharpness": None,
+             "agreement": {kind: agree(-se["distance"], -so["distance"]) for kind, (se, so) in scored.items()}}]
+    for weight in GRID["weight"]:
+        for sharpness in GRID["sharpness"]:
+            rows.append({"dataset": dataset, "weight": weight, "sharpness": sharpness, "agreement": {
+                kind: agree(*(graded(s["probability"], s["appearance"], weight, sharpness) for s in (se, so)))
+                for kind, (se, so) in scored.items()}})
+    return rows
+
+
+def chosen_setting(grid: list[dict]) -> tuple[float, float] | None:
+    """Category first: among the settings whose validation category agreement is within :data:`CATEGORY_SLACK` of
+    the embedding distance's on every dataset, the one with the highest mean near-copy and graded agreement."""
+    reference = {g["dataset"]: g["agreement"]["category"] for g in grid if g["weight"] is None}
+    settings = dict.fromkeys((g["weight"], g["sharpness"]) for g in grid if g["weight"] is not None)
+    best, best_mean = None, -1.0
+    for setting in settings:
+        rows = [g for g in grid if (g["weight"], g["sharpness"]) == setting]
+        if all(g["agreement"]["category"] >= reference[g["dataset"]] - CATEGORY_SLACK for g in rows):
+            mean = sum(g["agreement"][k] for g in rows for k in ("near-copy", "graded")) / (2 * len(rows))
+            if mean > best_mean:
+                best, best_mean = setting, mean
+    return best
+
+
+def agreement(data_dir: str, datasets: list[str], args: argparse.Namespace, n: int = 1000) -> dict:
+    """2AFC agreement of each score on ``n`` triplets of each kind from each test split
+    (:mod:`siamdiff.similarity.agreement`), and the graded score's settings tried on the validation split."""
+    from siamdiff.data.datasets import load_splits
+    from siamdiff.similarity import agreement as afc
+    from siamdiff.similarity.graded import SHARPNESS, WEIGHT
+
+    rows, grid = [], []
+    for dataset in datasets:
+        val, test = load_splits(dataset, ("val", "test"), data_dir)
+        grid += validation_grid(dataset, val, n)
+        scores = scorers(dataset, args)
+        for kind in afc.KINDS:
+            triplet = afc.triplets(test.images, test.labels.numpy(), kind, n)
+            row = {"dataset": dataset, "kind": kind, "triplets": len(triplet[0]),
+                   "agreement": {name: round(afc.agreement(fn, *triplet), 4) for name, fn in scores.items()}}
+            print(f"2AFC {dataset} {kind}: " + ", ".join(f"{k} {v:.3f}" for k, v in row["agreement"].items()),
+                  flush=True)
+            rows.append(row)
+    return {"rows": rows, "seed": afc.SEED, "weight": WEIGHT, "sharpness": SHARPNESS, "validation_grid": grid,
+            "rule": list(chosen_setting(grid) or ()), **provenance()}
+
+
 def markdown(result: dict) -> str:
     lines = ["# Similarity benchmark", "",
              f"Generated by `{result['command']}` at code version `{result['code_version']}` on "
@@ -119,6 +230,33 @@ def markdown(result: dict) -> str:
                   f"| search one query, exact, {lat['index_size']:,}-image index, k=5 | "
                   f"{lat['search_query']['median_ms']} | {lat['search_query']['p25_ms']} | "
                   f"{lat['search_query']['p75_ms']} |"]
+    agree = result.get("agreement")
+    if agree:
+        names = [n for n in SCORES if any(n in r["agreement"] for r in agree["rows"])]
+        lines += ["", f"2AFC agreement (docs/similarity.md): for triplets of the test split (anchor, expected, other; "
+                      f"seed {agree['seed']}), how often each score ranks the expected image above the other "
+                      f"(`{agree['command']}`, code `{agree['code_version']}`, {agree['date']}).", "",
+                  "| dataset | triplets | n | " + " | ".join(names) + " |", "|---" * (3 + len(names)) + "|"]
+        for r in agree["rows"]:
+            cells = [f"{r['agreement'][n]:.4f}" if n in r["agreement"] else "" for n in names]
+            lines.append(f"| {r['dataset']} | {r['kind']} | {r['triplets']} | " + " | ".join(cells) + " |")
+        datasets = list(dict.fromkeys(r["dataset"] for r in agree["validation_grid"]))
+        kinds = list(agree["validation_grid"][0]["agreement"])
+        rule = tuple(agree["rule"]) if agree["rule"] else None
+        lines += ["", f"The graded score's settings on validation triplets (the same construction on the validation "
+                      f"split; the first row is the embedding distance). The rule — category first: among the "
+                      f"settings within {CATEGORY_SLACK} of the embedding distance's category agreement on every "
+                      f"dataset, the highest mean near-copy and graded agreement — picks weight "
+                      f"{rule[0] if rule else '-'}, sharpness {rule[1] if rule else '-'}; the shipped setting is "
+                      f"weight {agree['weight']}, sharpness {agree['sharpness']}.", "",
+                  "| weight | sharpness | " + " | ".join(f"{d} {k}" for d in datasets for k in kinds) + " |",
+                  "|---" * (2 + len(datasets) * len(kinds)) + "|"]
+        for weight, sharpness in dict.fromkeys((g["weight"], g["sharpness"]) for g in agree["validation_grid"]):
+            cells = [next(g for g in agree["validation_grid"] if (g["dataset"], g["weight"], g["sharpness"]) ==
+                          (d, weight, sharpness))["agreement"][k] for d in datasets for k in kinds]
+            mark = " (shipped)" if (weight, sharpness) == (agree["weight"], agree["sharpness"]) else ""
+            name = "embedding distance" if weight is None else f"{weight}{mark}"
+            lines.append(f"| {name} | {sharpness or ''} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -128,16 +266,21 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="*", default=list(DATASETS))
     parser.add_argument("--models", type=Path, help="folder of other models: DIR/<dataset>-<design>/")
     parser.add_argument("--latency-only", action="store_true", help="only measure the latency again")
+    parser.add_argument("--agreement-only", action="store_true", help="only measure the 2AFC agreement again")
     parser.add_argument("--out", type=Path, default=DOCS)
     args = parser.parse_args()
     path = args.out / "similarity.json"
-    if args.latency_only:
+    if args.latency_only or args.agreement_only:
         result = json.loads(path.read_text())
-        result["latency"] = latency(args.data_dir)
+        if args.latency_only:
+            result["latency"] = latency(args.data_dir)
+        if args.agreement_only:
+            result["agreement"] = agreement(args.data_dir, args.datasets, args)
     else:
         result = {**provenance(), "rows": [evaluate(d, design, model, args) for d in args.datasets
                                            for design, model in models_of(d, args)]}
         result["latency"] = latency(args.data_dir)
+        result["agreement"] = agreement(args.data_dir, args.datasets, args)
     write(result, markdown(result), args.out, "similarity")
     print(f"wrote {args.out / 'similarity.md'}")
 

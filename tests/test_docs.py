@@ -114,3 +114,16 @@ def test_readme_server_table_is_the_benchmark():
     fuzz = result["fuzz"]
     assert f"Of {fuzz['requests']:,} fuzzed requests" in text and f"{fuzz['status_5xx']} were" in text
     assert fuzz["healthy_after"] and f"`{result['command']}`" in text
+
+
+def test_readme_agreement_table_is_the_benchmark():
+    result = json.loads((ROOT / "docs" / "benchmarks" / "similarity.json").read_text())["agreement"]
+    text = (ROOT / "README.md").read_text()
+    header, *body = _table(text, "### 2AFC agreement")
+    assert header[:2] == ["dataset", "triplets"] and len(body) == len(result["rows"])
+    names = {"MNIST": "mnist", "Fashion-MNIST": "fashion-mnist", "CIFAR-10": "cifar10"}
+    for cells, row in zip(body, result["rows"]):
+        assert (names[cells[0]], cells[1]) == (row["dataset"], row["kind"])
+        for title, cell in zip(header[2:], cells[2:]):
+            assert cell == f"{row['agreement'][title]:.3f}", (cells[0], cells[1], title)
+    assert f"`{result['command']}`" in text

@@ -160,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=_path, required=True, help="PNG grid")
 
-    p = sub.add_parser("similarity", help="how similar are two images (probability of same category)")
+    p = sub.add_parser("similarity", help="how similar are two images: a graded score, category first, "
+                                          "appearance second")
     p.add_argument("a")
     p.add_argument("b")
     p.add_argument("--model", default="mnist")
@@ -285,7 +286,8 @@ def _cmd_similarity(args: argparse.Namespace) -> int:
         _print_json(result)
     else:
         verdict = "same category" if result["same"] else "different categories"
-        print(f"{result['probability']:.3f}  ({verdict}; distance {result['distance']:.3f})")
+        print(f"{result['similarity']:.3f}  ({verdict}; probability {result['probability']:.3f}, appearance "
+              f"{result['appearance']:.3f}, distance {result['distance']:.3f})")
     return 0
 
 
@@ -310,7 +312,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
         _print_json({"query": args.image, "results": hits})
     else:
         for h in hits:
-            print(f"{h['probability']:.3f}  {h['distance']:.3f}  {h['path']}")
+            graded = "  -  " if h["similarity"] is None else f"{h['similarity']:.3f}"
+            print(f"{graded}  {h['probability']:.3f}  {h['distance']:.3f}  {h['path']}")
     return 0
 
 

@@ -45,11 +45,13 @@ def _section(name: str, out: Path) -> tuple[list[str], dict]:
     paths = _write_sample_images(name, out / "images" / name)
     # A few pairs, scored from the written PNG files as a user would.
     i, j, same = balanced_pairs(data.labels.numpy(), 6, seed=7)
-    lines += ["| image A | image B | truth | p(same) | distance | decision |", "|---|---|---|---|---|---|"]
+    lines += ["| image A | image B | truth | similarity | p(same) | appearance | distance | decision |",
+              "|---|---|---|---|---|---|---|---|"]
     for a, b, s in zip(i, j, same):
         r = model.score(paths[a], paths[b])
         lines.append(f"| {paths[a].relative_to(out)} | {paths[b].relative_to(out)} | "
-                     f"{'same' if s else 'different'} | {r['probability']:.3f} | {r['distance']:.3f} | "
+                     f"{'same' if s else 'different'} | {r['similarity']:.3f} | {r['probability']:.3f} | "
+                     f"{r['appearance']:.3f} | {r['distance']:.3f} | "
                      f"{'same' if r['same'] else 'different'} |")
     # Search: index the sample folder, query three images.
     index_path = out / f"index-{name}.safetensors"

@@ -156,9 +156,28 @@ class EmbeddingNet(nn.Module):
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         return nn.Sequential(*layers), nn.Linear(cin, c.embed_dim)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def _normalized(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-        x = (x - self.mean) / self.std
+        return (x - self.mean) / self.std
+
+    def stem(self, images: torch.Tensor) -> torch.Tensor:
+        """The maps of the first layer ``(N, C, H, W)``: the first convolution with its batch norm, and its ReLU
+        where the design has one (the seed has none) — what the image looks like to the network, before any
+        pooling."""
+        x = self._normalized(images)
+        for k, layer in enumerate(self.features):
+            x = layer(x)
+            if isinstance(layer, nn.ReLU) or (isinstance(layer, nn.BatchNorm2d) and not isinstance(
+                    self.features[k + 1], nn.ReLU)):
+                return x
+        raise ValueError("the network has no first layer")
+
+    def pooled(self, images: torch.Tensor) -> torch.Tensor:
+        """The trunk's features ``(N, F)``, pooled, before the head (a classifier's penultimate layer)."""
+        return self.features(self._normalized(images))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self._normalized(images)
         z = self.head(self.features(x))
         if self.config.mirror_average and not self.training:
             z = (z + self.head(self.features(x.flip(3)))) / 2

@@ -2,7 +2,7 @@
 
 >>> from siamdiff import SimilarityModel
 >>> model = SimilarityModel.load("mnist")
->>> model.score("a.png", "b.png")          # {"probability": 0.99, "distance": 0.12, "same": True}
+>>> model.score("a.png", "b.png")   # {"similarity": 0.93, "probability": 0.99, "distance": 0.12, "same": True, ...}
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from ..data.inputs import as_batch, to_uint8
 from ..nets.convnet import EmbeddingNet
 from .calibration import Calibration
 from .embed import embed
+from .graded import graded, shift_cosine
 
 ImageLike = str | os.PathLike | np.ndarray | torch.Tensor  # or a PIL image: see siamdiff.data.inputs
 
@@ -94,6 +95,8 @@ class SimilarityModel:
             batch = images
         else:
             batch = np.stack([self.prepare(im) for im in as_batch(images, "images", keep_alpha=False)])
+        if isinstance(batch, np.ndarray) and not batch.flags.writeable:
+            batch = batch.copy()  # a view of a PIL image is read-only; torch wants to be able to write
         return embed(self.net, torch.as_tensor(batch), batch_size=batch_size)
 
     def probability(self, distance: np.ndarray | float) -> np.ndarray:
@@ -102,9 +105,33 @@ class SimilarityModel:
             raise SiamdiffError("this model has no calibration (it was not trained with validation pairs)")
         return self.calibration.probability(distance)
 
+    @torch.no_grad()
+    def appearance(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """How alike the pairs ``(a[k], b[k])`` look, ``(N,)`` in [0, 1]: the shift-tolerant cosine of the network's
+        stem maps (:mod:`siamdiff.similarity.graded`). ``a`` and ``b``: uint8 batches of the model's shape, as
+        :meth:`prepare` gives."""
+        self.net.eval()
+        device = next(self.net.parameters()).device
+        maps = [self.net.stem(torch.tensor(np.asarray(x), device=device)) for x in (a, b)]  # copied: may be read-only
+        return shift_cosine(*maps).cpu().numpy().astype(np.float64)
+
+    def score_batch(self, a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
+        """:meth:`score` of the pairs ``(a[k], b[k])``: arrays ``(N,)`` under the same keys. ``a`` and ``b``:
+        uint8 batches of the model's shape, as :meth:`prepare` gives."""
+        if self.calibration is None:
+            self.probability(0.0)  # refuses: no calibration
+        both = self.embed(np.concatenate([a, b]))
+        d = np.linalg.norm(both[:len(a)] - both[len(a):], axis=1).astype(np.float64)
+        p = np.asarray(self.probability(d), dtype=np.float64)
+        q = self.appearance(a, b)
+        return {"similarity": graded(p, q), "probability": p, "distance": d, "same": d <= self.calibration.threshold,
+                "appearance": q}
+
     def score(self, a: ImageLike, b: ImageLike) -> dict[str, float | bool]:
-        """Compare two images: ``{"probability", "distance", "same"}`` (``same`` uses the validation threshold)."""
-        ea, eb = self.embed([a, b])
-        d = float(np.linalg.norm(ea - eb))
-        p = float(self.probability(d))
-        return {"probability": p, "distance": d, "same": bool(d <= self.calibration.threshold)}
+        """Compare two images: ``{"similarity", "probability", "distance", "same", "appearance"}``.
+
+        ``similarity`` is the graded score in [0, 1] (category first, appearance second:
+        :mod:`siamdiff.similarity.graded`); ``probability`` the calibrated probability of one category; ``same``
+        the decision at the validation threshold; ``appearance`` how alike the two look, in [0, 1]."""
+        row = self.score_batch(self.prepare(a)[None], self.prepare(b)[None])
+        return {k: bool(v[0]) if k == "same" else float(v[0]) for k, v in row.items()}

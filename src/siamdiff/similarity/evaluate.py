@@ -22,7 +22,7 @@ from ..core.errors import SiamdiffError, require
 from ..data.datasets import ImageSet, load_splits
 from .api import SimilarityModel
 from .metrics import best_threshold, equal_error_rate, leave_one_out, retrieval_metrics, roc_auc, verification_accuracy
-from .pairs import balanced_pairs
+from .pairs import balanced_pairs, pixel_anchors, pixel_distances
 
 log = logging.getLogger(__name__)
 TEST_PAIRS = 10_000
@@ -36,20 +36,9 @@ def hard_pairs(images: torch.Tensor, labels: np.ndarray, n: int, seed: int = HAR
 
     Hard negative: nearest image of another class in pixel L2; hard positive: farthest image of the same class.
     """
-    rng = np.random.default_rng(seed)
-    counts = np.bincount(labels)
-    eligible = np.flatnonzero(counts[labels] > 1)  # an anchor needs another image of its class
-    if len(eligible) == 0 or len(counts[counts > 0]) < 2:
-        raise SiamdiffError("hard pairs need two classes and a class with two images")
-    anchors = rng.choice(eligible, size=min(n, len(eligible)), replace=False)
-    flat = images.reshape(len(images), -1).float() / 255.0
-    sq = flat.pow(2).sum(1)
-    lab = torch.as_tensor(labels)
+    anchors = pixel_anchors(labels, n, np.random.default_rng(seed), 1, "hard pairs")
     neg, pos = [], []
-    for s in range(0, len(anchors), 256):
-        a = torch.as_tensor(anchors[s:s + 256])
-        d2 = sq[a][:, None] + sq[None, :] - 2 * flat[a] @ flat.T
-        same = lab[a][:, None] == lab[None, :]
+    for a, d2, same in pixel_distances(images, labels, anchors):
         neg.append(d2.masked_fill(same, float("inf")).argmin(1))
         far = d2.masked_fill(~same, float("-inf"))
         far[torch.arange(len(a)), a] = float("-inf")

@@ -20,6 +20,7 @@ from ..core.errors import ImageReadError, SiamdiffError, first_line, require
 from ..core.files import atomic_write, check_writable
 from ..data.imageio import list_images
 from .api import ImageLike, SimilarityModel
+from .graded import graded
 from .metrics import knn_search
 
 log = logging.getLogger(__name__)
@@ -159,15 +160,28 @@ def build_index(folder: str | os.PathLike, model: SimilarityModel, out: str | os
 
 
 def search(index: Index, model: SimilarityModel, query: ImageLike | np.ndarray, k: int = 5,
-           use_faiss: bool = False) -> list[dict[str, float | str]]:
-    """The ``k`` nearest images to ``query``: ``[{"path", "distance", "probability"}]``, nearest first."""
+           use_faiss: bool = False) -> list[dict[str, float | str | None]]:
+    """The ``k`` nearest images to ``query``: ``[{"path", "similarity", "distance", "probability"}]``, nearest
+    first. ``similarity`` is the graded score of :meth:`SimilarityModel.score`, from each result's file as it is now
+    (None when it can no longer be read, or when ``query`` is an embedding rather than an image)."""
     require(isinstance(k, int) and not isinstance(k, bool) and k >= 1, "k", "a positive number", k)
     index.check_model(model)
-    q = model.embed([query])[0] if not (isinstance(query, np.ndarray) and query.ndim == 1) else query
+    image = None if isinstance(query, np.ndarray) and query.ndim == 1 else model.prepare(query)
+    q = query if image is None else model.embed(image[None])[0]
     dist, idx = nearest(index.embeddings, q[None, :], min(k, len(index.paths)), use_faiss)
     prob = model.probability(dist[0]) if model.calibration else np.full(len(idx[0]), np.nan)
-    return [{"path": index.paths[i], "distance": float(d), "probability": float(p)}
-            for i, d, p in zip(idx[0], dist[0], prob)]
+    hits = []
+    for i, d, p in zip(idx[0], dist[0], prob):
+        similarity = None
+        if image is not None and model.calibration:
+            try:
+                found = model.prepare(index.paths[i])
+            except ImageReadError:
+                found = None
+            if found is not None:
+                similarity = float(graded(p, model.appearance(image[None], found[None])[0]))
+        hits.append({"path": index.paths[i], "similarity": similarity, "distance": float(d), "probability": float(p)})
+    return hits
 
 
 def nearest(gallery: np.ndarray, queries: np.ndarray, k: int, use_faiss: bool = False) -> tuple[np.ndarray,

@@ -9,7 +9,12 @@ evaluation.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
+import torch
+
+from ..core.errors import SiamdiffError
 
 
 class _ClassIndex:
@@ -99,3 +104,26 @@ def balanced_triplets(labels: np.ndarray, n: int, seed: int) -> tuple[np.ndarray
         raise ValueError("no class has two images: no triplet exists")
     anchors = rng.choice(eligible, size=n, replace=n > len(eligible))
     return anchors, index.draw_same(anchors, rng), index.draw_other(anchors, rng)
+
+
+def pixel_anchors(labels: np.ndarray, n: int, rng: np.random.Generator, others: int, what: str) -> np.ndarray:
+    """``n`` random anchors (at most as many as there are) whose class has more than ``others`` other images, or a
+    refusal naming ``what`` needs them."""
+    counts = np.bincount(labels)
+    eligible = np.flatnonzero(counts[labels] > others)
+    if len(eligible) == 0 or np.count_nonzero(counts) < 2:
+        raise SiamdiffError(f"{what} need two classes and a class of more than {others} images")
+    return rng.choice(eligible, size=min(n, len(eligible)), replace=False)
+
+
+def pixel_distances(images: torch.Tensor, labels: np.ndarray, anchors: np.ndarray, block: int = 256
+                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """For ``block`` anchors at a time: their indices ``(B,)``, their squared pixel L2 distances ``(B, N)`` to every
+    uint8 image of ``images`` (on the [0, 1] scale; one matrix product) and the mask ``(B, N)`` of the images of
+    their class: the measure of "alike" of the hard pairs and the 2AFC triplets."""
+    flat = images.reshape(len(images), -1).float() / 255.0
+    sq = flat.pow(2).sum(1)
+    lab = torch.as_tensor(labels)
+    for s in range(0, len(anchors), block):
+        a = torch.as_tensor(anchors[s:s + block])
+        yield a, sq[a][:, None] + sq[None, :] - 2 * flat[a] @ flat.T, lab[a][:, None] == lab[None, :]

@@ -131,13 +131,12 @@ function setUpCompare() {
     e.preventDefault();
     busy(pane, async () => {
       const r = await post("/api/similarity", new FormData(e.target));
-      const graded = "similarity" in r;
-      $("#compare-score").textContent = (graded ? r.similarity : r.probability).toFixed(3);
-      $("#compare-score-name").textContent = graded ? "similarity" : "probability of the same category";
+      $("#compare-score").textContent = r.similarity.toFixed(3);
+      $("#compare-score-name").textContent = "similarity (category first, appearance second)";
       $("#compare-decision").textContent = r.same ? "Same category" : "Different categories";
       $("#compare-decision").className = "decision " + (r.same ? "same" : "different");
-      $("#compare-details").textContent = `probability ${r.probability.toFixed(3)}, ` +
-        `embedding distance ${r.distance.toFixed(3)}`;
+      $("#compare-details").textContent = `probability of the same category ${r.probability.toFixed(3)}, ` +
+        `appearance ${r.appearance.toFixed(3)}, embedding distance ${r.distance.toFixed(3)}`;
       $("#compare-result").hidden = false;
     });
   });
@@ -155,7 +154,8 @@ function setUpSearch() {
         img.src = hit.image_url;
         img.alt = hit.path;
         const caption = document.createElement("span");
-        caption.textContent = `p ${hit.probability.toFixed(3)} · d ${hit.distance.toFixed(3)}`;
+        const graded = hit.similarity === null ? "–" : hit.similarity.toFixed(3);
+        caption.textContent = `${graded} · p ${hit.probability.toFixed(3)}`;
         caption.title = hit.path;
         li.append(img, caption);
         return li;
