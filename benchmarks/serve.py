@@ -116,7 +116,7 @@ def fuzz_requests(rng: random.Random, n: int) -> list[dict]:
                         "content": body, "headers": {"content-type": ctype}})
         elif kind == 8:  # a declared length the client libraries refuse to send: written on the socket
             length = rng.choice(["1000", "99999999999", "-5", "abc", "900"])
-            out.append({"raw": (f"POST /api/similarity HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            out.append({"raw": (f"POST /api/similarity HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
                                 f"Content-Type: multipart/form-data; boundary=zz\r\nContent-Length: {length}\r\n"
                                 f"\r\n").encode() + b"x" * 1000})
         else:
