@@ -160,28 +160,161 @@ class EmbeddingNet(nn.Module):
         x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
         return (x - self.mean) / self.std
 
+    def _stem_end(self) -> int:
+        """How many of ``features``' layers make the stem: the first convolution with its batch norm, and its ReLU
+        where the design has one (the seed has none)."""
+        for k, layer in enumerate(self.features):
+            if isinstance(layer, nn.ReLU) or (isinstance(layer, nn.BatchNorm2d) and not isinstance(
+                    self.features[k + 1], nn.ReLU)):
+                return k + 1
+        raise ValueError("the network has no first layer")
+
     def stem(self, images: torch.Tensor) -> torch.Tensor:
         """The maps of the first layer ``(N, C, H, W)``: the first convolution with its batch norm, and its ReLU
         where the design has one (the seed has none) — what the image looks like to the network, before any
         pooling."""
+        return self.features[:self._stem_end()](self._normalized(images))
+
+    def embed_and_stem(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` and :meth:`stem` of ``images`` in one pass: the stem is computed once."""
         x = self._normalized(images)
-        for k, layer in enumerate(self.features):
-            x = layer(x)
-            if isinstance(layer, nn.ReLU) or (isinstance(layer, nn.BatchNorm2d) and not isinstance(
-                    self.features[k + 1], nn.ReLU)):
-                return x
-        raise ValueError("the network has no first layer")
+        k = self._stem_end()
+        maps = self.features[:k](x)
+        return self._embedding(x, self.features[k:](maps)), maps
+
+    def _embedding(self, x: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        """The embedding of the normalised images ``x`` from their pooled features."""
+        z = self.head(pooled)
+        if self.config.mirror_average and not self.training:
+            z = (z + self.head(self.features(x.flip(3)))) / 2
+        return F.normalize(z, dim=1) if self.config.normalize else z
 
     def pooled(self, images: torch.Tensor) -> torch.Tensor:
         """The trunk's features ``(N, F)``, pooled, before the head (a classifier's penultimate layer)."""
         return self.features(self._normalized(images))
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class EmbeddingNet(nn.Module):
+    """Image ``(N, C, H, W)`` -> embedding ``(N, embed_dim)``, unit length when ``config.normalize``."""
+
+    def __init__(self, config: EmbedConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        self.register_buffer("mean", torch.tensor(c.mean).view(1, -1, 1, 1).expand(1, c.in_channels, 1, 1).clone(),
+                             persistent=False)
+        self.register_buffer("std", torch.tensor(c.std).view(1, -1, 1, 1).expand(1, c.in_channels, 1, 1).clone(),
+                             persistent=False)
+        if c.arch == "seed":
+            self.features, self.head = self._seed(c)
+        elif c.arch == "embed":
+            self.features, self.head = self._embed(c)
+        else:
+            raise ValueError(f"unknown architecture '{c.arch}'")
+
+    @staticmethod
+    def _seed(c: EmbedConfig) -> tuple[nn.Module, nn.Module]:
+        # conv-BN-maxpool, conv-BN-maxpool, conv(no padding)-BN-avgpool, FC-BN, FC-BN, FC; no nonlinearity,
+        # exactly as the report describes it.
+        w1, w2, w3 = c.widths
+        features = nn.Sequential(*_conv_bn(c.in_channels, w1, relu=False), nn.MaxPool2d(2),
+                                 *_conv_bn(w1, w2, relu=False), nn.MaxPool2d(2),
+                                 *_conv_bn(w2, w3, padding=0, relu=False), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        dims = (w3, *c.fc)
+        head: list[nn.Module] = []
+        for a, b in zip(dims[:-1], dims[1:]):
+            head += [nn.Linear(a, b), nn.BatchNorm1d(b)]
+        head.append(nn.Linear(dims[-1], c.embed_dim))
+        return features, nn.Sequential(*head)
+
+    @staticmethod
+    def _embed(c: EmbedConfig) -> tuple[nn.Module, nn.Module]:
+        residual = c.residual if isinstance(c.residual, tuple) else (c.residual,) * len(c.widths)
+        if len(residual) != len(c.widths):
+            raise ValueError(f"residual has {len(residual)} flags for {len(c.widths)} stages")
+        stem = min(c.widths[0], 64) if c.stem is None else c.stem
+        layers: list[nn.Module] = [*_conv_bn(c.in_channels, stem)]
+        cin = stem
+        for i, (w, res) in enumerate(zip(c.widths, residual)):
+            layers += _conv_bn(cin, w)
+            for _ in range(c.depth - 1):
+                layers += _conv_bn(w, w)
+            if i < len(c.widths) - 1 or any(residual) or c.after_pool:
+                layers.append(nn.MaxPool2d(2))
+            for _ in range(c.after_pool):
+                layers += _conv_bn(w, w)
+            if res:
+                layers.append(Residual(w))
+            cin = w
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        return nn.Sequential(*layers), nn.Linear(cin, c.embed_dim)
+
+    def _normalized(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+        return (x - self.mean) / self.std
+
+    def _stem_end(self) -> int:
+        """How many of ``features``' layers make the stem: the first convolution with its batch norm, and its ReLU
+        where the design has one (the seed has none)."""
+        for k, layer in enumerate(self.features):
+            if isinstance(layer, nn.ReLU) or (isinstance(layer, nn.BatchNorm2d) and not isinstance(
+                    self.features[k + 1], nn.ReLU)):
+                return k + 1
+        raise ValueError("the network has no first layer")
+
+    def stem(self, images: torch.Tensor) -> torch.Tensor:
+        """The maps of the first layer ``(N, C, H, W)``: the first convolution with its batch norm, and its ReLU
+        where the design has one (the seed has none) — what the image looks like to the network, before any
+        pooling."""
+        return self.features[:self._stem_end()](self._normalized(images))
+
+    def embed_and_stem(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` and :meth:`stem` of ``images`` in one pass: the stem is computed once."""
         x = self._normalized(images)
-        z = self.head(self.features(x))
+        k = self._stem_end()
+        maps = self.features[:k](x)
+        return self._embedding(x, self.features[k:](maps)), maps
+
+    def _embedding(self, x: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        """The embedding of the normalised images ``x`` from their pooled features."""
+        z = self.head(pooled)
         if self.config.mirror_average and not self.training:
             z = (z + self.head(self.features(x.flip(3)))) / 2
         return F.normalize(z, dim=1) if self.config.normalize else z
+
+    def pooled(self, images: torch.Tensor) -> torch.Tensor:
+        """The trunk's features ``(N, F)``, pooled, before the head (a classifier's penultimate layer)."""
+        return self.features(self._normalized(images))
+
+    def locations(self, images: torch.Tensor) -> torch.Tensor:
+        """The head applied at every location of the trunk's last maps, ``(N, h, w, D)``, in eval mode: their mean
+        over the locations is the embedding before normalisation, since the pooling is an average and the head is
+        affine (a linear layer; the seed's linear layers and batch norms). With mirror averaging, the mean of the
+        image's and of its mirror's, mirrored back, as :meth:`forward` averages them."""
+        if self.training:
+            raise ValueError("locations() needs the network in eval mode: its batch norms must be affine")
+        pool, flatten = self.features[-2:]
+        if not (isinstance(pool, nn.AdaptiveAvgPool2d) and pool.output_size in (1, (1, 1))
+                and isinstance(flatten, nn.Flatten)):
+            raise ValueError("the trunk does not end with a global average pool")
+        trunk = self.features[:-2]
+
+        def located(x: torch.Tensor) -> torch.Tensor:
+            maps = trunk(x).permute(0, 2, 3, 1)  # (N, h, w, F)
+            return self.head(maps.reshape(-1, maps.shape[-1])).view(*maps.shape[:3], -1)
+
+        x = self._normalized(images)
+        out = located(x)
+        if self.config.mirror_average:
+            out = (out + located(x.flip(3)).flip(2)) / 2
+        return out
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self._normalized(images)
+        return self._embedding(x, self.features(x))
 
 
 def build_from_config(config: dict) -> EmbeddingNet:

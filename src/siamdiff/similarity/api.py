@@ -27,6 +27,14 @@ from .graded import graded, shift_cosine
 ImageLike = str | os.PathLike | np.ndarray | torch.Tensor  # or a PIL image: see siamdiff.data.inputs
 
 
+PAIRS_PER_PASS = 256  # pairs scored in one pass of the network: bounds the memory of the stem maps
+
+
+def _first(row: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The first pair of :meth:`SimilarityModel.score_batch`'s arrays, as Python numbers."""
+    return {k: bool(v[0]) if k == "same" else float(v[0]) for k, v in row.items()}
+
+
 class SimilarityModel:
     """A Siamese embedding network with its calibration.
 
@@ -110,20 +118,28 @@ class SimilarityModel:
         """How alike the pairs ``(a[k], b[k])`` look, ``(N,)`` in [0, 1]: the shift-tolerant cosine of the network's
         stem maps (:mod:`siamdiff.similarity.graded`). ``a`` and ``b``: uint8 batches of the model's shape, as
         :meth:`prepare` gives."""
-        self.net.eval()
         device = next(self.net.parameters()).device
         maps = [self.net.stem(torch.tensor(np.asarray(x), device=device)) for x in (a, b)]  # copied: may be read-only
         return shift_cosine(*maps).cpu().numpy().astype(np.float64)
 
+    @torch.no_grad()
     def score_batch(self, a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
         """:meth:`score` of the pairs ``(a[k], b[k])``: arrays ``(N,)`` under the same keys. ``a`` and ``b``:
-        uint8 batches of the model's shape, as :meth:`prepare` gives."""
+        uint8 batches of the model's shape, as :meth:`prepare` gives.
+
+        ``appearance`` is how alike the two look, in [0, 1]: the shift-tolerant cosine of the network's stem maps
+        (:mod:`siamdiff.similarity.graded`), computed in the same pass as the embeddings."""
         if self.calibration is None:
             self.probability(0.0)  # refuses: no calibration
-        both = self.embed(np.concatenate([a, b]))
-        d = np.linalg.norm(both[:len(a)] - both[len(a):], axis=1).astype(np.float64)
+        device = next(self.net.parameters()).device
+        d, q = np.zeros(len(a)), np.zeros(len(a))
+        for s in range(0, len(a), PAIRS_PER_PASS):
+            n = len(a[s:s + PAIRS_PER_PASS])
+            pair = torch.tensor(np.concatenate([a[s:s + n], b[s:s + n]]), device=device)  # copied: may be read-only
+            both, maps = self.net.embed_and_stem(pair)
+            d[s:s + n] = (both[:n].float() - both[n:].float()).norm(dim=1).cpu().numpy()
+            q[s:s + n] = shift_cosine(maps[:n], maps[n:]).cpu().numpy()
         p = np.asarray(self.probability(d), dtype=np.float64)
-        q = self.appearance(a, b)
         return {"similarity": graded(p, q), "probability": p, "distance": d, "same": d <= self.calibration.threshold,
                 "appearance": q}
 
@@ -133,5 +149,4 @@ class SimilarityModel:
         ``similarity`` is the graded score in [0, 1] (category first, appearance second:
         :mod:`siamdiff.similarity.graded`); ``probability`` the calibrated probability of one category; ``same``
         the decision at the validation threshold; ``appearance`` how alike the two look, in [0, 1]."""
-        row = self.score_batch(self.prepare(a)[None], self.prepare(b)[None])
-        return {k: bool(v[0]) if k == "same" else float(v[0]) for k, v in row.items()}
+        return _first(self.score_batch(self.prepare(a)[None], self.prepare(b)[None]))

@@ -26,11 +26,12 @@ WEIGHT = 0.1  # of the appearance term in the score of a pair of one category
 SHARPNESS = 10  # the power of the appearance term
 
 
-def _correlate(x: torch.Tensor, y: torch.Tensor, size: tuple[int, int], shifts: int) -> torch.Tensor:
-    """``r[..., dy, dx] = Σ x[..., i, j] · y[..., i + dy, j + dx]`` for ``dy, dx < shifts``, summed over the channels
-    (dim 1), by FFT over ``size`` (which holds ``y``: no wrap-around)."""
-    spectrum = torch.fft.rfft2(x, s=size).conj() * torch.fft.rfft2(y, s=size)
-    return torch.fft.irfft2(spectrum.sum(1), s=size)[..., :shifts, :shifts]
+def _correlate(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``r[n, dy, dx] = Σ_c,i,j x[n, c, i, j] · y[n, c, i + dy, j + dx]`` for every shift that keeps ``x`` inside
+    ``y``: one grouped convolution, each pair's ``x`` the kernel over its ``y``."""
+    n, c, h, w = x.shape
+    out = F.conv2d(y.reshape(1, n * c, *y.shape[2:]), x.reshape(n * c, 1, h, w), groups=n * c)
+    return out.view(n, c, *out.shape[2:]).sum(1)
 
 
 def shift_cosine(a: torch.Tensor, b: torch.Tensor, shift: int = SHIFT) -> torch.Tensor:
@@ -38,23 +39,22 @@ def shift_cosine(a: torch.Tensor, b: torch.Tensor, shift: int = SHIFT) -> torch.
     shifted by up to ``shift`` pixels in each direction, each over the region the two share; negative values (maps
     that are not all >= 0) count as 0.
 
-    Every shift at once, by three cross-correlations (FFT, in float64): of ``a`` with the zero-padded ``b`` (the dot
-    products), of ``a²`` with the padded mask of ``b``'s pixels and of ones with the padded ``b²`` (the squared
-    norms over each overlap)."""
+    Every shift at once, by three cross-correlations: of ``a`` with the zero-padded ``b`` (the dot products), of
+    ``a²`` with the padded mask of ``b``'s pixels and of ones with the padded ``b²`` (the squared norms over each
+    overlap). Direct convolution in float32 agrees with a float64 FFT to about 1e-6 and is several times faster at
+    these sizes."""
     if a.shape != b.shape:
         raise ValueError(f"maps of different shapes: {tuple(a.shape)} and {tuple(b.shape)}")
-    n, c, h, w = a.shape
-    x, y = a.double(), b.double()
+    x, y = a.float(), b.float()
     pad = (shift, shift, shift, shift)
-    size, shifts = (h + 2 * shift, w + 2 * shift), 2 * shift + 1
     padded = F.pad(y, pad)
-    dots = _correlate(x, padded, size, shifts)
-    norm_x = _correlate(x.pow(2).sum(1, keepdim=True), F.pad(torch.ones_like(y[:, :1]), pad), size, shifts)
-    norm_y = _correlate(torch.ones_like(x[:, :1]), padded.pow(2).sum(1, keepdim=True), size, shifts)
+    dots = _correlate(x, padded)
+    norm_x = _correlate(x.pow(2).sum(1, keepdim=True), F.pad(torch.ones_like(y[:, :1]), pad))
+    norm_y = _correlate(torch.ones_like(x[:, :1]), padded.pow(2).sum(1, keepdim=True))
     norms = norm_x.clamp_min(0) * norm_y.clamp_min(0)
-    empty = norms < 1e-12 * norms.flatten(1).amax(1).clamp_min(1e-300).view(-1, 1, 1)  # no overlap, or all zeros
-    cosine = torch.where(empty, 0.0, dots / norms.clamp_min(1e-300).sqrt())
-    return cosine.flatten(1).amax(1).clamp(0, 1).float()
+    empty = norms <= 1e-12 * norms.flatten(1).amax(1).clamp_min(1e-30).view(-1, 1, 1)  # no overlap, or all zeros
+    cosine = torch.where(empty, 0.0, dots / norms.clamp_min(1e-30).sqrt())
+    return cosine.flatten(1).amax(1).clamp(0, 1)
 
 
 def graded(probability: np.ndarray | float, appearance: np.ndarray | float, weight: float = WEIGHT,
