@@ -69,8 +69,11 @@ def test_compare_two_images(page, digit_folder, tmp_path):
     pane = page.locator("#pane-compare")
     pane.locator("input[name=a]").set_input_files(str(sevens[0]))
     pane.locator("input[name=b]").set_input_files(str(sevens[1]))
+    pane.get_by_label("Show why").check()
     pane.get_by_role("button", name="Compare").click()
     sync_api.expect(page.locator("#compare-result")).to_be_visible()
+    sync_api.expect(page.locator("#compare-why-figure")).to_be_visible()
+    page.wait_for_function("() => document.querySelector('#compare-why').naturalWidth > 100")  # a real picture
     score = float(page.locator("#compare-score").inner_text())
     assert 0.0 <= score <= 1.0
     sync_api.expect(page.locator("#compare-decision")).to_have_text(re.compile("category"))

@@ -87,6 +87,18 @@ def test_similarity_is_the_cli_object(client, digits, capsys):
     assert set(web) >= {"probability", "distance", "same"}
 
 
+def test_similarity_with_explain_is_the_explain_object(client, digits, tmp_path, capsys):
+    a, b = digits[0], digits[1]
+    assert main(["explain", str(a), str(b), "--out", str(tmp_path / "why.png"), "--json"]) == 0
+    cli = json.loads(capsys.readouterr().out)
+    web = client.post("/api/similarity", files={"a": (a.name, a.read_bytes()), "b": (b.name, b.read_bytes())},
+                      data={"explain": "true"}).json()
+    picture = Image.open(io.BytesIO(base64.b64decode(web.pop("explain_png_base64"))))
+    assert picture.format == "PNG" and picture.width > 200
+    del cli["out"]
+    assert web == {**cli, "a": a.name, "b": b.name}
+
+
 def test_search_is_the_cli_object_with_thumbnails(client, digits, index_file, capsys):
     query = digits[5]
     assert main(["search", str(query), "--index", str(index_file), "-k", "3", "--json"]) == 0

@@ -167,6 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="mnist")
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("explain", help="why two images are similar: a picture of the regions their agreement comes "
+                                       "from")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--model", default="mnist")
+    p.add_argument("--out", type=_path, required=True, help="the picture (.png)")
+    p.add_argument("--json", action="store_true", help="also print the scores and the maps (one value per region)")
+
     p = sub.add_parser("index", help="embed a folder of images into a search index")
     p.add_argument("folder")
     p.add_argument("--out", type=_path, required=True, help="index file (.safetensors); updated in place if it exists")
@@ -226,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--model", default="mnist")
     q.add_argument("--dataset", default="sample:mnist")
     q.add_argument("--out", type=_path, required=True, help="folder for the PNGs")
+    q.add_argument("--explain", action="store_true", help="draw the pairs under the maps of why they are similar")
     _data_args(q)
     return parser
 
@@ -291,6 +300,23 @@ def _cmd_similarity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from .core.files import check_writable
+    from .similarity.api import SimilarityModel
+    from .similarity.explain import explanation_json, save_explanation
+
+    if Path(args.out).suffix.lower() != ".png":
+        raise SiamdiffError(f"{{out}} must name a .png file, got '{args.out}'", "out")
+    check_writable(args.out)
+    result = SimilarityModel.load(args.model).explain(args.a, args.b)
+    save_explanation(result, args.out, names=(Path(args.a).name, Path(args.b).name))
+    if args.json:
+        _print_json({"a": args.a, "b": args.b, **explanation_json(result), "out": args.out})
+    else:
+        print(f"{args.out}  (similarity {result['similarity']:.3f}, cosine {result['cosine']:.3f})")
+    return 0
+
+
 def _cmd_index(args: argparse.Namespace) -> int:
     from .similarity.api import SimilarityModel
     from .similarity.index import build_index
@@ -350,7 +376,8 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     from .similarity.api import SimilarityModel
     from .similarity.plots import plot_all
 
-    for p in plot_all(SimilarityModel.load(args.model), args.dataset, args.out, args.data_dir, args.download):
+    for p in plot_all(SimilarityModel.load(args.model), args.dataset, args.out, args.data_dir, args.download,
+                      explain=args.explain):
         print(p)
     return 0
 
@@ -371,7 +398,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "similarity": _cmd_similarity, "index": _cmd_index,
+COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "similarity": _cmd_similarity, "explain": _cmd_explain,
+            "index": _cmd_index,
             "search": _cmd_search, "plot": _cmd_plot, "demo": _cmd_demo, "denoise": _cmd_denoise,
             "sample": _cmd_sample, "serve": _cmd_serve}
 

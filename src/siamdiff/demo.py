@@ -18,6 +18,7 @@ from .data.datasets import load_sample
 from .data.imageio import write_png_atomic
 from .similarity.api import SimilarityModel
 from .similarity.evaluate import evaluate
+from .similarity.explain import save_explanation
 from .similarity.index import Index, build_index, search
 from .similarity.pairs import balanced_pairs
 from .similarity.plots import plot_all
@@ -53,6 +54,14 @@ def _section(name: str, out: Path) -> tuple[list[str], dict]:
                      f"{'same' if s else 'different'} | {r['similarity']:.3f} | {r['probability']:.3f} | "
                      f"{r['appearance']:.3f} | {r['distance']:.3f} | "
                      f"{'same' if r['same'] else 'different'} |")
+    # Why: the regions the first same-category pair's agreement comes from.
+    a, b = next((a, b) for a, b, s in zip(i, j, same) if s)
+    why = out / "plots" / name / "why.png"
+    make_folder(why.parent)
+    save_explanation(model.explain(paths[a], paths[b]), why, names=(paths[a].name, paths[b].name))
+    lines += ["", f"Why `{paths[a].relative_to(out)}` and `{paths[b].relative_to(out)}` are similar "
+                  f"(`siamdiff explain A B --model {name} --out why.png`): red regions make them similar, blue "
+                  f"ones make them differ.", "", f"![why]({why.relative_to(out)})"]
     # Search: index the sample folder, query three images.
     index_path = out / f"index-{name}.safetensors"
     if index_path.exists() and Index.load(index_path).fingerprint != model.fingerprint:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +20,21 @@ def pyplot():
     return plt
 
 
+def figure_png(fig) -> bytes:
+    """``fig`` as PNG bytes; the figure is closed."""
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    finally:
+        pyplot().close(fig)
+    return buffer.getvalue()
+
+
 def save_figure(fig, path: str | Path) -> Path:
     """Write ``fig`` as a PNG at ``path`` atomically and close it; returns the path."""
     path = Path(path)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
-    pyplot().close(fig)
+    data = figure_png(fig)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
     return path
 
 

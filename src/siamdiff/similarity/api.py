@@ -22,6 +22,7 @@ from ..data.inputs import as_batch, to_uint8
 from ..nets.convnet import EmbeddingNet
 from .calibration import Calibration
 from .embed import embed
+from .explain import contributions
 from .graded import graded, shift_cosine
 
 ImageLike = str | os.PathLike | np.ndarray | torch.Tensor  # or a PIL image: see siamdiff.data.inputs
@@ -150,3 +151,12 @@ class SimilarityModel:
         :mod:`siamdiff.similarity.graded`); ``probability`` the calibrated probability of one category; ``same``
         the decision at the validation threshold; ``appearance`` how alike the two look, in [0, 1]."""
         return _first(self.score_batch(self.prepare(a)[None], self.prepare(b)[None]))
+
+    def explain(self, a: ImageLike, b: ImageLike) -> dict[str, Any]:
+        """:meth:`score` of two images, with where their agreement comes from (:mod:`siamdiff.similarity.explain`):
+        ``map_a`` and ``map_b`` ``(h, w)``, how much each region of one image adds to the cosine of the two
+        embeddings (``cosine``, which each map sums to); ``image_a`` and ``image_b``, the images as the model saw
+        them ``(C, S, S)`` uint8."""
+        x, y = self.prepare(a), self.prepare(b)
+        map_a, map_b, cosine = contributions(self.net, x[None], y[None])
+        return {**_first(self.score_batch(x[None], y[None])), "cosine": float(cosine[0]), "map_a": map_a[0], "map_b": map_b[0], "image_a": x, "image_b": y}

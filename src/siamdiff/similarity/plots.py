@@ -11,36 +11,48 @@ from ..core.files import output_folder
 from ..core.plotting import pyplot, save_figure, show_image
 from ..data.datasets import ImageSet, load_dataset
 from .api import SimilarityModel
+from .explain import contributions, overlay, overlay_scale
 from .metrics import roc_auc, roc_curve
 from .pairs import balanced_pairs
 
 
 def plot_pairs(model: SimilarityModel, data: ImageSet, path: Path, pairs: tuple[np.ndarray, ...],
-               title: str = "") -> Path:
-    """A grid of pairs, each with the probability of "same category", the distance and whether it is right."""
+               title: str = "", explain: bool = False) -> Path:
+    """A grid of pairs, each with its graded similarity, the probability of "same category" and whether the decision
+    is right; with ``explain``, each image under the map of where its agreement with the other comes from
+    (:mod:`siamdiff.similarity.explain`)."""
     plt = pyplot()
     i, j, same = pairs
-    emb = model.embed(data.images[np.concatenate([i, j])])
-    d = np.linalg.norm(emb[: len(i)] - emb[len(i):], axis=1)
-    p = model.probability(d)
+    a, b = data.images[i].numpy(), data.images[j].numpy()
+    scores = model.score_batch(a, b)
+    if explain:
+        maps_a, maps_b, _ = contributions(model.net, a, b)
     cols = 4
     rows = -(-len(i) // cols)
     fig, axes = plt.subplots(rows, 2 * cols, figsize=(2.0 * cols * 1.25, rows * 1.6))
     axes = np.atleast_2d(axes)
     for k in range(rows * cols):
-        a, b = axes[k // cols, 2 * (k % cols)], axes[k // cols, 2 * (k % cols) + 1]
+        left, right = axes[k // cols, 2 * (k % cols)], axes[k // cols, 2 * (k % cols) + 1]
         if k >= len(i):
-            a.axis("off")
-            b.axis("off")
+            left.axis("off")
+            right.axis("off")
             continue
-        show_image(a, data.images[i[k]].numpy())
-        show_image(b, data.images[j[k]].numpy())
-        decided = d[k] <= model.calibration.threshold
-        ok = decided == bool(same[k])
+        if explain:
+            scale = overlay_scale(a.shape[-1], maps_a[k], maps_b[k])
+            overlay(left, a[k], maps_a[k], scale)
+            overlay(right, b[k], maps_b[k], scale)
+        else:
+            show_image(left, a[k])
+            show_image(right, b[k])
+        ok = bool(scores["same"][k]) == bool(same[k])
         names = (data.classes[int(data.labels[i[k]])], data.classes[int(data.labels[j[k]])])
-        a.set_title(f"p={p[k]:.2f} d={d[k]:.2f}", fontsize=8, loc="left", color="green" if ok else "red")
-        b.set_title(f"{names[0]}|{names[1]}", fontsize=7, loc="right")
-    fig.suptitle(title or "Pairs: calibrated probability of same category (green = decision right)", fontsize=9)
+        left.set_title(f"s={scores['similarity'][k]:.2f} p={scores['probability'][k]:.2f}", fontsize=8, loc="left",
+                       color="green" if ok else "red")
+        right.set_title(f"{names[0]}|{names[1]}", fontsize=7, loc="right")
+    what = "graded similarity s and probability p of one category (green = decision right)"
+    if explain:
+        what += "; red: regions that make the pair similar, blue: that make it differ"
+    fig.suptitle(f"{title or 'Pairs'}: {what}", fontsize=9)
     return save_figure(fig, path)
 
 
@@ -106,8 +118,9 @@ def plot_map(model: SimilarityModel, data: ImageSet, path: Path, thumbnails: int
 
 
 def plot_all(model: SimilarityModel, dataset: str, out: str | os.PathLike, data_dir: str | None = None,
-             download: bool = False) -> list[Path]:
-    """Write ``pairs.png``, ``roc.png`` and ``map.png`` for ``dataset``'s test split into ``out``."""
+             download: bool = False, explain: bool = False) -> list[Path]:
+    """Write ``pairs.png``, ``hard_pairs.png``, ``roc.png`` and ``map.png`` for ``dataset``'s test split into ``out``;
+    with ``explain``, the pairs drawn under the maps of why they are similar."""
     from .evaluate import check_compatible, hard_pairs
 
     data = load_dataset(dataset, "test", data_dir, download, image_size=model.image_size, channels=model.channels)
@@ -115,8 +128,9 @@ def plot_all(model: SimilarityModel, dataset: str, out: str | os.PathLike, data_
     i, j, same = balanced_pairs(data.labels.numpy(), 8, seed=3)
     hi, hj, hs = hard_pairs(data.images, data.labels.numpy(), 4, seed=4)
     with output_folder(out) as out:  # only once the data is there: a bad dataset leaves no empty folder behind
-        return [plot_pairs(model, data, out / "pairs.png", (i, j, same), "Random pairs"),
+        return [plot_pairs(model, data, out / "pairs.png", (i, j, same), "Random pairs", explain),
                 plot_pairs(model, data, out / "hard_pairs.png", (hi, hj, hs),
-                           "Hard pairs: look-alikes of different classes (top), unlike members of one class (bottom)"),
+                           "Hard pairs: look-alikes of different classes (top), unlike members of one class (bottom)",
+                           explain),
                 plot_roc(model, data, out / "roc.png"),
                 plot_map(model, data, out / "map.png")]

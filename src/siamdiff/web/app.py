@@ -45,6 +45,7 @@ from ..core.version import __version__
 from ..data.imageio import MAX_PIXELS, encode_png, read_image_bytes
 from ..data.inputs import as_batch, to_uint8
 from ..reconstruction.pipeline import chain_strip, denoise_one
+from ..similarity.explain import explanation_json, explanation_png
 from ..similarity.index import search
 from .catalog import Catalog
 
@@ -311,13 +312,21 @@ def create_app(catalog: Catalog, limits: Limits | None = None,
 
     @app.post("/api/similarity")
     async def similarity(a: UploadFile = File(...), b: UploadFile = File(...),
-                         model: str | None = Form(None)) -> dict[str, Any]:
+                         model: str | None = Form(None), explain: bool = Form(False)) -> dict[str, Any]:
         """How similar two images are: ``siamdiff similarity --json``'s object (``a``, ``b``, ``similarity``,
-        ``probability``, ``distance``, ``same``, ``appearance``)."""
+        ``probability``, ``distance``, ``same``, ``appearance``); with ``explain``, also ``siamdiff explain
+        --json``'s ``cosine``, ``map_a`` and ``map_b``, and its picture as ``explain_png_base64``."""
         chosen = _choose(catalog.similarity, model, "similarity model")
         (da, na), (db, nb) = await upload(a, "a"), await upload(b, "b")
-        result = await run(lambda: chosen.score(decode(da, na), decode(db, nb)))
-        return {"a": na, "b": nb, **result}
+        if not explain:
+            return {"a": na, "b": nb, **await run(lambda: chosen.score(decode(da, na), decode(db, nb)))}
+
+        def work() -> dict[str, Any]:
+            result = chosen.explain(decode(da, na), decode(db, nb))
+            picture = base64.b64encode(explanation_png(result, names=(na, nb))).decode("ascii")
+            return {**explanation_json(result), "explain_png_base64": picture}
+
+        return {"a": na, "b": nb, **await run(work)}
 
     @app.post("/api/search")
     async def search_index(image: UploadFile = File(...), index: str | None = Form(None),

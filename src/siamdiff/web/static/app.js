@@ -130,13 +130,18 @@ function setUpCompare() {
   $("#compare-form").addEventListener("submit", (e) => {
     e.preventDefault();
     busy(pane, async () => {
-      const r = await post("/api/similarity", new FormData(e.target));
+      const data = new FormData(e.target);
+      if (!data.get("explain")) data.delete("explain");
+      const r = await post("/api/similarity", data);
       $("#compare-score").textContent = r.similarity.toFixed(3);
       $("#compare-score-name").textContent = "similarity (category first, appearance second)";
       $("#compare-decision").textContent = r.same ? "Same category" : "Different categories";
       $("#compare-decision").className = "decision " + (r.same ? "same" : "different");
       $("#compare-details").textContent = `probability of the same category ${r.probability.toFixed(3)}, ` +
         `appearance ${r.appearance.toFixed(3)}, embedding distance ${r.distance.toFixed(3)}`;
+      const why = $("#compare-why-figure");
+      why.hidden = !r.explain_png_base64;
+      if (r.explain_png_base64) $("#compare-why").src = "data:image/png;base64," + r.explain_png_base64;
       $("#compare-result").hidden = false;
     });
   });
