@@ -213,3 +213,20 @@ def test_training_apis_refuse_size_options_a_builtin_dataset_would_ignore(tmp_pa
         assert not out.exists()
     with pytest.raises(SiamdiffError, match="unknown dataset 'mnsit'"):
         train("denoiser", "mnsit", out, TrainOptions(image_size=16), data_dir=empty)
+
+
+def test_a_class_selection_keeps_those_classes_relabelled_in_order(fake_mnist):
+    full = ds.load_dataset("mnist", "test", fake_mnist)
+    chosen = ds.load_dataset("mnist", "test", fake_mnist, classes=(7, 5))
+    assert chosen.classes == [full.classes[7], full.classes[5]]
+    keep = (full.labels == 7) | (full.labels == 5)
+    assert torch.equal(chosen.images, full.images[keep])
+    assert torch.equal(chosen.labels, (full.labels[keep] == 5).long())  # 7 -> 0, 5 -> 1
+    train, val = ds.load_splits("mnist", ("train", "val"), fake_mnist, classes=tuple(range(5)))
+    assert set(train.labels.tolist()) == set(val.labels.tolist()) == set(range(5)) and len(train.classes) == 5
+
+
+@pytest.mark.parametrize("classes", [(), (3, 3), (10,), (-1,)])
+def test_a_wrong_class_selection_is_one_error(fake_mnist, classes):
+    with pytest.raises(SiamdiffError, match="classes must be distinct class numbers from 0 to 9"):
+        ds.load_dataset("mnist", "test", fake_mnist, classes=classes)

@@ -208,3 +208,26 @@ def test_resume_with_another_model_is_refused(tmp_path):
     other = type(other)(**{**other.__dict__, "train": r.train})  # same training settings, other network
     with pytest.raises(SiamdiffError, match="another model"):
         fit(SimilarityTask(other, train, val), tmp_path, resume=True)
+
+
+def test_training_on_some_classes_records_them(tmp_path, capsys):
+    import numpy as np
+
+    from siamdiff.cli import main
+    from siamdiff.data.imageio import write_png_atomic
+    from siamdiff.similarity.api import SimilarityModel
+
+    folder = tmp_path / "data"
+    for cls in "abcd":
+        (folder / cls).mkdir(parents=True)
+        for k in range(12):
+            write_png_atomic(np.full((8, 8), 5 * k + 60 * "abcd".index(cls), np.uint8), folder / cls / f"{k}.png")
+    out = tmp_path / "run"
+    assert main(["train", "similarity", "--dataset", f"folder:{folder}", "--model", "tiny", "--epochs", "1",
+                 "--image-size", "8", "--channels", "1", "--classes", "1,3", "--out", str(out)]) == 0
+    assert SimilarityModel.load(out).classes == ["b", "d"]
+    with pytest.raises(SystemExit) as refused:  # argparse's refusal: one line, exit 2
+        main(["train", "similarity", "--dataset", f"folder:{folder}", "--classes", "1-x", "--out",
+              str(tmp_path / "other")])
+    assert refused.value.code == 2
+    assert "--classes" in capsys.readouterr().err and not (tmp_path / "other").exists()

@@ -54,6 +54,18 @@ def _numbers(text: str) -> list[float]:
             from None
 
 
+def _classes(text: str) -> tuple[int, ...]:
+    """An argparse ``type`` for class numbers: ``0-4`` or ``5,7,9`` (or both: ``0-2,7``)."""
+    numbers: list[int] = []
+    try:
+        for part in text.split(","):
+            first, _, last = part.partition("-")
+            numbers += range(int(first), int(last or first) + 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"class numbers such as 0-4 or 5,7,9, not '{text}'") from None
+    return tuple(numbers)
+
+
 def _path(text: str) -> str:
     """An argparse ``type`` for a path: an empty one is refused (it would quietly mean the current folder)."""
     if not text.strip():
@@ -85,6 +97,7 @@ def _train_parser(sub, kind) -> argparse.ArgumentParser:
     t.add_argument("--out", type=_path, required=True, help="run folder: model.safetensors, state.pt, log.jsonl")
     t.add_argument("--resume", action="store_true", help="continue from OUT/state.pt")
     t.add_argument("--overwrite", action="store_true", help="replace a run already in OUT")
+    t.add_argument("--classes", type=_classes, help="train on these classes only: 0-4 or 5,7,9 (class numbers)")
     if kind.loss:
         t.add_argument("--loss", help="the training loss (default: the design's own)")
     if kind.margin:
@@ -121,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", default="mnist", help="mnist, fashion-mnist, cifar10 or a model path")
     e.add_argument("--dataset", required=True, help="mnist, fashion-mnist, cifar10, sample:NAME or folder:PATH")
     e.add_argument("--n-pairs", type=int, default=10_000)
+    e.add_argument("--classes", type=_classes, help="evaluate on these classes only: 5-9 for a model trained on 0-4")
     e.add_argument("--hard", dest="n_hard", type=int, default=1000, help="hard-pair anchors (0 to skip)")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     _data_args(e)
@@ -247,7 +261,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .training import TrainOptions, train
 
     options = TrainOptions(**{k: getattr(args, k, None) for k in ("model", "epochs", "batch_size", "lr", "max_batches",
-                                                                  "image_size", "channels", "init", "loss", "margin")},
+                                                                  "image_size", "channels", "init", "loss", "margin",
+                                                                  "classes")},
                            seed=args.seed, device=args.device)
     history = train(args.what, args.dataset, args.out, options, data_dir=args.data_dir, download=args.download,
                     resume=args.resume, overwrite=args.overwrite,
@@ -278,7 +293,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .similarity.evaluate import evaluate
 
     result = evaluate(SimilarityModel.load(args.model), args.dataset, args.data_dir, args.download,
-                      n_pairs=args.n_pairs, n_hard=args.n_hard)
+                      n_pairs=args.n_pairs, n_hard=args.n_hard, classes=args.classes)
     if args.json:
         _print_json(result)
     else:

@@ -113,20 +113,29 @@ def classes_of(name: str) -> list[str]:
 
 
 def load_dataset(name: str, split: str, data_dir: str | os.PathLike | None = None, download: bool = False,
-                 image_size: int | None = None, channels: int | None = None) -> ImageSet:
+                 image_size: int | None = None, channels: int | None = None,
+                 classes: tuple[int, ...] | None = None) -> ImageSet:
     """Load one split of a dataset.
 
     name: ``mnist``, ``fashion-mnist``, ``cifar10``, ``sample:NAME`` (the embedded sample, test split only)
     or ``folder:PATH`` (``PATH/<class>/<images>``; needs ``image_size`` and ``channels``, defaults 32 and 3).
     split: ``train`` (official train minus validation), ``val``, ``test`` or ``train+val``.
+    classes: only the images of these classes, relabelled in that order (:meth:`ImageSet.only`).
     """
-    return load_splits(name, (split,), data_dir, download, image_size, channels)[0]
+    return load_splits(name, (split,), data_dir, download, image_size, channels, classes)[0]
 
 
 def load_splits(name: str, splits: tuple[str, ...], data_dir: str | os.PathLike | None = None, download: bool = False,
-                image_size: int | None = None, channels: int | None = None) -> list[ImageSet]:
+                image_size: int | None = None, channels: int | None = None,
+                classes: tuple[int, ...] | None = None) -> list[ImageSet]:
     """Several splits of one dataset (see :func:`load_dataset`), reading each source once: ``train`` and ``val``
     come from the same official training files, and a folder is read from disk a single time."""
+    loaded = _load_splits(name, splits, data_dir, download, image_size, channels)
+    return loaded if classes is None else [data.only(classes) for data in loaded]
+
+
+def _load_splits(name: str, splits: tuple[str, ...], data_dir: str | os.PathLike | None, download: bool,
+                 image_size: int | None, channels: int | None) -> list[ImageSet]:
     for split in splits:
         if split not in SPLITS:
             raise SiamdiffError(f"unknown split '{split}': use one of {', '.join(SPLITS)}")

@@ -67,8 +67,10 @@ def _pair_distance(emb: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
 
 
 def evaluate(model: SimilarityModel, dataset: str, data_dir: str | None = None, download: bool = False,
-             n_pairs: int = TEST_PAIRS, n_hard: int = 1000, gallery: str = "train") -> dict:
-    """Run the whole protocol; returns one flat dict of metrics (see the module docstring)."""
+             n_pairs: int = TEST_PAIRS, n_hard: int = 1000, gallery: str = "train",
+             classes: tuple[int, ...] | None = None) -> dict:
+    """Run the whole protocol; returns one flat dict of metrics (see the module docstring). ``classes``: on the
+    images of these classes only — others than the model was trained on, for the unseen-class protocol."""
     began = time.perf_counter()
     if model.calibration is None:
         raise SiamdiffError("model has no calibration; it cannot make verification decisions")
@@ -83,7 +85,8 @@ def evaluate(model: SimilarityModel, dataset: str, data_dir: str | None = None, 
     use_val = n_hard > 0 and not sample  # the sample has no validation split: hard pairs fit SSIM on test
     splits = ("test",) + (("train",) if use_train else ()) + (("val",) if use_val else ())
     # folder datasets are read at the model's size; each source file is read once for all splits
-    loaded = dict(zip(splits, load_splits(dataset, splits, data_dir, download, model.image_size, model.channels)))
+    loaded = dict(zip(splits, load_splits(dataset, splits, data_dir, download, model.image_size, model.channels,
+                                          classes)))
     test = loaded["test"]
     check_compatible(model, test)
     test_emb = model.embed(test.images)

@@ -146,5 +146,5 @@ def train(kind: str, dataset: str, out: str | Path, options: TrainOptions | None
         start = Start(*load_model(path, kind=spec.file_kind), path)
     options = replace(options, model=design)
     size, channels = trainer.data_shape(options, start, dataset)
-    train_set, val_set = load_splits(dataset, ("train", "val"), data_dir, download, size, channels)
+    train_set, val_set = load_splits(dataset, ("train", "val"), data_dir, download, size, channels, options.classes)
     return fit(trainer.task(options, train_set, val_set, start, command), out, resume, overwrite)

@@ -19,7 +19,8 @@ class TrainOptions(JsonConfig):
     image_size, channels: the size and colour of a folder dataset's images (for ``ddpm`` also the model's size on a
     built-in dataset, whose images are then resized to it);
     init: fine-tune this model (a shipped name or a path) instead of starting from random weights;
-    loss, margin: the training loss and its margin, for kinds that have a choice.
+    loss, margin: the training loss and its margin, for kinds that have a choice;
+    classes: train (and validate) on the images of these classes only (class numbers of the dataset).
     """
 
     model: str | None = None
@@ -34,6 +35,7 @@ class TrainOptions(JsonConfig):
     init: str | None = None
     loss: str | None = None
     margin: float | None = None
+    classes: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         check_settings(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, seed=self.seed,
