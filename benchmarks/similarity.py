@@ -79,6 +79,7 @@ def latency(data_dir: str, repeats: int = 200) -> dict:
     from siamdiff.similarity.index import Index, search
 
     torch.set_num_threads(2)
+    started = provenance()  # the code as it was when the measurement began
     model = SimilarityModel.load("mnist")
     test = load_dataset("mnist", "test", data_dir)
     a, b = (test.images[k].numpy().transpose(1, 2, 0) for k in (0, 1))
@@ -93,7 +94,7 @@ def latency(data_dir: str, repeats: int = 200) -> dict:
         x, y = (photos[k].numpy().transpose(1, 2, 0) for k in (0, 1))
         why = time_calls(lambda: explanation_png(colour.explain(x, y)), max(repeats // 10, 5))
     return {"score_pair": pair, "search_query": query, "explain_pair": why, "index_size": len(gallery), "threads": 2,
-            "repeats": repeats, **provenance()}
+            "repeats": repeats, **started}
 
 
 SCORES = ("siamdiff graded score", "siamdiff embedding distance", "seed embedding distance", "classifier embedding",
@@ -182,6 +183,49 @@ def chosen_setting(grid: list[dict]) -> tuple[float, float] | None:
     return best
 
 
+THRESHOLDS = tuple(round(0.8 + 0.0025 * k, 4) for k in range(81))  # the duplicates thresholds tried, 0.8 to 1
+
+
+def near_copy_rates(model, images, labels, threshold: float | None, n: int) -> dict:
+    """On near-copy triplets: the graded similarity of each near copy and of each look-alike of its class, and at
+    ``threshold`` (None: each of :data:`THRESHOLDS`) the share of copies found and of look-alikes refused."""
+    import numpy as np
+
+    from siamdiff.similarity import agreement as afc
+
+    a, e, o = (t.numpy() for t in afc.triplets(images, labels, "near-copy", n))
+    copies, alike = model.score_batch(a, e)["similarity"], model.score_batch(a, o)["similarity"]
+    rates = {t: {"copies_found": round(float((copies >= t).mean()), 4),
+                 "look_alikes_refused": round(float((alike < t).mean()), 4)}
+             for t in ((threshold,) if threshold is not None else THRESHOLDS)}
+    return rates
+
+
+def duplicates_threshold(data_dir: str, datasets: list[str], n: int = 1000) -> dict:
+    """The threshold of ``siamdiff duplicates``: on the validation near-copy triplets of every dataset, the one with
+    the highest mean balanced accuracy (copies found, look-alikes refused); and the rates of the shipped threshold on
+    the test triplets."""
+    from siamdiff.data.datasets import load_splits
+    from siamdiff.similarity.api import SimilarityModel
+    from siamdiff.similarity.duplicates import THRESHOLD
+
+    validation, test = {}, {}
+    for dataset in datasets:
+        val, tst = load_splits(dataset, ("val", "test"), data_dir)
+        model = SimilarityModel.load(dataset)
+        validation[dataset] = near_copy_rates(model, val.images, val.labels.numpy(), None, n)
+        test[dataset] = near_copy_rates(model, tst.images, tst.labels.numpy(), THRESHOLD, n)[THRESHOLD]
+
+    def balanced(t: float) -> float:
+        return sum(sum(validation[d][t].values()) / 2 for d in datasets) / len(datasets)
+
+    chosen = max(THRESHOLDS, key=lambda t: (balanced(t), -t))
+    print(f"duplicates threshold on validation: {chosen} (balanced accuracy {balanced(chosen):.4f}); shipped "
+          f"{THRESHOLD}", flush=True)
+    return {"chosen": chosen, "balanced_accuracy": round(balanced(chosen), 4), "shipped": THRESHOLD,
+            "validation_at_chosen": {d: validation[d][chosen] for d in datasets}, "test_at_shipped": test}
+
+
 def agreement(data_dir: str, datasets: list[str], args: argparse.Namespace, n: int = 1000) -> dict:
     """2AFC agreement of each score on ``n`` triplets of each kind from each test split
     (:mod:`siamdiff.similarity.agreement`), and the graded score's settings tried on the validation split."""
@@ -189,6 +233,7 @@ def agreement(data_dir: str, datasets: list[str], args: argparse.Namespace, n: i
     from siamdiff.similarity import agreement as afc
     from siamdiff.similarity.graded import SHARPNESS, WEIGHT
 
+    started = provenance()  # the code as it was when the measurement began
     rows, grid = [], []
     for dataset in datasets:
         val, test = load_splits(dataset, ("val", "test"), data_dir)
@@ -202,7 +247,8 @@ def agreement(data_dir: str, datasets: list[str], args: argparse.Namespace, n: i
                   flush=True)
             rows.append(row)
     return {"rows": rows, "seed": afc.SEED, "weight": WEIGHT, "sharpness": SHARPNESS, "validation_grid": grid,
-            "rule": list(chosen_setting(grid) or ()), **provenance()}
+            "rule": list(chosen_setting(grid) or ()), "duplicates": duplicates_threshold(data_dir, datasets, n),
+            **started}
 
 
 def markdown(result: dict) -> str:
@@ -267,6 +313,15 @@ def markdown(result: dict) -> str:
             mark = " (shipped)" if (weight, sharpness) == (agree["weight"], agree["sharpness"]) else ""
             name = "embedding distance" if weight is None else f"{weight}{mark}"
             lines.append(f"| {name} | {sharpness or ''} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
+        dup = agree.get("duplicates")
+        if dup:
+            lines += ["", f"`siamdiff duplicates`: the threshold on the graded similarity with the highest mean "
+                          f"balanced accuracy on the validation near-copy triplets (near copies found, look-alikes of "
+                          f"their class refused) is {dup['chosen']} (balanced accuracy {dup['balanced_accuracy']}); "
+                          f"the shipped default is {dup['shipped']}. On the test triplets at the shipped default:", "",
+                      "| dataset | near copies found | look-alikes refused |", "|---|---|---|"]
+            for dataset, rate in dup["test_at_shipped"].items():
+                lines.append(f"| {dataset} | {rate['copies_found']:.4f} | {rate['look_alikes_refused']:.4f} |")
     return "\n".join(lines) + "\n"
 
 

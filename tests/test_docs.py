@@ -127,3 +127,11 @@ def test_readme_agreement_table_is_the_benchmark():
         for title, cell in zip(header[2:], cells[2:]):
             assert cell == f"{row['agreement'][title]:.3f}", (cells[0], cells[1], title)
     assert f"`{result['command']}`" in text
+
+
+def test_duplicates_threshold_is_the_benchmarks_choice():
+    from siamdiff.similarity.duplicates import THRESHOLD
+
+    chosen = json.loads((ROOT / "docs" / "benchmarks" / "similarity.json").read_text())["agreement"]["duplicates"]
+    assert chosen["chosen"] == chosen["shipped"] == THRESHOLD
+    assert f"The default threshold ({THRESHOLD})" in (ROOT / "docs" / "similarity.md").read_text()

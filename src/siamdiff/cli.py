@@ -189,6 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=_path, required=True, help="the picture (.png)")
     p.add_argument("--json", action="store_true", help="also print the scores and the maps (one value per region)")
 
+    p = sub.add_parser("duplicates", help="groups of near copies in a folder (a report: nothing is moved or deleted)")
+    p.add_argument("folder")
+    p.add_argument("--model", default="mnist")
+    p.add_argument("--threshold", type=float, help="the graded similarity from which two images are near copies "
+                                                   "(default chosen on validation near-copy triplets)")
+    p.add_argument("--json", action="store_true", help='{"groups": [[path, ...], ...], ...}')
+
     p = sub.add_parser("index", help="embed a folder of images into a search index")
     p.add_argument("folder")
     p.add_argument("--out", type=_path, required=True, help="index file (.safetensors); updated in place if it exists")
@@ -332,6 +339,25 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_duplicates(args: argparse.Namespace) -> int:
+    from .similarity.api import SimilarityModel
+    from .similarity.duplicates import THRESHOLD, find_duplicates
+
+    report = find_duplicates(args.folder, SimilarityModel.load(args.model),
+                             THRESHOLD if args.threshold is None else args.threshold)
+    if args.json:
+        _print_json(report)
+        return 0
+    skipped = f", {report['skipped']} unreadable skipped" if report["skipped"] else ""
+    print(f"{report['images']} images{skipped}: {len(report['groups'])} group(s) of near copies (similarity >= "
+          f"{report['threshold']})")
+    for k, (group, smallest) in enumerate(zip(report["groups"], report["similarity"]), 1):
+        print(f"group {k}: {len(group)} images, every two at least {smallest:.3f}")
+        for path in group:
+            print(f"  {path}")
+    return 0
+
+
 def _cmd_index(args: argparse.Namespace) -> int:
     from .similarity.api import SimilarityModel
     from .similarity.index import build_index
@@ -414,7 +440,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "similarity": _cmd_similarity, "explain": _cmd_explain,
-            "index": _cmd_index,
+            "duplicates": _cmd_duplicates, "index": _cmd_index,
             "search": _cmd_search, "plot": _cmd_plot, "demo": _cmd_demo, "denoise": _cmd_denoise,
             "sample": _cmd_sample, "serve": _cmd_serve}
 
