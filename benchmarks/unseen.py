@@ -77,12 +77,13 @@ def trained(kind: str, dataset: str, args: argparse.Namespace) -> tuple[Path, li
     if args.max_batches:  # smoke runs
         argv += ["--max-batches", str(args.max_batches)]
     model = out / "model.safetensors"
-    done = read_metadata(model)["extra"].get("command", "") if model.is_file() else ""
-    if [a for a in shlex.split(done) if a not in ("--resume", "--overwrite")] == argv:
+    extra = read_metadata(model)["extra"] if model.is_file() else {}
+    given = [a for a in shlex.split(extra.get("command", "")) if a not in ("--resume", "--overwrite")]
+    if given == argv and len(extra.get("history", [])) == epochs:  # this command, run to its end
         print(f"{dataset} {kind}: done already ({model})", flush=True)
         return model, argv
     print(f"{dataset} {kind}: {shlex.join(argv)}", flush=True)
-    resume = ["--resume"] if (out / "state.pt").is_file() else ["--overwrite"]
+    resume = ["--resume"] if given == argv and (out / "state.pt").is_file() else ["--overwrite"]
     subprocess.run([sys.executable, "-m", *argv, *resume], check=True)
     return model, argv
 
