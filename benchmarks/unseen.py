@@ -142,12 +142,12 @@ def markdown(result: dict) -> str:
              "(docs/similarity.md). The classifier embedding is the penultimate layer (pooled trunk features, "
              "cosine) of a cross-entropy classifier with the same backbone; on the unseen rows it was trained on "
              "the same data for the same epochs.", "",
-             "| dataset | protocol | method | epochs | train s | R@1 | MAP@R | verif. acc | ROC-AUC |",
-             "|---" * 9 + "|"]
+             "| dataset | protocol | method | epochs | train s | trained on | R@1 | MAP@R | verif. acc | ROC-AUC |",
+             "|---" * 10 + "|"]
     for r in result["rows"]:
         m = r["metrics"]
         lines.append(f"| {r['dataset']} | {r['protocol']} | {r['method']} | {r['epochs']} | {r['train_seconds']:.0f} "
-                     f"| " + " | ".join(f"{m[k]:.4f}" for k in METRICS) + " |")
+                     f"| {r['device']} | " + " | ".join(f"{m[k]:.4f}" for k in METRICS) + " |")
     lines += ["", "Training commands:", ""]
     for r in result["rows"]:
         lines.append(f"- {r['dataset']}, {r['protocol']}, {r['method']}: "
