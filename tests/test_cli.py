@@ -133,6 +133,15 @@ def test_index_by_another_model_is_refused(capsys, tiny_model, digit_folder, tmp
     assert code == 2 and "another model" in err
 
 
+def test_a_model_with_a_calibration_that_is_not_finite_is_refused(capsys, tmp_path, digit_folder):
+    net = EmbeddingNet(PRESETS["tiny-1"])
+    path = save_model(tmp_path / "nan.safetensors", net, "similarity", PRESETS["tiny-1"].to_dict(),
+                      {"calibration": {"intercept": float("nan"), "slope": -1, "threshold": 1}})
+    images = sorted(digit_folder.rglob("*.png"))[:2]
+    code, out, err = run(capsys, "similarity", *images, "--model", path, "--json")
+    assert code == 2 and out == "" and "damaged calibration" in err
+
+
 def test_train_eval_cli_on_folder_dataset(capsys, digit_folder, tmp_path):
     out = tmp_path / "run"
     code, text, err = run(capsys, "train", "similarity", "--dataset", f"folder:{digit_folder}", "--model", "tiny",

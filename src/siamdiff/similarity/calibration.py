@@ -15,6 +15,10 @@ class Calibration:
     slope: float
     threshold: float
 
+    def __post_init__(self) -> None:
+        if not all(np.isfinite([self.intercept, self.slope, self.threshold])):  # NaN would print as invalid JSON
+            raise ValueError(f"a calibration of numbers that are not all finite: {self}")
+
     def probability(self, d: np.ndarray | float) -> np.ndarray:
         z = self.intercept + self.slope * np.asarray(d, dtype=np.float64)
         return 0.5 * (1.0 + np.tanh(0.5 * z))  # a sigmoid that never overflows
