@@ -15,6 +15,50 @@ def _reason(exc: OSError) -> str:
     return exc.strerror.lower() if exc.strerror else str(exc)
 
 
+_HELD: dict[Path, int] = {}  # the paths this process holds locked, and how deeply
+
+
+@contextlib.contextmanager
+def exclusive(path: str | os.PathLike) -> Iterator[None]:
+    """Hold ``path`` — an output updated in place: an index, a run folder — for this process while it is written:
+    another siamdiff process that asks for it meanwhile is refused with one line (a ``SiamdiffError``), so two
+    writers never both "succeed" with one's work lost. The lock is an advisory ``flock`` of the file ``.NAME.lock``
+    beside ``path``, released when the process ends however it ends (the empty file stays). Nested use in one
+    process holds it once. Where the folder of ``path`` does not exist yet, or the system has no ``flock``
+    (Windows), nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on the platforms siamdiff is tested on
+        fcntl = None
+    target = Path(os.path.abspath(path))
+    if fcntl is None or target in _HELD or not target.parent.is_dir():
+        _HELD[target] = _HELD.get(target, 0) + 1
+        try:
+            yield
+        finally:
+            _HELD[target] -= 1
+            if not _HELD[target]:
+                del _HELD[target]
+        return
+    try:
+        fd = os.open(target.parent / f".{target.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise SiamdiffError(f"cannot write '{path}': {_reason(exc)}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SiamdiffError(f"'{path}' is being written by another siamdiff process: wait until it is done, or "
+                                f"give another {{out}}", "out") from None
+        _HELD[target] = 1
+        try:
+            yield
+        finally:
+            del _HELD[target]
+    finally:
+        os.close(fd)
+
+
 def check_writable(path: str | os.PathLike) -> Path:
     """``path`` as a ``Path`` if a file can be written there (its folder exists and is writable, it is not a
     folder), else a one-line ``SiamdiffError`` — for commands to check their output before the work that fills it."""

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import ImageReadError, SiamdiffError, first_line, require
-from ..core.files import atomic_write, check_writable
+from ..core.files import atomic_write, check_writable, exclusive
 from ..data.imageio import list_images
 from .api import ImageLike, SimilarityModel
 from .graded import graded
@@ -114,6 +114,13 @@ def build_index(folder: str | os.PathLike, model: SimilarityModel, out: str | os
     Returns the index and counts ``{"added", "kept", "removed", "skipped"}``. Unreadable files are skipped.
     """
     out = check_writable(out)  # before the embedding, not after it
+    with exclusive(out):  # a second writer is refused, not silently overwritten
+        return _update(folder, model, out, batch_size)
+
+
+def _update(folder: str | os.PathLike, model: SimilarityModel, out: Path, batch_size: int
+            ) -> tuple[Index, dict[str, int]]:
+    """:func:`build_index`'s work, with ``out`` checked and held."""
     files = list_images(folder)
     where = str(Path(folder).resolve())
     old = Index.load(out) if out.exists() else None

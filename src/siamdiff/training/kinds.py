@@ -17,6 +17,7 @@ from torch import nn
 
 from ..core.checkpoint import load_model
 from ..core.errors import SiamdiffError
+from ..core.files import exclusive
 from ..core.registry import DATASETS, resolve
 from ..data.datasets import load_splits, refuse_shape_options
 from ..data.types import ImageSet
@@ -135,6 +136,14 @@ def train(kind: str, dataset: str, out: str | Path, options: TrainOptions | None
     for name, applies in (("loss", spec.loss), ("margin", spec.margin), ("init", spec.init)):
         if getattr(options, name) is not None and not applies:
             raise SiamdiffError(f"{{{name}}} does not apply to {kind} models", name)
+    with exclusive(out):  # a second run into the same folder is refused, not interleaved with this one
+        return _train_held(spec, design, options, dataset, out, data_dir, download, resume, overwrite, command)
+
+
+def _train_held(spec: Kind, design: str, options: TrainOptions, dataset: str, out: str | Path,
+                data_dir: str | Path | None, download: bool, resume: bool, overwrite: bool,
+                command: str) -> list[dict[str, Any]]:
+    """:func:`train`'s work, with the run folder held."""
     check_run_folder(out, resume, overwrite)
     resolve_device(options.device)
     refuse_shape_options(dataset, None if spec.resizes else options.image_size, options.channels)
