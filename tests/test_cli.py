@@ -142,6 +142,53 @@ def test_a_model_with_a_calibration_that_is_not_finite_is_refused(capsys, tmp_pa
     assert code == 2 and out == "" and "damaged calibration" in err
 
 
+def test_similarity_pairs_is_one_line_per_pair(capsys, digit_folder, tmp_path):
+    images = sorted(digit_folder.rglob("*.png"))
+    pairs = [(images[0], images[1]), (images[2], tmp_path / "missing.png"), (images[3], images[0])]
+    listing = tmp_path / "pairs.csv"
+    listing.write_text("a,b\n" + "".join(f"{a},{b}\n\n" for a, b in pairs))
+    code, out, err = run(capsys, "similarity", "--pairs", listing, "--json")
+    records = [json.loads(line) for line in out.splitlines()]
+    assert code == 2 and len(records) == 3 and err.count("\n") == 1 and "missing.png" in err
+    assert records[1] == {"a": str(pairs[1][0]), "b": str(pairs[1][1]), "error": records[1]["error"]}
+    for (a, b), record in zip(pairs[::2], records[::2]):  # the same object as one pair at a time
+        code, one, _ = run(capsys, "similarity", a, b, "--json")
+        alone = json.loads(one)
+        assert code == 0 and alone.keys() == record.keys()
+        for key, value in alone.items():
+            assert record[key] == (pytest.approx(value, abs=1e-5) if isinstance(value, float) else value), key
+
+
+@pytest.mark.parametrize("text, argv, words", [
+    ("x.png,y.png,z.png\n", [], "line 1: two image paths"),
+    ("a,b\n", [], "holds no pairs"),
+    ("x.png,y.png\n", ["x.png"], "not both"),
+    (None, [], "give two images A B, or --pairs FILE"),
+])
+def test_similarity_pairs_refusals(capsys, tmp_path, text, argv, words):
+    listing = tmp_path / "pairs.csv"
+    extra = ["--pairs", listing] if text is not None else []
+    if text is not None:
+        listing.write_text(text)
+    code, out, err = run(capsys, "similarity", *argv, *extra)
+    assert code == 2 and out == "" and words in err and err.count("\n") == 1
+
+
+def test_search_many_queries_is_one_line_per_query(capsys, tiny_model, digit_folder, tmp_path):
+    idx = tmp_path / "digits.safetensors"
+    assert run(capsys, "index", digit_folder, "--out", idx, "--model", tiny_model)[0] == 0
+    images = sorted(digit_folder.rglob("*.png"))
+    listing = tmp_path / "queries.txt"
+    listing.write_text(f"{images[5]}\n\n{tmp_path / 'missing.png'}\n")
+    code, out, err = run(capsys, "search", images[0], "--queries", listing, "--index", idx, "-k", 3, "--json")
+    records = [json.loads(line) for line in out.splitlines()]
+    assert code == 2 and [r["query"] for r in records] == [str(images[0]), str(images[5]), str(tmp_path / "missing.png")]
+    assert "error" in records[2] and "missing.png" in err and err.count("\n") == 1
+    for record in records[:2]:
+        code, one, _ = run(capsys, "search", record["query"], "--index", idx, "-k", 3, "--json")
+        assert code == 0 and json.loads(one) == record
+
+
 def test_train_eval_cli_on_folder_dataset(capsys, digit_folder, tmp_path):
     out = tmp_path / "run"
     code, text, err = run(capsys, "train", "similarity", "--dataset", f"folder:{digit_folder}", "--model", "tiny",

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .core.config import auto_or
-from .core.errors import SiamdiffError, first_line, one_line
+from .core.errors import ImageReadError, SiamdiffError, first_line, one_line
 from .core.version import __version__
 
 log = logging.getLogger("siamdiff")
@@ -176,10 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("similarity", help="how similar are two images: a graded score, category first, "
                                           "appearance second")
-    p.add_argument("a")
-    p.add_argument("b")
+    p.add_argument("a", nargs="?")
+    p.add_argument("b", nargs="?")
+    p.add_argument("--pairs", type=_path, metavar="FILE",
+                   help="score many pairs: a CSV file of two image paths a line (an optional header a,b)")
     p.add_argument("--model", default="mnist")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="one JSON object (with --pairs: one a line, failed pairs with "
+                                                       "their error)")
 
     p = sub.add_parser("explain", help="why two images are similar: a picture of the regions their agreement comes "
                                        "from")
@@ -202,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="mnist")
 
     p = sub.add_parser("search", help="nearest images of an index")
-    p.add_argument("image")
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="query images")
+    p.add_argument("--queries", type=_path, metavar="FILE", help="also the query images listed in FILE, one a line")
     p.add_argument("--index", required=True)
     p.add_argument("-k", type=int, default=5)
     p.add_argument("--model", help="defaults to the model that built the index")
@@ -309,17 +313,70 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _text(path: str, param: str) -> str:
+    """The text of a file a parameter names, or a one-line error."""
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            return handle.read()
+    except UnicodeDecodeError:
+        raise SiamdiffError(f"{{{param}}} '{path}' is not a text file", param) from None
+    except OSError as exc:
+        raise SiamdiffError(f"cannot read {{{param}}} '{path}': {exc.strerror.lower()}", param) from None
+
+
+def _read_pairs(path: str) -> list[tuple[str, str]]:
+    """The pairs of a CSV file: two paths a line, blank lines skipped, an optional first line ``a,b``."""
+    import csv
+    import io
+
+    rows = [(n, [c.strip() for c in row]) for n, row in enumerate(csv.reader(io.StringIO(_text(path, "pairs"))), 1)
+            if any(row)]
+    if rows and [c.lower() for c in rows[0][1]] == ["a", "b"]:
+        rows = rows[1:]
+    for n, row in rows:
+        if len(row) != 2 or not all(row):
+            raise SiamdiffError(f"{{pairs}} '{path}' line {n}: two image paths separated by a comma, got "
+                                f"{len([c for c in row if c])} field(s)", "pairs")
+    if not rows:
+        raise SiamdiffError(f"{{pairs}} '{path}' holds no pairs", "pairs")
+    return [(a, b) for _, (a, b) in rows]
+
+
+def _read_lines(path: str, param: str) -> list[str]:
+    """The non-blank lines of a text file, stripped."""
+    return [line.strip() for line in _text(path, param).splitlines() if line.strip()]
+
+
+def _show_pair(r: dict) -> str:
+    verdict = "same category" if r["same"] else "different categories"
+    return (f"{r['similarity']:.3f}  ({verdict}; probability {r['probability']:.3f}, appearance {r['appearance']:.3f}, "
+            f"distance {r['distance']:.3f})")
+
+
 def _cmd_similarity(args: argparse.Namespace) -> int:
     from .similarity.api import SimilarityModel
 
-    result = {"a": args.a, "b": args.b, **SimilarityModel.load(args.model).score(args.a, args.b)}
-    if args.json:
-        _print_json(result)
-    else:
-        verdict = "same category" if result["same"] else "different categories"
-        print(f"{result['similarity']:.3f}  ({verdict}; probability {result['probability']:.3f}, appearance "
-              f"{result['appearance']:.3f}, distance {result['distance']:.3f})")
-    return 0
+    if args.pairs is None and (args.a is None or args.b is None):
+        raise SiamdiffError("give two images A B, or {pairs} FILE", "pairs")
+    if args.pairs is not None and args.a is not None:
+        raise SiamdiffError("give two images A B or {pairs} FILE, not both", "pairs")
+    if args.pairs is None:
+        result = {"a": args.a, "b": args.b, **SimilarityModel.load(args.model).score(args.a, args.b)}
+        if args.json:
+            _print_json(result)
+        else:
+            print(_show_pair(result))
+        return 0
+    pairs = _read_pairs(args.pairs)
+    records = SimilarityModel.load(args.model).score_pairs(pairs)
+    for r in records:
+        if "error" in r:
+            print(f"siamdiff: error: {one_line(r['error'])}", file=sys.stderr)
+        if args.json:
+            _print_json(r)
+        elif "error" not in r:
+            print(f"{_show_pair(r)}  {r['a']}  {r['b']}")
+    return 2 if any("error" in r for r in records) else 0
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
@@ -372,16 +429,30 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from .similarity.api import SimilarityModel
     from .similarity.index import Index, search
 
+    queries = list(args.images) + (_read_lines(args.queries, "queries") if args.queries else [])
+    if not queries:
+        raise SiamdiffError("give query images, or {queries} FILE", "queries")
     index = Index.load(args.index)
-    hits = search(index, SimilarityModel.load(index.model if args.model is None else args.model), args.image, args.k,
-                  use_faiss=args.use_faiss)
-    if args.json:
-        _print_json({"query": args.image, "results": hits})
-    else:
+    model = SimilarityModel.load(index.model if args.model is None else args.model)
+    failed = 0
+    for query in queries:
+        try:
+            hits = search(index, model, query, args.k, use_faiss=args.use_faiss)
+        except ImageReadError as exc:  # one unreadable query does not stop the others
+            failed += 1
+            print(f"siamdiff: error: {one_line(str(exc))}", file=sys.stderr)
+            if args.json:
+                _print_json({"query": query, "error": str(exc)})
+            continue
+        if args.json:
+            _print_json({"query": query, "results": hits})
+            continue
+        if len(queries) > 1:
+            print(f"{query}:")
         for h in hits:
             graded = "  -  " if h["similarity"] is None else f"{h['similarity']:.3f}"
             print(f"{graded}  {h['probability']:.3f}  {h['distance']:.3f}  {h['path']}")
-    return 0
+    return 2 if failed else 0
 
 
 def _cmd_denoise(args: argparse.Namespace) -> int:

@@ -36,6 +36,11 @@ def _first(row: dict[str, np.ndarray]) -> dict[str, Any]:
     return {k: bool(v[0]) if k == "same" else float(v[0]) for k, v in row.items()}
 
 
+def _name(image: ImageLike) -> str | None:
+    """How a result names its image: the path given, or None for an image given as data."""
+    return os.fspath(image) if isinstance(image, (str, os.PathLike)) else None
+
+
 class SimilarityModel:
     """A Siamese embedding network with its calibration.
 
@@ -151,6 +156,41 @@ class SimilarityModel:
         :mod:`siamdiff.similarity.graded`); ``probability`` the calibrated probability of one category; ``same``
         the decision at the validation threshold; ``appearance`` how alike the two look, in [0, 1]."""
         return _first(self.score_batch(self.prepare(a)[None], self.prepare(b)[None]))
+
+    def score_pairs(self, pairs: list[tuple[ImageLike, ImageLike]], batch_size: int = PAIRS_PER_PASS
+                    ) -> list[dict[str, Any]]:
+        """:meth:`score` of many pairs, in batches: one dict per pair, in order — ``{"a", "b", "similarity", ...}``,
+        or ``{"a", "b", "error"}`` for a pair with an unreadable image (the others are scored all the same). Each
+        distinct path is read once."""
+        prepared: dict[str, np.ndarray | SiamdiffError] = {}
+
+        def image(x: ImageLike) -> np.ndarray | SiamdiffError:
+            key = os.fspath(x) if isinstance(x, (str, os.PathLike)) else None
+            if key is not None and key in prepared:
+                return prepared[key]
+            try:
+                found: np.ndarray | SiamdiffError = self.prepare(x)
+            except SiamdiffError as exc:
+                found = exc
+            if key is not None:
+                prepared[key] = found
+            return found
+
+        records: list[dict[str, Any]] = []
+        todo: list[tuple[int, np.ndarray, np.ndarray]] = []
+        for a, b in pairs:
+            x, y = image(a), image(b)
+            names = {"a": _name(a), "b": _name(b)}
+            failed = next((e for e in (x, y) if isinstance(e, SiamdiffError)), None)
+            records.append({**names, "error": str(failed)} if failed is not None else names)
+            if failed is None:
+                todo.append((len(records) - 1, x, y))
+        for s in range(0, len(todo), batch_size):
+            rows, xs, ys = zip(*todo[s:s + batch_size])
+            scores = self.score_batch(np.stack(xs), np.stack(ys))
+            for k, row in enumerate(rows):
+                records[row].update(_first({key: v[k:k + 1] for key, v in scores.items()}))
+        return records
 
     def explain(self, a: ImageLike, b: ImageLike) -> dict[str, Any]:
         """:meth:`score` of two images, with where their agreement comes from (:mod:`siamdiff.similarity.explain`):
