@@ -18,6 +18,7 @@ import numpy as np
 
 from ..core.errors import ImageReadError, SiamdiffError, first_line, require
 from ..core.files import atomic_write, check_writable, exclusive
+from ..core.progress import progress
 from ..data.imageio import list_images
 from .api import ImageLike, SimilarityModel
 from .graded import graded
@@ -141,19 +142,21 @@ def _update(folder: str | os.PathLike, model: SimilarityModel, out: Path, batch_
         else:
             todo.append((f, key, stamp))
     new_emb, new_paths, new_stamps, skipped = [], [], [], 0
-    for s in range(0, len(todo), batch_size):
-        arrays = []
-        for f, key, stamp in todo[s:s + batch_size]:
-            try:
-                arrays.append(model.prepare(f))
-            except ImageReadError as exc:
-                log.info("%s", exc)
-                skipped += 1
-                continue
-            new_paths.append(key)
-            new_stamps.append(stamp)
-        if arrays:
-            new_emb.append(model.embed(np.stack(arrays)))
+    with progress(len(todo), f"index {Path(folder).name}", "img") as bar:
+        for s in range(0, len(todo), batch_size):
+            arrays = []
+            for f, key, stamp in todo[s:s + batch_size]:
+                try:
+                    arrays.append(model.prepare(f))
+                except ImageReadError as exc:
+                    log.info("%s", exc)
+                    skipped += 1
+                    continue
+                new_paths.append(key)
+                new_stamps.append(stamp)
+            if arrays:
+                new_emb.append(model.embed(np.stack(arrays)))
+            bar.update(len(todo[s:s + batch_size]))
     dim = model.net.config.embed_dim
     parts = ([old.embeddings[keep_rows]] if old is not None and keep_rows else []) + new_emb
     emb = np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)

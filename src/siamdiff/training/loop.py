@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from torch import nn
 from ..core.checkpoint import load_state, save_state
 from ..core.errors import SiamdiffError
 from ..core.files import atomic_write, output_folder
+from ..core.progress import progress
 from .config import TrainConfig
 from .task import Task
 
@@ -104,12 +104,6 @@ def train_step(task: Task, batch: tuple[torch.Tensor, ...], opt: torch.optim.Opt
     sched.step()
     task.after_step()
     return loss.detach().float()
-
-
-def _progress(total: int, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, leave=False, disable=not sys.stderr.isatty(), dynamic_ncols=True)
 
 
 CHECK_EVERY = 25  # batches between finite-loss checks (each one synchronises with the GPU)
@@ -212,7 +206,7 @@ def _train(task: Task, cfg: TrainConfig, out: Path, device: torch.device, resume
         torch.manual_seed(cfg.seed * 100_003 + epoch)
         began, count, warm_began = time.perf_counter(), 0, 0.0
         total = torch.zeros((), device=device)
-        bar = _progress(steps, f"epoch {epoch + 1}/{cfg.epochs}")
+        bar = progress(steps, f"epoch {epoch + 1}/{cfg.epochs}", "batch")
         for i, batch in enumerate(task.batches(epoch, device)):
             if i >= steps:
                 break
