@@ -89,12 +89,36 @@ def latency(data_dir: str, repeats: int = 200) -> dict:
         index = Index(model.embed(gallery), [str(i) for i in range(len(gallery))], [(0, 0)] * len(gallery),
                       model.fingerprint, "mnist")
         query = time_calls(lambda: search(index, model, a, k=5), repeats)
+        pairs = pairs_per_second(model, test)
         colour = SimilarityModel.load("cifar10")
         photos = load_dataset("cifar10", "test", data_dir).images
         x, y = (photos[k].numpy().transpose(1, 2, 0) for k in (0, 1))
         why = time_calls(lambda: explanation_png(colour.explain(x, y)), max(repeats // 10, 5))
-    return {"score_pair": pair, "search_query": query, "explain_pair": why, "index_size": len(gallery), "threads": 2,
-            "repeats": repeats, **started}
+    return {"score_pair": pair, "search_query": query, "explain_pair": why, "pairs_from_files": pairs,
+            "index_size": len(gallery), "threads": 2, "repeats": repeats, **started}
+
+
+def pairs_per_second(model, test, files: int = 500, n: int = 10_000) -> dict:
+    """``siamdiff similarity --pairs``'s work after start-up: ``n`` random pairs of ``files`` MNIST test images
+    written as PNG files, scored by ``SimilarityModel.score_pairs`` (each file read once), timed once."""
+    import tempfile
+    import time
+
+    import numpy as np
+
+    from siamdiff.data.imageio import write_png_atomic
+
+    with tempfile.TemporaryDirectory() as folder:
+        paths = [Path(folder) / f"{k}.png" for k in range(files)]
+        for k, path in enumerate(paths):
+            write_png_atomic(test.images[k].numpy()[0], path)
+        rng = np.random.default_rng(0)
+        pairs = [(str(paths[a]), str(paths[b])) for a, b in rng.integers(0, files, (n, 2))]
+        began = time.perf_counter()
+        records = model.score_pairs(pairs)
+        seconds = time.perf_counter() - began
+    assert not any("error" in r for r in records)
+    return {"pairs": n, "files": files, "seconds": round(seconds, 3), "pairs_per_s": round(n / seconds, 1)}
 
 
 SCORES = ("siamdiff graded score", "siamdiff embedding distance", "seed embedding distance", "classifier embedding",
@@ -286,6 +310,11 @@ def markdown(result: dict) -> str:
             why = lat["explain_pair"]
             lines.append(f"| explain one pair with its PNG picture (two 32x32 images, shipped CIFAR-10 model) | "
                          f"{why['median_ms']} | {why['p25_ms']} | {why['p75_ms']} |")
+        if "pairs_from_files" in lat:
+            many = lat["pairs_from_files"]
+            lines += ["", f"`siamdiff similarity --pairs`'s work after start-up ({many['pairs']:,} random pairs of "
+                          f"{many['files']} PNG files, each read once, scored in batches): {many['seconds']} s, "
+                          f"{many['pairs_per_s']:,} pairs/s."]
     agree = result.get("agreement")
     if agree:
         names = [n for n in SCORES if any(n in r["agreement"] for r in agree["rows"])]

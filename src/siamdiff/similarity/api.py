@@ -128,23 +128,43 @@ class SimilarityModel:
         maps = [self.net.stem(torch.tensor(np.asarray(x), device=device)) for x in (a, b)]  # copied: may be read-only
         return shift_cosine(*maps).cpu().numpy().astype(np.float64)
 
-    @torch.no_grad()
     def score_batch(self, a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
         """:meth:`score` of the pairs ``(a[k], b[k])``: arrays ``(N,)`` under the same keys. ``a`` and ``b``:
-        uint8 batches of the model's shape, as :meth:`prepare` gives.
+        uint8 batches of the model's shape, as :meth:`prepare` gives."""
+        n = len(a)
+        return self.score_indexed(np.concatenate([a, b]), np.arange(n), np.arange(n, 2 * n))
+
+    @torch.no_grad()
+    def score_indexed(self, images: np.ndarray, i: np.ndarray, j: np.ndarray) -> dict[str, np.ndarray]:
+        """:meth:`score` of the pairs ``(images[i[k]], images[j[k]])``: each image is embedded once however many
+        pairs it is in. ``images``: a uint8 batch of the model's shape, as :meth:`prepare` gives.
 
         ``appearance`` is how alike the two look, in [0, 1]: the shift-tolerant cosine of the network's stem maps
-        (:mod:`siamdiff.similarity.graded`), computed in the same pass as the embeddings."""
+        (:mod:`siamdiff.similarity.graded`). A few images go through the network in one pass that gives their stem
+        maps too; more are embedded in batches, and the stem maps (one convolution) made again for each batch of
+        pairs, so memory stays bounded."""
         if self.calibration is None:
             self.probability(0.0)  # refuses: no calibration
+        i, j = np.asarray(i, dtype=np.int64), np.asarray(j, dtype=np.int64)
         device = next(self.net.parameters()).device
-        d, q = np.zeros(len(a)), np.zeros(len(a))
-        for s in range(0, len(a), PAIRS_PER_PASS):
-            n = len(a[s:s + PAIRS_PER_PASS])
-            pair = torch.tensor(np.concatenate([a[s:s + n], b[s:s + n]]), device=device)  # copied: may be read-only
-            both, maps = self.net.embed_and_stem(pair)
-            d[s:s + n] = (both[:n].float() - both[n:].float()).norm(dim=1).cpu().numpy()
-            q[s:s + n] = shift_cosine(maps[:n], maps[n:]).cpu().numpy()
+        if len(images) <= 2 * PAIRS_PER_PASS:
+            emb, maps = self.net.embed_and_stem(torch.tensor(np.asarray(images), device=device))  # copied: may be
+            emb = emb.float().cpu()                                                               # read-only
+
+            def stems(rows: np.ndarray) -> torch.Tensor:
+                return maps[torch.as_tensor(rows, device=device)]
+        else:
+            emb = torch.from_numpy(self.embed(images))
+
+            def stems(rows: np.ndarray) -> torch.Tensor:
+                return self.net.stem(torch.tensor(np.asarray(images)[rows], device=device))
+        d = (emb[i] - emb[j]).norm(dim=1).numpy().astype(np.float64)
+        q = np.zeros(len(i))
+        for s in range(0, len(i), PAIRS_PER_PASS):
+            n = len(i[s:s + PAIRS_PER_PASS])
+            rows, where = np.unique(np.concatenate([i[s:s + n], j[s:s + n]]), return_inverse=True)
+            maps_of = stems(rows)
+            q[s:s + n] = shift_cosine(maps_of[where[:n]], maps_of[where[n:]]).cpu().numpy()
         p = np.asarray(self.probability(d), dtype=np.float64)
         return {"similarity": graded(p, q), "probability": p, "distance": d, "same": d <= self.calibration.threshold,
                 "appearance": q}
@@ -157,11 +177,10 @@ class SimilarityModel:
         the decision at the validation threshold; ``appearance`` how alike the two look, in [0, 1]."""
         return _first(self.score_batch(self.prepare(a)[None], self.prepare(b)[None]))
 
-    def score_pairs(self, pairs: list[tuple[ImageLike, ImageLike]], batch_size: int = PAIRS_PER_PASS
-                    ) -> list[dict[str, Any]]:
-        """:meth:`score` of many pairs, in batches: one dict per pair, in order — ``{"a", "b", "similarity", ...}``,
-        or ``{"a", "b", "error"}`` for a pair with an unreadable image (the others are scored all the same). Each
-        distinct path is read once."""
+    def score_pairs(self, pairs: list[tuple[ImageLike, ImageLike]]) -> list[dict[str, Any]]:
+        """:meth:`score` of many pairs: one dict per pair, in order — ``{"a", "b", "similarity", ...}``, or
+        ``{"a", "b", "error"}`` for a pair with an unreadable image (the others are scored all the same). Each
+        distinct path is read and embedded once."""
         prepared: dict[str, np.ndarray | SiamdiffError] = {}
 
         def image(x: ImageLike) -> np.ndarray | SiamdiffError:
@@ -177,19 +196,25 @@ class SimilarityModel:
             return found
 
         records: list[dict[str, Any]] = []
-        todo: list[tuple[int, np.ndarray, np.ndarray]] = []
+        rows: dict[int, int] = {}  # id() of a prepared image -> its row in the batch of distinct images
+        distinct: list[np.ndarray] = []
+        todo: list[tuple[int, int, int]] = []  # (record, row of a, row of b)
         for a, b in pairs:
             x, y = image(a), image(b)
             names = {"a": _name(a), "b": _name(b)}
             failed = next((e for e in (x, y) if isinstance(e, SiamdiffError)), None)
             records.append({**names, "error": str(failed)} if failed is not None else names)
             if failed is None:
-                todo.append((len(records) - 1, x, y))
-        for s in range(0, len(todo), batch_size):
-            rows, xs, ys = zip(*todo[s:s + batch_size])
-            scores = self.score_batch(np.stack(xs), np.stack(ys))
-            for k, row in enumerate(rows):
-                records[row].update(_first({key: v[k:k + 1] for key, v in scores.items()}))
+                for z in (x, y):
+                    if id(z) not in rows:
+                        rows[id(z)] = len(distinct)
+                        distinct.append(z)
+                todo.append((len(records) - 1, rows[id(x)], rows[id(y)]))
+        if todo:
+            at, i, j = (np.array(column) for column in zip(*todo))
+            scores = self.score_indexed(np.stack(distinct), i, j)
+            for k, record in enumerate(at):
+                records[record].update(_first({key: v[k:k + 1] for key, v in scores.items()}))
         return records
 
     def explain(self, a: ImageLike, b: ImageLike) -> dict[str, Any]:
