@@ -135,3 +135,17 @@ def test_duplicates_threshold_is_the_benchmarks_choice():
     chosen = json.loads((ROOT / "docs" / "benchmarks" / "similarity.json").read_text())["agreement"]["duplicates"]
     assert chosen["chosen"] == chosen["shipped"] == THRESHOLD
     assert f"The default threshold ({THRESHOLD})" in (ROOT / "docs" / "similarity.md").read_text()
+
+
+def test_readme_unseen_table_is_the_benchmark():
+    result = json.loads((ROOT / "docs" / "benchmarks" / "unseen.json").read_text())
+    text = (ROOT / "README.md").read_text()
+    header, *body = _table(text, "### Unseen classes")
+    assert header[:3] == ["dataset", "protocol", "method"] and len(body) == len(result["rows"])
+    keys = {"R@1": "recall_at_1", "MAP@R": "map_at_r", "verif. acc": "verification_accuracy", "ROC-AUC": "roc_auc"}
+    names = {"MNIST": "mnist", "Fashion-MNIST": "fashion-mnist", "CIFAR-10": "cifar10"}
+    for cells, row in zip(body, result["rows"]):
+        assert (names[cells[0]], cells[1], cells[2]) == (row["dataset"], row["protocol"], row["method"])
+        for title, cell in zip(header[3:], cells[3:]):
+            assert cell == f"{row['metrics'][keys[title]]:.4f}", (cells[0], cells[1], cells[2], title)
+    assert f"`{result['command']}`" in text
