@@ -151,8 +151,8 @@ class SimilarityModel:
             emb, maps = self.net.embed_and_stem(torch.tensor(np.asarray(images), device=device))  # copied: may be
             emb = emb.float().cpu()                                                               # read-only
 
-            def stems(rows: np.ndarray) -> torch.Tensor:
-                return maps[torch.as_tensor(rows, device=device)]
+            def stems(rows: np.ndarray) -> torch.Tensor:  # rows: sorted and distinct, so all of them is every map
+                return maps if len(rows) == len(maps) else maps[torch.as_tensor(rows, device=device)]
         else:
             emb = torch.from_numpy(self.embed(images))
 
