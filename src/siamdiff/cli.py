@@ -11,7 +11,7 @@ import logging
 import os
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .core.config import auto_or
@@ -268,6 +268,19 @@ def _print_json(obj: object) -> None:
     print(json.dumps(obj, indent=None, sort_keys=False))
 
 
+def _report(records: list[dict], as_json: bool, show: Callable[[dict], None]) -> int:
+    """Print the records of a command over many inputs, in order — with ``as_json`` one JSON object a line, else
+    ``show(record)`` — and each failed one's error on stderr; the exit code: 2 if any failed."""
+    for r in records:
+        if "error" in r:
+            print(f"siamdiff: error: {one_line(r['error'])}", file=sys.stderr)
+        if as_json:
+            _print_json(r)
+        elif "error" not in r:
+            show(r)
+    return 2 if any("error" in r for r in records) else 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .training import TrainOptions, train
 
@@ -367,16 +380,8 @@ def _cmd_similarity(args: argparse.Namespace) -> int:
         else:
             print(_show_pair(result))
         return 0
-    pairs = _read_pairs(args.pairs)
-    records = SimilarityModel.load(args.model).score_pairs(pairs)
-    for r in records:
-        if "error" in r:
-            print(f"siamdiff: error: {one_line(r['error'])}", file=sys.stderr)
-        if args.json:
-            _print_json(r)
-        elif "error" not in r:
-            print(f"{_show_pair(r)}  {r['a']}  {r['b']}")
-    return 2 if any("error" in r for r in records) else 0
+    records = SimilarityModel.load(args.model).score_pairs(_read_pairs(args.pairs))
+    return _report(records, args.json, lambda r: print(f"{_show_pair(r)}  {r['a']}  {r['b']}"))
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
@@ -434,25 +439,21 @@ def _cmd_search(args: argparse.Namespace) -> int:
         raise SiamdiffError("give query images, or {queries} FILE", "queries")
     index = Index.load(args.index)
     model = SimilarityModel.load(index.model if args.model is None else args.model)
-    failed = 0
+    records = []
     for query in queries:
         try:
-            hits = search(index, model, query, args.k, use_faiss=args.use_faiss)
+            records.append({"query": query, "results": search(index, model, query, args.k, use_faiss=args.use_faiss)})
         except ImageReadError as exc:  # one unreadable query does not stop the others
-            failed += 1
-            print(f"siamdiff: error: {one_line(str(exc))}", file=sys.stderr)
-            if args.json:
-                _print_json({"query": query, "error": str(exc)})
-            continue
-        if args.json:
-            _print_json({"query": query, "results": hits})
-            continue
+            records.append({"query": query, "error": str(exc)})
+
+    def show(r: dict) -> None:
         if len(queries) > 1:
-            print(f"{query}:")
-        for h in hits:
+            print(f"{r['query']}:")
+        for h in r["results"]:
             graded = "  -  " if h["similarity"] is None else f"{h['similarity']:.3f}"
             print(f"{graded}  {h['probability']:.3f}  {h['distance']:.3f}  {h['path']}")
-    return 2 if failed else 0
+
+    return _report(records, args.json, show)
 
 
 def _cmd_denoise(args: argparse.Namespace) -> int:
@@ -463,16 +464,13 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
                             label=args.label, guidance=args.guidance,
                             seed=args.seed, declip=not args.no_declip, overlap=args.overlap,
                             save_chain=args.save_chain, precision=args.precision)
-    for r in records:
-        if "error" in r:
-            print(f"siamdiff: error: {one_line(r['error'])}", file=sys.stderr)
-        if args.json:
-            _print_json(r)
-        elif "error" not in r:
-            tiles = f", {r['tiles']} tiles" if r["tiles"] > 1 else ""
-            chain = f"; chain in {r['chain'][0]}" if "chain" in r else ""
-            print(f"{r['output']}  (sigma {r['sigma']:.3f}, t* {r['t_start']}, {r['method']}{tiles}{chain})")
-    return 2 if any("error" in r for r in records) else 0
+
+    def show(r: dict) -> None:
+        tiles = f", {r['tiles']} tiles" if r["tiles"] > 1 else ""
+        chain = f"; chain in {r['chain'][0]}" if "chain" in r else ""
+        print(f"{r['output']}  (sigma {r['sigma']:.3f}, t* {r['t_start']}, {r['method']}{tiles}{chain})")
+
+    return _report(records, args.json, show)
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
