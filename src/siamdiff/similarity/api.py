@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from typing import Any
 
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 
 from ..core.checkpoint import load_model
-from ..core.errors import CheckpointError, SiamdiffError
+from ..core.errors import CheckpointError, ImageReadError, SiamdiffError
 from ..core.registry import resolve, shipped_name
 from ..data.imageio import fit_to
 from ..data.inputs import as_batch, to_uint8
@@ -24,6 +25,8 @@ from .calibration import Calibration
 from .embed import embed
 from .explain import contributions
 from .graded import graded, shift_cosine
+
+log = logging.getLogger("siamdiff")
 
 ImageLike = str | os.PathLike | np.ndarray | torch.Tensor  # or a PIL image: see siamdiff.data.inputs
 
@@ -97,6 +100,20 @@ class SimilarityModel:
                 raise SiamdiffError(f"{{image}} must be one image, got a batch of {len(batch)}", "image")
             array = to_uint8(batch[0])
         return fit_to(array, self.channels, (self.image_size, self.image_size)).transpose(2, 0, 1)
+
+    def prepare_files(self, files: list[os.PathLike | str], level: int = logging.INFO
+                      ) -> tuple[list[np.ndarray], list[int]]:
+        """:meth:`prepare` of each file that can be read: the images, and the positions in ``files`` they came from;
+        each unreadable file is logged at ``level`` and left out."""
+        images, kept = [], []
+        for k, f in enumerate(files):
+            try:
+                images.append(self.prepare(f))
+            except ImageReadError as exc:
+                log.log(level, "%s", exc)
+                continue
+            kept.append(k)
+        return images, kept
 
     def embed(self, images: ImageLike | list[ImageLike], batch_size: int = 1024) -> np.ndarray:
         """Embeddings ``(N, D)`` of images: a list of images (paths, arrays, PIL images, tensors), or one batch

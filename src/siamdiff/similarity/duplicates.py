@@ -24,8 +24,6 @@ from ..core.errors import SiamdiffError
 from ..data.imageio import ImageReadError, list_images
 from .api import SimilarityModel
 
-log = logging.getLogger("siamdiff")
-
 THRESHOLD = 0.9375  # the graded similarity from which two images are near copies (see the module's docstring)
 CELLS = 1 << 23  # entries of the probability matrix computed at once (64 MB of float64)
 
@@ -77,15 +75,8 @@ def find_duplicates(folder: str | os.PathLike, model: SimilarityModel, threshold
         raise SiamdiffError(str(exc)) from None
     if not files:
         raise SiamdiffError(f"no images in '{folder}'")
-    arrays, paths, skipped = [], [], 0
-    for f in files:
-        try:
-            arrays.append(model.prepare(f))
-        except ImageReadError as exc:
-            log.warning("%s", exc)
-            skipped += 1
-            continue
-        paths.append(str(f))
+    arrays, kept = model.prepare_files(files, logging.WARNING)
+    paths, skipped = [str(files[k]) for k in kept], len(files) - len(kept)
     if not arrays:
         raise SiamdiffError(f"no readable images in '{folder}' ({skipped} unreadable)")
     images = np.stack(arrays)

@@ -9,7 +9,6 @@ faiss installed, an exact flat L2 faiss index is used instead (same neighbours).
 from __future__ import annotations
 
 import json
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,6 @@ from .api import ImageLike, SimilarityModel
 from .graded import graded
 from .metrics import knn_search
 
-log = logging.getLogger(__name__)
 INDEX_FORMAT = "siamdiff-index/1"
 
 
@@ -144,19 +142,14 @@ def _update(folder: str | os.PathLike, model: SimilarityModel, out: Path, batch_
     new_emb, new_paths, new_stamps, skipped = [], [], [], 0
     with progress(len(todo), f"index {Path(folder).name}", "img") as bar:
         for s in range(0, len(todo), batch_size):
-            arrays = []
-            for f, key, stamp in todo[s:s + batch_size]:
-                try:
-                    arrays.append(model.prepare(f))
-                except ImageReadError as exc:
-                    log.info("%s", exc)
-                    skipped += 1
-                    continue
-                new_paths.append(key)
-                new_stamps.append(stamp)
+            batch = todo[s:s + batch_size]
+            arrays, kept = model.prepare_files([f for f, _, _ in batch])
+            skipped += len(batch) - len(kept)
+            new_paths += [batch[k][1] for k in kept]
+            new_stamps += [batch[k][2] for k in kept]
             if arrays:
                 new_emb.append(model.embed(np.stack(arrays)))
-            bar.update(len(todo[s:s + batch_size]))
+            bar.update(len(batch))
     dim = model.net.config.embed_dim
     parts = ([old.embeddings[keep_rows]] if old is not None and keep_rows else []) + new_emb
     emb = np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
