@@ -61,6 +61,7 @@ def test_demo_writes_report_pictures_and_index(tmp_path):
     for name in SHIPPED:
         assert f"## {name}" in text
         assert (tmp_path / "demo" / "plots" / name / "map.png").is_file()
+        assert (tmp_path / "demo" / "plots" / name / "why.png").is_file()  # siamdiff explain's picture
         assert (tmp_path / "demo" / f"index-{name}.safetensors").is_file()
     denoisers = [n for n in SHIPPED if shipped_path("diffusion", n).is_file()]
     for name in denoisers:
@@ -68,7 +69,7 @@ def test_demo_writes_report_pictures_and_index(tmp_path):
         assert (tmp_path / "demo" / "plots" / name / "denoise-sigma-0.3.png").is_file()
     photo = re.search(r"PSNR ([\d.]+) dB noisy, ([\d.]+) dB denoised", text.split("## denoising a photo")[1])
     assert float(photo[2]) > float(photo[1]) + 6 and (tmp_path / "demo" / "photo" / "chelsea-denoised.png").is_file()
-    assert (tmp_path / "demo" / "report.html").read_text().count("<img") == 4 * len(SHIPPED) + 3 * len(denoisers) + 2
+    assert (tmp_path / "demo" / "report.html").read_text().count("<img") == 5 * len(SHIPPED) + 3 * len(denoisers) + 2
     # a second run reuses the images and the index and gives the same scores
     assert run_demo(tmp_path / "demo").read_text().split("Demo took")[0] == text.split("Demo took")[0]
 
