@@ -189,6 +189,18 @@ def test_search_many_queries_is_one_line_per_query(capsys, tiny_model, digit_fol
         assert code == 0 and json.loads(one) == record
 
 
+def test_index_and_train_print_one_json_object(capsys, tiny_model, digit_folder, tmp_path):
+    idx = tmp_path / "digits.safetensors"
+    code, out, _ = run(capsys, "index", digit_folder, "--out", idx, "--model", tiny_model, "--json")
+    assert code == 0 and json.loads(out) == {"index": str(idx), "images": 80, "added": 80, "kept": 0, "removed": 0,
+                                             "skipped": 0}
+    code, out, _ = run(capsys, "train", "similarity", "--dataset", f"folder:{digit_folder}", "--model", "tiny",
+                       "--epochs", 1, "--channels", 1, "--image-size", 28, "--out", tmp_path / "run", "--json")
+    record = json.loads(out)
+    assert code == 0 and record["model"] == str(tmp_path / "run" / "model.safetensors") and record["epochs"] == 1
+    assert 0 <= record["val_recall_at_1"] <= 1
+
+
 def test_train_eval_cli_on_folder_dataset(capsys, digit_folder, tmp_path):
     out = tmp_path / "run"
     code, text, err = run(capsys, "train", "similarity", "--dataset", f"folder:{digit_folder}", "--model", "tiny",

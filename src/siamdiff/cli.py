@@ -98,6 +98,7 @@ def _train_parser(sub, kind) -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from OUT/state.pt")
     t.add_argument("--overwrite", action="store_true", help="replace a run already in OUT")
     t.add_argument("--classes", type=_classes, help="train on these classes only: 0-4 or 5,7,9 (class numbers)")
+    t.add_argument("--json", action="store_true", help='{"model", "epochs", and the last validation scores}')
     if kind.loss:
         t.add_argument("--loss", help="the training loss (default: the design's own)")
     if kind.margin:
@@ -203,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder")
     p.add_argument("--out", type=_path, required=True, help="index file (.safetensors); updated in place if it exists")
     p.add_argument("--model", default="mnist")
+    p.add_argument("--json", action="store_true", help='{"index", "images", "added", "kept", "removed", "skipped"}')
 
     p = sub.add_parser("search", help="nearest images of an index")
     p.add_argument("images", nargs="*", metavar="IMAGE", help="query images")
@@ -292,8 +294,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
                     resume=args.resume, overwrite=args.overwrite,
                     command="siamdiff " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     last = history[-1] if history else {}
-    print(f"wrote {Path(args.out) / 'model.safetensors'} after {len(history)} epoch(s): "
-          + ", ".join(f"{k}={v:.4f}" for k, v in last.items() if k.startswith("val_")))
+    model, scores = Path(args.out) / "model.safetensors", {k: v for k, v in last.items() if k.startswith("val_")}
+    if args.json:
+        _print_json({"model": str(model), "epochs": len(history), **scores})
+    else:
+        print(f"wrote {model} after {len(history)} epoch(s): " + ", ".join(f"{k}={v:.4f}" for k, v in scores.items()))
     return 0
 
 
@@ -425,8 +430,11 @@ def _cmd_index(args: argparse.Namespace) -> int:
     from .similarity.index import build_index
 
     index, counts = build_index(args.folder, SimilarityModel.load(args.model), args.out)
-    print(f"index {args.out}: {len(index.paths)} images ({counts['added']} added, {counts['kept']} kept, "
-          f"{counts['removed']} removed, {counts['skipped']} unreadable skipped)")
+    if args.json:
+        _print_json({"index": args.out, "images": len(index.paths), **counts})
+    else:
+        print(f"index {args.out}: {len(index.paths)} images ({counts['added']} added, {counts['kept']} kept, "
+              f"{counts['removed']} removed, {counts['skipped']} unreadable skipped)")
     return 0
 
 
