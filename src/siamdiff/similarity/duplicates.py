@@ -82,8 +82,10 @@ def find_duplicates(folder: str | os.PathLike, model: SimilarityModel, threshold
     images = np.stack(arrays)
     emb = model.embed(images, batch_size=batch_size)
     i, j = candidate_pairs(model, emb, threshold)
-    scores = np.concatenate([model.score_batch(images[i[s:s + batch_size]], images[j[s:s + batch_size]])["similarity"]
-                             for s in range(0, len(i), batch_size)]) if len(i) else np.zeros(0)
+    scores = np.zeros(0)
+    if len(i):  # each image of a candidate pair embedded once, however many pairs it is in
+        rows, where = np.unique(np.concatenate([i, j]), return_inverse=True)
+        scores = model.score_indexed(images[rows], where[:len(i)], where[len(i):])["similarity"]
     near = {(int(a), int(b)): float(v) for a, b, v in zip(i, j, scores) if v >= threshold}
     groups = complete_link_groups(len(paths), near)
     smallest = [min(near[(x, y)] for k, x in enumerate(g) for y in g[k + 1:]) for g in groups]
