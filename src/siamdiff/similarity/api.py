@@ -198,35 +198,31 @@ class SimilarityModel:
         """:meth:`score` of many pairs: one dict per pair, in order — ``{"a", "b", "similarity", ...}``, or
         ``{"a", "b", "error"}`` for a pair with an unreadable image (the others are scored all the same). Each
         distinct path is read and embedded once."""
-        prepared: dict[str, np.ndarray | SiamdiffError] = {}
+        distinct: list[np.ndarray] = []  # the prepared images, each path's once
+        known: dict[str, int | SiamdiffError] = {}  # path -> its row in distinct, or why it cannot be read
 
-        def image(x: ImageLike) -> np.ndarray | SiamdiffError:
-            key = os.fspath(x) if isinstance(x, (str, os.PathLike)) else None
-            if key is not None and key in prepared:
-                return prepared[key]
+        def row(x: ImageLike) -> int | SiamdiffError:
+            key = _name(x)
+            if key is not None and key in known:
+                return known[key]
             try:
-                found: np.ndarray | SiamdiffError = self.prepare(x)
+                distinct.append(self.prepare(x))
+                found: int | SiamdiffError = len(distinct) - 1
             except SiamdiffError as exc:
                 found = exc
             if key is not None:
-                prepared[key] = found
+                known[key] = found
             return found
 
         records: list[dict[str, Any]] = []
-        rows: dict[int, int] = {}  # id() of a prepared image -> its row in the batch of distinct images
-        distinct: list[np.ndarray] = []
         todo: list[tuple[int, int, int]] = []  # (record, row of a, row of b)
         for a, b in pairs:
-            x, y = image(a), image(b)
+            x, y = row(a), row(b)
             names = {"a": _name(a), "b": _name(b)}
             failed = next((e for e in (x, y) if isinstance(e, SiamdiffError)), None)
             records.append({**names, "error": str(failed)} if failed is not None else names)
             if failed is None:
-                for z in (x, y):
-                    if id(z) not in rows:
-                        rows[id(z)] = len(distinct)
-                        distinct.append(z)
-                todo.append((len(records) - 1, rows[id(x)], rows[id(y)]))
+                todo.append((len(records) - 1, x, y))
         if todo:
             at, i, j = (np.array(column) for column in zip(*todo))
             scores = self.score_indexed(np.stack(distinct), i, j)
@@ -241,4 +237,5 @@ class SimilarityModel:
         them ``(C, S, S)`` uint8."""
         x, y = self.prepare(a), self.prepare(b)
         map_a, map_b, cosine = contributions(self.net, x[None], y[None])
-        return {**_first(self.score_batch(x[None], y[None])), "cosine": float(cosine[0]), "map_a": map_a[0], "map_b": map_b[0], "image_a": x, "image_b": y}
+        return {**_first(self.score_batch(x[None], y[None])), "cosine": float(cosine[0]), "map_a": map_a[0],
+                "map_b": map_b[0], "image_a": x, "image_b": y}
