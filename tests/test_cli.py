@@ -182,7 +182,8 @@ def test_search_many_queries_is_one_line_per_query(capsys, tiny_model, digit_fol
     listing.write_text(f"{images[5]}\n\n{tmp_path / 'missing.png'}\n")
     code, out, err = run(capsys, "search", images[0], "--queries", listing, "--index", idx, "-k", 3, "--json")
     records = [json.loads(line) for line in out.splitlines()]
-    assert code == 2 and [r["query"] for r in records] == [str(images[0]), str(images[5]), str(tmp_path / "missing.png")]
+    assert code == 2
+    assert [r["query"] for r in records] == [str(images[0]), str(images[5]), str(tmp_path / "missing.png")]
     assert "error" in records[2] and "missing.png" in err and err.count("\n") == 1
     for record in records[:2]:
         code, one, _ = run(capsys, "search", record["query"], "--index", idx, "-k", 3, "--json")
