@@ -90,7 +90,8 @@ def test_search_an_index(page, digit_folder, tmp_path):
     results = page.locator("#search-results li")
     sync_api.expect(results).to_have_count(8)
     sync_api.expect(results.first.locator("img")).to_have_attribute("alt", str(query.resolve()))
-    assert page.evaluate("[...document.querySelectorAll('#search-results img')].every(i => i.naturalWidth > 0)")
+    # every thumbnail loads (they arrive after the list: wait for them, as the page's reader does)
+    page.wait_for_function("[...document.querySelectorAll('#search-results img')].every(i => i.naturalWidth > 0)")
     shoot(page, "search", tmp_path)
 
 
