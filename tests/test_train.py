@@ -1,13 +1,17 @@
 """The shared training loop on a tiny preset: files written, seeded runs bit-identical, resume exact, guards."""
 
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 from conftest import fit_killed_after_first_epoch, same_weights
 
-from siamdiff.core.checkpoint import load_model
-from siamdiff.core.errors import SiamdiffError
+from siamdiff.core.checkpoint import load_model, load_state
+from siamdiff.core.errors import Interrupted, SiamdiffError
 from siamdiff.data.datasets import load_sample
 from siamdiff.similarity.task import SimilarityTask, recipe
 from siamdiff.training import TrainOptions, fit
@@ -231,3 +235,84 @@ def test_training_on_some_classes_records_them(tmp_path, capsys):
               str(tmp_path / "other")])
     assert refused.value.code == 2
     assert "--classes" in capsys.readouterr().err and not (tmp_path / "other").exists()
+
+
+def _signalled_at(task, epoch, batch, number):
+    """``task`` with the signal ``number`` raised as the batch ``batch`` of ``epoch`` is drawn (before its step)."""
+    original = task.batches
+
+    def batches(e, device):
+        for i, b in enumerate(original(e, device)):
+            if (e, i) == (epoch, batch):
+                signal.raise_signal(number)
+            yield b
+
+    task.batches = batches
+    return task
+
+
+@pytest.mark.parametrize("number, epoch", [(signal.SIGTERM, 1), (signal.SIGINT, 0)])
+def test_a_signal_stops_after_the_step_with_a_checkpoint_and_resume_is_exact(tmp_path, number, epoch):
+    fit(_task()[0], tmp_path / "full")
+    before = signal.getsignal(number)
+    with pytest.raises(Interrupted) as stopped:
+        fit(_signalled_at(_task()[0], epoch, 1, number), tmp_path / "cut")
+    assert stopped.value.signal_number == number and "--resume" in stopped.value.message
+    assert signal.getsignal(number) is before  # the handlers are the caller's again
+    state = load_state(tmp_path / "cut" / "state.pt")
+    assert state["partial"]["batches"] == 2 and state["epoch"] == epoch - 1  # the step under way was finished
+    history = fit(_task()[0], tmp_path / "cut", resume=True)
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert same_weights(tmp_path / "full" / "model.safetensors", tmp_path / "cut" / "model.safetensors")
+
+
+def test_sigterm_to_the_command_exits_143_with_a_checkpoint_that_resumes_bit_identically(digit_folder, tmp_path):
+    cmd = [sys.executable, "-m", "siamdiff", "train", "similarity", "--dataset", f"folder:{digit_folder}", "--model",
+           "tiny", "--channels", "1", "--image-size", "28", "--epochs", "4", "--batch-size", "2"]
+    full = subprocess.run([*cmd, "--out", str(tmp_path / "full")], capture_output=True, text=True, timeout=300)
+    assert full.returncode == 0, full.stderr
+    child = subprocess.Popen([*cmd, "--out", str(tmp_path / "cut")], stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "cut" / "log.jsonl"
+    deadline = time.monotonic() + 120
+    while not log.exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # the first epoch is done: the signal comes in the second (or its evaluation)
+    sent = time.monotonic()
+    child.send_signal(signal.SIGTERM)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 128 + signal.SIGTERM and time.monotonic() - sent < 30
+    assert len(err.strip().splitlines()) == 1 and "stopped by SIGTERM" in err, err
+    resumed = subprocess.run([*cmd, "--out", str(tmp_path / "cut"), "--resume"], capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert same_weights(tmp_path / "full" / "model.safetensors", tmp_path / "cut" / "model.safetensors")
+
+
+def test_sigkill_while_the_state_is_written_leaves_the_previous_one(tmp_path):
+    path = tmp_path / "state.pt"
+    script = f"""
+import os, signal, torch
+from siamdiff.core.checkpoint import save_state
+save_state({str(path)!r}, {{"epoch": 1, "w": torch.arange(4.0)}})
+def dies_half_way(obj, f, *args, **kwargs):
+    with open(f, "wb") as out:
+        out.write(b"PK half a checkpoint")
+    os.kill(os.getpid(), signal.SIGKILL)
+torch.save = dies_half_way
+save_state({str(path)!r}, {{"epoch": 2, "w": torch.zeros(4)}})
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+    assert done.returncode == -signal.SIGKILL
+    state = load_state(path)
+    assert state["epoch"] == 1 and torch.equal(state["w"], torch.arange(4.0))
+
+
+def test_resume_with_another_global_batch_is_refused_by_name(tmp_path):
+    fit(_task()[0], tmp_path)
+    with pytest.raises(SiamdiffError, match="global batch of 50 x 1 rank"):
+        fit(_task_with_batch(25), tmp_path, resume=True)
+
+
+def _task_with_batch(batch):
+    train, val = _sets()
+    return SimilarityTask(recipe("mnist", 1, 28, TrainOptions(model="tiny", epochs=2, batch_size=batch,
+                                                              device="cpu")), train, val)

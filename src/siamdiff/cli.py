@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .core.config import auto_or
-from .core.errors import ImageReadError, SiamdiffError, first_line, one_line
+from .core.errors import ImageReadError, Interrupted, SiamdiffError, first_line, one_line
 from .core.version import __version__
 
 log = logging.getLogger("siamdiff")
@@ -90,6 +90,8 @@ def _train_parser(sub, kind) -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", help="auto, cpu or cuda")
     t.add_argument("--max-batches", type=int, help="cap batches per epoch (smoke runs)")
+    t.add_argument("--float32", action="store_true", help="train in float32 (no bfloat16 autocast on GPUs and on "
+                                                          "CPUs with bfloat16 matrix units)")
     t.add_argument("--image-size", type=int,
                    help="folder datasets: square size (default 32)" + ("; on a built-in dataset: the model's size, "
                                                                        "images resized to it" if kind.resizes else ""))
@@ -283,16 +285,28 @@ def _report(records: list[dict], as_json: bool, show: Callable[[dict], None]) ->
     return 2 if any("error" in r for r in records) else 0
 
 
+def _launcher() -> str:
+    """How this process was started: ``siamdiff``, or ``torchrun ... -m siamdiff`` for one rank of several."""
+    world, local = (int(os.environ.get(k, "1")) for k in ("WORLD_SIZE", "LOCAL_WORLD_SIZE"))
+    if world == 1:
+        return "siamdiff"
+    nodes = f"--nnodes {world // local} " if world > local else ""
+    return f"torchrun {nodes}--nproc-per-node {local} -m siamdiff"
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .training import TrainOptions, train
+    from .training.distributed import ranks_from_environment
 
     options = TrainOptions(**{k: getattr(args, k, None) for k in ("model", "epochs", "batch_size", "lr", "max_batches",
                                                                   "image_size", "channels", "init", "loss", "margin",
                                                                   "classes")},
-                           seed=args.seed, device=args.device)
+                           seed=args.seed, device=args.device, amp=False if args.float32 else None)
     history = train(args.what, args.dataset, args.out, options, data_dir=args.data_dir, download=args.download,
                     resume=args.resume, overwrite=args.overwrite,
-                    command="siamdiff " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+                    command=_launcher() + " " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    if not ranks_from_environment().main:  # rank 0 reports for all
+        return 0
     last = history[-1] if history else {}
     model, scores = Path(args.out) / "model.safetensors", {k: v for k, v in last.items() if k.startswith("val_")}
     if args.json:
@@ -533,6 +547,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SiamdiffError as exc:
         print(f"siamdiff: error: {one_line(exc.render(args.flags))}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        print(f"siamdiff: {one_line(exc.message)}", file=sys.stderr)
+        return 128 + exc.signal_number
     except KeyboardInterrupt:
         print("siamdiff: interrupted", file=sys.stderr)
         return 130

@@ -61,3 +61,13 @@ def number(value: object, param: str) -> float:
         except (TypeError, ValueError):
             raise SiamdiffError(f"{{{param}}} must be a number, got {value!r}", param) from None
     return float(value)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped by a signal (SIGINT, SIGTERM) after finishing its step and writing a checkpoint; the command
+    line exits with ``128 + signal`` (130, 143). ``message`` says where and how to continue."""
+
+    def __init__(self, message: str, signal_number: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.signal_number = signal_number

@@ -5,8 +5,9 @@ from __future__ import annotations
 import sys
 
 
-def progress(total: int, desc: str, unit: str = "it"):
-    """A tqdm bar of ``total`` steps (a context manager; ``update(n)`` advances it), gone when done."""
+def progress(total: int, desc: str, unit: str = "it", show: bool = True):
+    """A tqdm bar of ``total`` steps (a context manager; ``update(n)`` advances it), gone when done; never shown
+    unless ``show`` (one process of several)."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=not sys.stderr.isatty(), dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=not (show and sys.stderr.isatty()), dynamic_ncols=True)

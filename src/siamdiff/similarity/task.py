@@ -16,6 +16,7 @@ from ..nets.convnet import EmbeddingNet, preset
 from ..training.config import TrainConfig
 from ..training.kinds import FAMILIES, Start, Trainer, family
 from ..training.options import TrainOptions
+from ..training.distributed import Ranks
 from ..training.task import Recipe, Task, epoch_generator
 from .calibration import calibrate
 from .embed import embed
@@ -152,13 +153,20 @@ class SimilarityTask(Task):
         gen = epoch_generator(r.train.seed, epoch, device)
         i, j, same = (torch.from_numpy(a).to(device) for a in seed_pairs(self.train_set.labels.numpy(),
                                                                            gen.initial_seed()))
-        bs = r.train.batch_size
+        bs = self.global_batch_size()
         for s in range(0, len(i) - 1, bs):  # a last batch of one pair is dropped (BatchNorm needs two)
             x = torch.cat([images[i[s:s + bs]], images[j[s:s + bs]]])
             yield augment(x, r.flip, r.translate, gen, r.cutout), same[s:s + bs]
 
     def batch(self, images: torch.Tensor, labels: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
         return images, labels  # the network takes uint8 images
+
+    def shard(self, batch: tuple[torch.Tensor, ...], ranks: Ranks) -> tuple[torch.Tensor, ...]:
+        if self.recipe.pairs != "seed":
+            return ranks.shard(batch)
+        x, same = batch  # x holds the first images of the pairs, then the second ones
+        a, b, same = ranks.shard((*x.chunk(2), same))
+        return torch.cat([a, b]), same
 
     def loss(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         x, y = batch
@@ -168,7 +176,8 @@ class SimilarityTask(Task):
             if self.recipe.pairs == "seed":
                 a, b = emb.chunk(2)
                 return contrastive_loss(a, b, y, self.recipe.loss.margin, self.recipe.loss.name)
-            return self.loss_fn(emb, y)
+            # the loss of the global batch: every rank's embeddings in it (gradients reach the rank of each)
+            return self.loss_fn(*self.ranks.gather(emb, y))
 
     def evaluate(self, device: torch.device) -> dict[str, float]:
         emb = embed(self.model, self.val_set.images, device=device)

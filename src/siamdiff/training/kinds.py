@@ -8,6 +8,7 @@ of frozen :class:`~.task.Recipe` dataclasses keyed by design and dataset family 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,6 +22,7 @@ from ..core.files import exclusive
 from ..core.registry import DATASETS, resolve
 from ..data.datasets import load_splits, refuse_shape_options
 from ..data.types import ImageSet
+from .distributed import ranks_from_environment
 from .loop import check_run_folder, fit, resolve_device
 from .options import TrainOptions
 from .task import Recipe, Task
@@ -136,7 +138,8 @@ def train(kind: str, dataset: str, out: str | Path, options: TrainOptions | None
     for name, applies in (("loss", spec.loss), ("margin", spec.margin), ("init", spec.init)):
         if getattr(options, name) is not None and not applies:
             raise SiamdiffError(f"{{{name}}} does not apply to {kind} models", name)
-    with exclusive(out):  # a second run into the same folder is refused, not interleaved with this one
+    # a second run into the same folder is refused, not interleaved with this one (rank 0 holds it for all ranks)
+    with exclusive(out) if ranks_from_environment().main else contextlib.nullcontext():
         return _train_held(spec, design, options, dataset, out, data_dir, download, resume, overwrite, command)
 
 

@@ -4,15 +4,21 @@ A *task* (:class:`~siamdiff.training.task.Task`) says what one batch's loss is a
 :func:`fit` does the rest: device choice
 (CUDA when present; bfloat16 autocast on CUDA and on CPUs with bfloat16 matrix units), optimizer and one-cycle
 schedule, progress bars, a finite-loss guard, a JSONL log per epoch, atomic checkpoints after every epoch and
-``--resume``. Every random choice of an epoch is derived from ``(seed, epoch)``, so a resumed run continues exactly
-as the uninterrupted one would have.
+``--resume``, a checkpoint after the current step when SIGINT or SIGTERM arrives, and training on several processes
+under ``torchrun`` (:mod:`.distributed`). Every random choice of an epoch is derived from ``(seed, epoch)`` and the
+state of the random generators is kept at a stop, so a resumed run continues exactly as the uninterrupted one would
+have.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +26,24 @@ import torch
 from torch import nn
 
 from ..core.checkpoint import load_state, save_state
-from ..core.errors import SiamdiffError
+from ..core.errors import Interrupted, SiamdiffError
 from ..core.files import atomic_write, output_folder
 from ..core.progress import progress
+from . import distributed
 from .config import TrainConfig
+from .distributed import Ranks
 from .task import Task
 
 log = logging.getLogger(__name__)
 
 
-def resolve_device(name: str = "auto") -> torch.device:
+def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """The device ``name`` (auto, cpu, cuda, cuda:N) names, checked; ``auto`` and ``cuda`` mean the GPU of
+    ``local_rank`` (one process per GPU under ``torchrun``)."""
+    if name in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -92,18 +104,50 @@ def place(model: nn.Module, cfg: TrainConfig, device: torch.device) -> nn.Module
 
 
 def train_step(task: Task, batch: tuple[torch.Tensor, ...], opt: torch.optim.Optimizer, sched: Any,
-               amp: bool) -> torch.Tensor:
-    """One optimisation step of ``task`` on ``batch`` (the model in train mode): loss under bfloat16 autocast when
-    ``amp``, backward, optimizer and schedule steps, the task's after-step hook. Returns the loss (float32,
-    detached, not read: reading it would wait for the GPU)."""
+               amp: bool, ranks: Ranks = Ranks(), stop: bool = False) -> tuple[torch.Tensor, bool]:
+    """One optimisation step of ``task`` on ``batch`` (the model in train mode; this rank's slice of it): loss under
+    bfloat16 autocast when ``amp``, backward, gradients averaged over the ranks, optimizer and schedule steps, the
+    task's after-step hook. Returns the loss (float32, detached, not read: reading it would wait for the GPU) and
+    whether any rank asked to ``stop`` after this step."""
     with torch.autocast(batch[0].device.type, dtype=torch.bfloat16, enabled=amp):
         loss = task.loss(batch)
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    stop = ranks.average([p for group in opt.param_groups for p in group["params"]], stop)
     opt.step()
     sched.step()
     task.after_step()
-    return loss.detach().float()
+    return loss.detach().float(), stop
+
+
+class StopRequest:
+    """SIGINT and SIGTERM, while training, ask the loop to stop after its current step (the first signal; a second
+    SIGINT interrupts at once). Outside the main thread, signals stay as they are."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signal_number: int | None = None
+
+    def __bool__(self) -> bool:
+        return self.signal_number is not None
+
+    def _handle(self, number: int, frame: Any) -> None:
+        if self.signal_number is not None and number == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal_number = self.signal_number or number
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[StopRequest]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        before = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        try:
+            yield self
+        finally:
+            for s, handler in before.items():
+                signal.signal(s, handler)
 
 
 CHECK_EVERY = 25  # batches between finite-loss checks (each one synchronises with the GPU)
@@ -122,6 +166,13 @@ def _check_finite(total: torch.Tensor, epoch: int, batch: int, out: Path) -> Non
     if not torch.isfinite(total):
         raise SiamdiffError(f"training diverged: loss is {total.item()} by epoch {epoch + 1}, batch {batch + 1}; "
                             f"lower {{lr}} (last good checkpoint kept in '{out}')", "lr")
+
+
+def _skip(batches: Iterator[Any], n: int) -> Iterator[Any]:
+    """``batches`` after the first ``n`` (drawn, so that the epoch's generator is where it was, and dropped)."""
+    for _ in range(n):
+        next(batches, None)
+    return batches
 
 
 def check_run_folder(out: str | Path, resume: bool = False, overwrite: bool = False) -> Path:
@@ -152,95 +203,167 @@ def fit(task: Task, out: str | Path, resume: bool = False, overwrite: bool = Fal
     """Train ``task.model`` with ``task.recipe.train``; writes ``model.safetensors``, ``state.pt``, ``log.jsonl`` in
     ``out``.
 
-    An existing run in ``out`` is continued with ``resume`` and replaced only with ``overwrite``.
+    An existing run in ``out`` is continued with ``resume`` and replaced only with ``overwrite``. Under ``torchrun``
+    each process is one rank (:mod:`.distributed`) with a batch of ``batch_size``; rank 0 writes. SIGINT or SIGTERM
+    stop training after the current step with a checkpoint in ``out``: :class:`~siamdiff.core.errors.Interrupted`.
     Returns the per-epoch history (the lines of ``log.jsonl``).
     """
     cfg = task.recipe.train
     out = check_run_folder(out, resume, overwrite)
-    device = resolve_device(cfg.device)  # checked, like the state, before the output folder is made
-    with output_folder(out):  # a run that fails before its first checkpoint leaves no empty folder
-        return _train(task, cfg, out, device, resume)
+    ranks = distributed.ranks_from_environment()
+    device = resolve_device(cfg.device, ranks.local)  # checked, like the state, before the output folder is made
+    started = distributed.start(ranks, device)
+    try:
+        with output_folder(out) if ranks.main else contextlib.nullcontext(), StopRequest().installed() as stop:
+            return _train(task, cfg, out, device, resume, ranks, stop)
+    finally:
+        if started:
+            distributed.stop()
 
 
-def _train(task: Task, cfg: TrainConfig, out: Path, device: torch.device, resume: bool) -> list[dict[str, Any]]:
+def _resumed(state_path: Path, cfg: TrainConfig, ranks: Ranks, recipe: dict[str, Any],
+             signature: dict[str, list[int]]) -> dict[str, Any]:
+    """The state in ``state_path``, refused (naming what differs) unless it was written by this run's settings. The
+    batch of every rank may change with the number of ranks if the global batch (``batch_size × ranks``) stays."""
+    state = load_state(state_path)
+    world = int(state.get("world_size", 1))
+    old, new = dict(state.get("train_config") or {}), cfg.to_dict()
+    if old.get("batch_size", 0) * world != new["batch_size"] * ranks.world:
+        raise SiamdiffError(f"cannot resume: '{state_path}' was written with a global batch of "
+                            f"{old.get('batch_size')} x {world} rank(s), not {new['batch_size']} x {ranks.world}: "
+                            f"give a {{batch_size}} that keeps {old.get('batch_size', 0) * world} images a step",
+                            "batch_size")
+    old["batch_size"] = new["batch_size"]
+    if old != new:
+        changed = ", ".join(_changed(old, new)) or "settings"
+        extend = " (a finished run is extended by a new run with {init} from its model)" if "epochs" in changed \
+            else ""
+        raise SiamdiffError(f"cannot resume: '{state_path}' was written with other training settings ({changed})"
+                            + extend, "init")
+    before = state.get("recipe", recipe)  # states written before the recipe was kept are not checked
+    if before != recipe:
+        changed = ", ".join(_changed(before, recipe)) or "recipe"
+        raise SiamdiffError(f"cannot resume: '{state_path}' was written with another {changed}; give the options "
+                            f"(or {{init}}) the run started with", "init")
+    if state.get("signature") != signature:
+        raise SiamdiffError(f"cannot resume: '{state_path}' was written for another model or image size")
+    return state
+
+
+def _train(task: Task, cfg: TrainConfig, out: Path, device: torch.device, resume: bool, ranks: Ranks,
+           stop: StopRequest) -> list[dict[str, Any]]:
     state_path = out / "state.pt"
+    task.ranks = ranks
     model = place(task.model, cfg, device)
+    if ranks.world > 1:
+        distributed.synchronise_batch_norm(model)
     trainable = model if task.loss_module is None else nn.ModuleList([model, task.loss_module.to(device)])
     torch.manual_seed(cfg.seed)
     steps = task.n_batches() if cfg.max_batches is None else min(task.n_batches(), cfg.max_batches)
     opt = make_optimizer(trainable, cfg)
     sched = make_scheduler(opt, cfg, steps)
     history: list[dict[str, Any]] = []
-    start = 0
+    start, partial = 0, None
     signature = {k: list(v.shape) for k, v in trainable.state_dict().items()}
     # the rest of a task's recipe (loss, margin, pairs, schedule, augmentation): the network is in the signature
     recipe = {k: v for k, v in task.recipe.to_dict().items() if k not in ("train", "model")}
     if resume:
-        state = load_state(state_path)
-        if state.get("train_config") != cfg.to_dict():
-            changed = ", ".join(_changed(state.get("train_config"), cfg.to_dict())) or "settings"
-            raise SiamdiffError(f"cannot resume: '{state_path}' was written with other training settings ({changed})")
-        before = state.get("recipe", recipe)  # states written before the recipe was kept are not checked
-        if before != recipe:
-            changed = ", ".join(_changed(before, recipe)) or "recipe"
-            raise SiamdiffError(f"cannot resume: '{state_path}' was written with another {changed}; give the options "
-                                f"(or {{init}}) the run started with", "init")
-        if state.get("signature") != signature:
-            raise SiamdiffError(f"cannot resume: '{state_path}' was written for another model or image size")
+        state = _resumed(state_path, cfg, ranks, recipe, signature)
         try:
             trainable.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
             history = list(state["history"])
             start = int(state["epoch"]) + 1
+            partial = state.get("partial")
             task.load_extra_state(state["task"])
             if state.get("init") is not None:  # a fine-tuning run keeps its start, with or without --init again
                 task.init = state["init"]
         except (KeyError, ValueError, RuntimeError, TypeError) as exc:
             raise SiamdiffError(f"cannot resume from damaged '{state_path}': {exc}") from None
-        log.info("resuming at epoch %d", start + 1)
+        if ranks.main:
+            log.info("resuming at epoch %d%s", start + 1, f", batch {partial['batches'] + 1}" if partial else "")
     amp = autocast_enabled(cfg, device)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+    def checkpoint(epoch: int, extra: dict[str, Any] | None = None) -> None:
+        """Write the state after ``epoch`` (the last finished one; ``extra``: where in the next one it stopped)."""
+        save_state(state_path, {"model": trainable.state_dict(), "optimizer": opt.state_dict(),
+                                "scheduler": sched.state_dict(), "epoch": epoch, "history": history,
+                                "train_config": cfg.to_dict(), "world_size": ranks.world, "signature": signature,
+                                "recipe": recipe, "task": task.extra_state(), "init": task.init,
+                                **({"partial": extra} if extra else {})})
+
     for epoch in range(start, cfg.epochs):
         model.train()
         torch.manual_seed(cfg.seed * 100_003 + epoch)
         began, count, warm_began = time.perf_counter(), 0, 0.0
         total = torch.zeros((), device=device)
-        bar = progress(steps, f"epoch {epoch + 1}/{cfg.epochs}", "batch")
-        for i, batch in enumerate(task.batches(epoch, device)):
-            if i >= steps:
+        batches = task.batches(epoch, device)
+        if partial is not None:  # continue a stopped epoch: its first batches drawn again, the random state restored
+            batches = _skip(batches, partial["batches"])
+            count, total = int(partial["batches"]), partial["total"].to(device)
+            torch.set_rng_state(partial["rng"])
+            if device.type == "cuda" and partial.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state(partial["cuda_rng"], device)
+            partial = None
+        bar = progress(steps, f"epoch {epoch + 1}/{cfg.epochs}", "batch", show=ranks.main)
+        bar.update(count)
+        resumed_at, stopping = count, False
+        for batch in batches:
+            if count >= steps:
                 break
-            total += train_step(task, batch, opt, sched, amp)
+            loss, stopping = train_step(task, task.shard(batch, ranks), opt, sched, amp, ranks, bool(stop))
+            total += loss
             count += 1
-            if count == WARM_BATCHES:  # the first batches carry one-time costs (kernel loading, allocations)
+            if count - resumed_at == WARM_BATCHES:  # the first batches carry one-time costs (kernels, allocations)
                 synchronize(device)
                 warm_began = time.perf_counter()
             bar.update(1)
             # reading the loss waits for the GPU: only every CHECK_EVERY batches, and once after the epoch
             if count % CHECK_EVERY == 0:
-                _check_finite(total, epoch, i, out)
+                _check_finite(total, epoch, count - 1, out)
                 bar.set_postfix(loss=f"{total.item() / count:.4f}")
+            if stopping and count < steps:
+                bar.close()
+                _check_finite(total, epoch, count - 1, out)
+                if ranks.main:
+                    checkpoint(epoch - 1, {"batches": count, "total": total.cpu(), "rng": torch.get_rng_state(),
+                                           "cuda_rng": torch.cuda.get_rng_state(device)
+                                           if device.type == "cuda" else None})
+                ranks.barrier()  # no rank leaves (and so has torchrun stop the others) before the state is written
+                number = stop.signal_number or signal.SIGTERM  # another rank's signal
+                raise Interrupted(f"stopped by {signal.Signals(number).name} in epoch {epoch + 1} after batch "
+                                  f"{count} of {steps}; the state is in '{state_path}': continue with --resume",
+                                  number)
         _check_finite(total, epoch, count - 1, out)
         bar.close()
         synchronize(device)
         seconds = time.perf_counter() - began
-        steady = {"steady_s_per_batch": round((time.perf_counter() - warm_began) / (count - WARM_BATCHES), 5)} \
-            if count > 2 * WARM_BATCHES else {}
-        model.eval()
-        evaluated = time.perf_counter()
-        # validation under the training's autocast too: in float32 it took a fifth of a CIFAR-10 epoch on a CPU
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            metrics = task.evaluate(device)
-        row = {"epoch": epoch + 1, "loss": total.item() / max(count, 1), "lr": opt.param_groups[0]["lr"],
-               "seconds": round(seconds, 2), "eval_seconds": round(time.perf_counter() - evaluated, 2), **steady,
-               "device": device_name, **metrics}
-        history.append(row)
-        log.info("epoch %d: %s", epoch + 1, json.dumps(row))
-        task.save(out / "model.safetensors", history)
-        save_state(state_path, {"model": trainable.state_dict(), "optimizer": opt.state_dict(),
-                                "scheduler": sched.state_dict(), "epoch": epoch, "history": history,
-                                "train_config": cfg.to_dict(), "signature": signature, "recipe": recipe,
-                                "task": task.extra_state(), "init": task.init})
-        text = "".join(json.dumps(r) + "\n" for r in history)
-        atomic_write(out / "log.jsonl", lambda tmp, text=text: tmp.write_text(text))
+        steady = {"steady_s_per_batch": round((time.perf_counter() - warm_began) / (count - resumed_at
+                                                                                     - WARM_BATCHES), 5)} \
+            if count - resumed_at > 2 * WARM_BATCHES else {}
+        if ranks.main:
+            model.eval()
+            evaluated = time.perf_counter()
+            # validation under the training's autocast too: in float32 it took a fifth of a CIFAR-10 epoch on a CPU
+            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                metrics = task.evaluate(device)
+            row = {"epoch": epoch + 1, "loss": total.item() / max(count, 1), "lr": opt.param_groups[0]["lr"],
+                   "seconds": round(seconds, 2), "eval_seconds": round(time.perf_counter() - evaluated, 2),
+                   **steady, "device": device_name, **({"ranks": ranks.world} if ranks.world > 1 else {}),
+                   **metrics}
+            history.append(row)
+            log.info("epoch %d: %s", epoch + 1, json.dumps(row))
+            task.save(out / "model.safetensors", history)
+            checkpoint(epoch)
+            text = "".join(json.dumps(r) + "\n" for r in history)
+            atomic_write(out / "log.jsonl", lambda tmp, text=text: tmp.write_text(text))
+        if (stopping or stop) and epoch + 1 < cfg.epochs:  # a signal in an epoch's last step or its evaluation
+            if stopping:  # every rank knows: none leaves before rank 0 has written
+                ranks.barrier()
+            number = stop.signal_number or signal.SIGTERM
+            raise Interrupted(f"stopped by {signal.Signals(number).name} after epoch {epoch + 1}; the "
+                              f"state is in '{state_path}': continue with --resume", number)
+    ranks.barrier()
     return history

@@ -20,7 +20,8 @@ class TrainOptions(JsonConfig):
     built-in dataset, whose images are then resized to it);
     init: fine-tune this model (a shipped name or a path) instead of starting from random weights;
     loss, margin: the training loss and its margin, for kinds that have a choice;
-    classes: train (and validate) on the images of these classes only (class numbers of the dataset).
+    classes: train (and validate) on the images of these classes only (class numbers of the dataset);
+    amp: False trains in float32 where the recipe would use bfloat16 autocast.
     """
 
     model: str | None = None
@@ -36,6 +37,7 @@ class TrainOptions(JsonConfig):
     loss: str | None = None
     margin: float | None = None
     classes: tuple[int, ...] | None = None
+    amp: bool | None = None
 
     def __post_init__(self) -> None:
         check_settings(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, seed=self.seed,
@@ -59,4 +61,5 @@ class TrainOptions(JsonConfig):
         """``base`` with the settings these options give explicitly."""
         return replace(base, epochs=self.epochs or base.epochs, batch_size=self.batch_size or base.batch_size,
                        lr=self.lr or base.lr, seed=self.seed, device=self.device,
-                       max_batches=self.max_batches if self.max_batches is not None else base.max_batches)
+                       max_batches=self.max_batches if self.max_batches is not None else base.max_batches,
+                       amp=base.amp if self.amp is None else self.amp)

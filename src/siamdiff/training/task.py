@@ -22,6 +22,7 @@ from ..core.version import __version__
 from ..data.augment import augment
 from ..data.types import ImageSet
 from .config import TrainConfig
+from .distributed import Ranks
 
 if TYPE_CHECKING:
     from .options import TrainOptions
@@ -83,6 +84,7 @@ class Task:
         self.command = command
         self.init: dict[str, Any] | None = None  # where fine-tuning started (see :meth:`start_from`)
         self._device_data: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.ranks = Ranks()  # the training processes (set by the loop); each trains on its slice of every batch
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(recipe.train.seed)  # seeded initial weights (and loss parameters)
             self.model = self.build()
@@ -111,9 +113,13 @@ class Task:
         return {}
 
     # -- batches
+    def global_batch_size(self) -> int:
+        """Images (or pairs) of one step, all ranks together: the recipe's batch size (each rank's) × ranks."""
+        return self.recipe.train.batch_size * self.ranks.world
+
     def n_batches(self) -> int:
         """Batches per epoch."""
-        return -(-len(self.train_set) // self.recipe.train.batch_size)
+        return -(-len(self.train_set) // self.global_batch_size())
 
     def device_data(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """The training images (uint8) and labels on ``device``, moved there once."""
@@ -127,12 +133,17 @@ class Task:
         r = self.recipe
         images, labels = self.device_data(device)
         gen = epoch_generator(r.train.seed, epoch, device)
-        for idx in shuffled_batches(len(labels), r.train.batch_size, gen, device):
+        for idx in shuffled_batches(len(labels), self.global_batch_size(), gen, device):
             yield self.batch(augment(images[idx], r.flip, r.translate, gen, r.cutout), labels[idx], gen)
 
     def batch(self, images: torch.Tensor, labels: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
         """One batch from augmented uint8 images: by default ``(images in [0, 1], labels)``."""
         return images.float() / 255.0, labels
+
+    def shard(self, batch: tuple[torch.Tensor, ...], ranks: Ranks) -> tuple[torch.Tensor, ...]:
+        """This rank's part of a global batch from :meth:`batches` (by default: of every tensor, along its first
+        dimension)."""
+        return ranks.shard(batch)
 
     def val_batches(self, device: torch.device, size: int = 512) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The validation split in batches of ``size``: ``(images in [0, 1], labels)`` on ``device``."""
@@ -165,6 +176,6 @@ class Task:
     def save(self, path: Path, history: list[dict[str, Any]]) -> None:
         """Write the model file: weights, the network's config, and the facts of the run."""
         extra = {"dataset": self.train_set.name, "classes": self.train_set.classes, "recipe": self.recipe.to_dict(),
-                 "history": history, "command": self.command, "siamdiff_version": __version__, "init": self.init,
-                 **self.metadata()}
+                 "world_size": self.ranks.world, "batch_per_rank": self.recipe.train.batch_size, "history": history,
+                 "command": self.command, "siamdiff_version": __version__, "init": self.init, **self.metadata()}
         save_model(path, self.saved_model(), self.kind, self.recipe.model.to_dict(), extra)
