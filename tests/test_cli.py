@@ -193,8 +193,15 @@ def test_search_many_queries_is_one_line_per_query(capsys, tiny_model, digit_fol
 def test_index_and_train_print_one_json_object(capsys, tiny_model, digit_folder, tmp_path):
     idx = tmp_path / "digits.safetensors"
     code, out, _ = run(capsys, "index", digit_folder, "--out", idx, "--model", tiny_model, "--json")
-    assert code == 0 and json.loads(out) == {"index": str(idx), "images": 80, "added": 80, "kept": 0, "removed": 0,
-                                             "skipped": 0}
+    assert code == 0 and json.loads(out) == {"index": str(idx), "images": 80, "added": 80, "updated": 0, "kept": 0,
+                                             "removed": 0, "skipped": 0, "search": "exact"}
+    code, out, _ = run(capsys, "index", digit_folder, "--out", idx, "--model", tiny_model, "--json", "--faiss", "ivf")
+    record = json.loads(out)
+    assert code == 0 and record["kept"] == 80 and record["search"] == "ivf" and record["ivf"]["recall"] >= 0.95
+    code, out, _ = run(capsys, "search", sorted(digit_folder.rglob("*.png"))[0], "--index", idx, "--json")
+    assert code == 0 and json.loads(out)["search"] == "ivf" and json.loads(out)["recall"] == record["ivf"]["recall"]
+    code, out, _ = run(capsys, "search", sorted(digit_folder.rglob("*.png"))[0], "--index", idx, "--json", "--exact")
+    assert code == 0 and json.loads(out)["search"] == "exact" and len(json.loads(out)["results"]) == 5
     code, out, _ = run(capsys, "train", "similarity", "--dataset", f"folder:{digit_folder}", "--model", "tiny",
                        "--epochs", 1, "--channels", 1, "--image-size", 28, "--out", tmp_path / "run", "--json")
     record = json.loads(out)
@@ -316,15 +323,19 @@ def test_damaged_index_is_refused_and_never_rewritten(capsys, tiny_model, digit_
     assert run(capsys, "index", digit_folder, "--out", idx, "--model", tiny_model)[0] == 0
     with safe_open(str(idx), framework="numpy") as f:
         meta = f.metadata()
-    emb = load_file(str(idx))["embeddings"]
+    tensors = load_file(str(idx))
+    emb = tensors["embeddings"]
     query = sorted(digit_folder.rglob("*.png"))[0]
-    for name, tensor, extra, message in (
-            ("narrow", emb[:, :3], {}, "its embeddings have 3 numbers"),
-            ("empty", emb[:0], {"paths": "[]", "stamps": "[]"}, "no embeddings"),
-            ("ints", emb.astype(np.int32), {}, "not float ones"),
-            ("stamps", emb, {"stamps": "5"}, "its list of images is unreadable")):
+    for name, change, extra, message in (
+            ("narrow", {"embeddings": emb[:, :3]}, {}, "its embeddings have 3 numbers"),
+            ("empty", {"embeddings": emb[:0], "stamps": tensors["stamps"][:0], "names": np.zeros(0, np.uint8)},
+             {}, "no embeddings"),
+            ("ints", {"embeddings": emb.astype(np.int32)}, {}, "not float ones"),
+            ("stamps", {"stamps": tensors["stamps"][:5]}, {}, "differ in number"),
+            ("ivf", {}, {"ivf": "[5"}, "its list of images is unreadable")):
         bad = tmp_path / f"{name}.safetensors"
-        save_file({"embeddings": np.ascontiguousarray(tensor)}, str(bad), metadata={**meta, **extra})
+        save_file({k: np.ascontiguousarray(v) for k, v in {**tensors, **change}.items()}, str(bad),
+                  metadata={**meta, **extra})
         before = bad.read_bytes()
         code, _, err = run(capsys, "search", query, "--index", bad, "--model", tiny_model)
         assert code == 2 and message in err and err.count("\n") == 1, (name, err)

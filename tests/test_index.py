@@ -1,11 +1,14 @@
 """Index and search: incremental updates, exact nearest neighbours, refusing foreign indexes."""
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 
 from siamdiff.core.errors import SiamdiffError
 from siamdiff.similarity.api import SimilarityModel
-from siamdiff.similarity.index import Index, build_index, nearest, search
+from siamdiff.similarity.index import Index, build_index, build_ivf, nearest, search
 
 
 def test_nearest_matches_brute_force():
@@ -21,7 +24,7 @@ def test_index_build_update_and_search(tiny_model, digit_folder, tmp_path):
     model = SimilarityModel.load(tiny_model)
     out = tmp_path / "idx.safetensors"
     index, counts = build_index(digit_folder, model, out)
-    assert counts == {"added": 80, "kept": 0, "removed": 0, "skipped": 0}
+    assert counts == {"added": 80, "updated": 0, "kept": 0, "removed": 0, "skipped": 0}
     # a second run embeds nothing new; a new file and a bad file are noticed
     (digit_folder / "0" / "bad.png").write_text("not an image")
     extra = sorted(digit_folder.rglob("*.png"))[0]
@@ -31,7 +34,7 @@ def test_index_build_update_and_search(tiny_model, digit_folder, tmp_path):
     finally:
         (digit_folder / "0" / "bad.png").unlink()
         (digit_folder / "new.png").unlink()
-    assert counts2 == {"added": 1, "kept": 80, "removed": 0, "skipped": 1}
+    assert counts2 == {"added": 1, "updated": 0, "kept": 80, "removed": 0, "skipped": 1}
     assert np.array_equal(index2.embeddings[:80], index.embeddings)
     hits = search(Index.load(out), model, extra, k=3)
     assert len(hits) == 3 and hits[0]["distance"] == pytest.approx(0.0, abs=1e-3)
@@ -88,3 +91,118 @@ def test_faiss_search_matches_exact():
     d_faiss, i_faiss = nearest(g, q, 10, use_faiss=True)
     assert np.array_equal(i_exact, i_faiss)
     assert np.allclose(d_exact, d_faiss, atol=1e-3)
+
+
+def test_a_changed_file_counts_as_updated_and_a_gone_one_as_removed(tiny_model, digit_folder, tmp_path):
+    model = SimilarityModel.load(tiny_model)
+    folder = tmp_path / "digits"
+    shutil.copytree(digit_folder, folder)
+    out = tmp_path / "idx.safetensors"
+    build_index(folder, model, out)
+    files = sorted(folder.rglob("*.png"))
+    files[0].write_bytes(files[1].read_bytes())
+    files[2].unlink()
+    index, counts = build_index(folder, model, out)
+    assert counts == {"added": 0, "updated": 1, "kept": 78, "removed": 1, "skipped": 0}
+    row = index.names.index(str(files[0].relative_to(folder)))
+    assert np.allclose(index.embeddings[row], index.embeddings[index.names.index(str(files[1].relative_to(folder)))])
+
+
+def test_a_folder_moved_with_its_index_still_works(tiny_model, digit_folder, tmp_path):
+    model = SimilarityModel.load(tiny_model)
+    shutil.copytree(digit_folder, tmp_path / "a" / "digits")
+    build_index(tmp_path / "a" / "digits", model, tmp_path / "a" / "idx.safetensors")
+    (tmp_path / "a").rename(tmp_path / "b")
+    index = Index.load(tmp_path / "b" / "idx.safetensors")
+    assert index.root == str((tmp_path / "b" / "digits").resolve())
+    query = sorted((tmp_path / "b" / "digits").rglob("*.png"))[3]
+    hit = search(index, model, query, k=1)[0]
+    assert hit["path"] == str(query.resolve()) and hit["similarity"] is not None
+    # indexed again from its new place: nothing is embedded again
+    assert build_index(tmp_path / "b" / "digits", model, tmp_path / "b" / "idx.safetensors")[1]["kept"] == 80
+
+
+def test_a_folder_moved_away_from_its_index_is_a_warning_and_can_be_indexed_again(tiny_model, digit_folder,
+                                                                                  tmp_path, caplog):
+    model = SimilarityModel.load(tiny_model)
+    shutil.copytree(digit_folder, tmp_path / "digits")
+    out = tmp_path / "idx.safetensors"
+    build_index(tmp_path / "digits", model, out)
+    (tmp_path / "digits").rename(tmp_path / "elsewhere")
+    Index.load(out)
+    assert "is not there any more" in caplog.text
+    assert build_index(tmp_path / "elsewhere", model, out)[1]["kept"] == 80
+
+
+def test_a_killed_index_run_continues_without_embedding_again(tiny_model, digit_folder, tmp_path, monkeypatch):
+    model = SimilarityModel.load(tiny_model)
+    out = tmp_path / "idx.safetensors"
+    embedded = []
+    original = model.embed
+
+    def dies_at_the_third_batch(images, *args, **kwargs):
+        if len(embedded) == 2:
+            raise KeyboardInterrupt  # as kill would, after two batches were embedded and saved
+        embedded.append(len(images))
+        return original(images, *args, **kwargs)
+
+    monkeypatch.setattr(model, "embed", dies_at_the_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        build_index(digit_folder, model, out, batch_size=16, save_every=0)
+    assert len(Index.load(out).names) == 32
+    monkeypatch.setattr(model, "embed", original)
+    index, counts = build_index(digit_folder, model, out, batch_size=16)
+    assert counts["kept"] == 32 and counts["added"] == 48
+    fresh = build_index(digit_folder, model, tmp_path / "fresh.safetensors")[0]
+    rows = [fresh.names.index(n) for n in index.names]
+    assert np.allclose(index.embeddings, fresh.embeddings[rows], atol=1e-5)
+
+
+def test_ivf_search_reaches_the_recall_it_promises_and_is_stored(tiny_model, digit_folder, tmp_path):
+    pytest.importorskip("faiss", reason="faiss is the optional large-collection backend")
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(50, 16)).astype(np.float32)
+    x = (centres[rng.integers(0, 50, 20_000)] + 0.3 * rng.normal(size=(20_000, 16))).astype(np.float32)
+    ivf, info = build_ivf(x, k=5, queries=300)
+    assert info["nlist"] == min(int(4 * np.sqrt(20_000)), 20_000 // 39)
+    assert info["recall"] >= 0.95 and 1 <= info["nprobe"] < info["nlist"]
+    # measured again on other queries, against brute force
+    q = (centres[rng.integers(0, 50, 200)] + 0.3 * rng.normal(size=(200, 16))).astype(np.float32)
+    index = Index(x, [f"{i}.png" for i in range(len(x))], [(0, 0)] * len(x), "f", "m", ivf=ivf, ivf_info=info)
+    _, exact = index.nearest(q, 5, "exact")
+    _, approx = index.nearest(q, 5)
+    assert index.search_kind() == "ivf"
+    assert np.mean([len(set(a) & set(e)) / 5 for a, e in zip(approx, exact)]) >= 0.9
+    with pytest.raises(SiamdiffError, match="not finite"):
+        index.nearest(np.full((1, 16), np.nan, np.float32), 5)
+    # a build asked for IVF stores it with what was measured; an index without one refuses "ivf"
+    model = SimilarityModel.load(tiny_model)
+    built, _ = build_index(digit_folder, model, tmp_path / "i.safetensors", faiss="ivf")
+    loaded = Index.load(tmp_path / "i.safetensors")
+    assert loaded.search_kind() == "ivf" and loaded.ivf_info == built.ivf_info and loaded.ivf.ntotal == 80
+    assert len(search(loaded, model, sorted(digit_folder.rglob("*.png"))[0], k=3)) <= 3
+    plain, _ = build_index(digit_folder, model, tmp_path / "p.safetensors", faiss="none")
+    with pytest.raises(SiamdiffError, match="has no IVF"):
+        plain.nearest(plain.embeddings[:1], 3, "ivf")
+
+
+def test_an_ivf_search_that_finds_fewer_than_k_drops_the_missing(tmp_path):
+    pytest.importorskip("faiss", reason="faiss is the optional large-collection backend")
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(400, 8)).astype(np.float32)
+    ivf, info = build_ivf(x, k=5, queries=50)
+    index = Index(x, [str(i) for i in range(400)], [(0, 0)] * 400, "f", "m", ivf=ivf, ivf_info={**info, "nprobe": 1})
+    dist, rows = index.nearest(x[:3], 399)  # one cell of ten holds far fewer than 399
+    assert rows.shape[1] < 399 and (rows >= 0).all() and np.isfinite(dist).all()
+
+
+def test_an_index_of_the_first_format_is_read(tmp_path, tiny_model, digit_folder):
+    from safetensors.numpy import save_file
+
+    files = sorted(digit_folder.rglob("*.png"))[:3]
+    meta = {"format": "siamdiff-index/1", "fingerprint": "f", "model": "m", "folder": str(digit_folder.resolve()),
+            "paths": json.dumps([str(f.resolve()) for f in files]), "stamps": json.dumps([[1, 2]] * 3)}
+    save_file({"embeddings": np.zeros((3, 4), np.float32)}, str(tmp_path / "old.safetensors"), metadata=meta)
+    index = Index.load(tmp_path / "old.safetensors")
+    assert index.names == [str(f.relative_to(digit_folder)) for f in files]
+    assert index.paths == [str(f.resolve()) for f in files]

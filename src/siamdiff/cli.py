@@ -206,7 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder")
     p.add_argument("--out", type=_path, required=True, help="index file (.safetensors); updated in place if it exists")
     p.add_argument("--model", default="mnist")
-    p.add_argument("--json", action="store_true", help='{"index", "images", "added", "kept", "removed", "skipped"}')
+    p.add_argument("--faiss", choices=("auto", "ivf", "none"), default="auto",
+                   help="add a faiss IVF index for fast approximate search, its recall measured (auto: from "
+                        "100,000 images on)")
+    p.add_argument("--save-every", type=float, default=60.0, metavar="SECONDS",
+                   help="save what is embedded this often (a stopped run given again continues from there)")
+    p.add_argument("--json", action="store_true",
+                   help='{"index", "images", "added", "updated", "kept", "removed", "skipped", "search", "ivf"}')
 
     p = sub.add_parser("search", help="nearest images of an index")
     p.add_argument("images", nargs="*", metavar="IMAGE", help="query images")
@@ -215,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=5)
     p.add_argument("--model", help="defaults to the model that built the index")
     p.add_argument("--faiss", dest="use_faiss", action="store_true",
-                   help="search with faiss (pip install 'siamdiff[faiss]')")
+                   help="exact search with faiss's flat index (pip install 'siamdiff[faiss]')")
+    p.add_argument("--exact", action="store_true", help="exact search even where the index has an IVF one")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("denoise", help="clean noisy images with a diffusion model")
@@ -443,12 +450,17 @@ def _cmd_index(args: argparse.Namespace) -> int:
     from .similarity.api import SimilarityModel
     from .similarity.index import build_index
 
-    index, counts = build_index(args.folder, SimilarityModel.load(args.model), args.out)
+    index, counts = build_index(args.folder, SimilarityModel.load(args.model), args.out, faiss=args.faiss,
+                                save_every=args.save_every)
+    info = index.ivf_info
     if args.json:
-        _print_json({"index": args.out, "images": len(index.paths), **counts})
+        search = {"search": "ivf", "ivf": info} if index.ivf is not None else {"search": "exact"}
+        _print_json({"index": args.out, "images": len(index.names), **counts, **search})
     else:
-        print(f"index {args.out}: {len(index.paths)} images ({counts['added']} added, {counts['kept']} kept, "
-              f"{counts['removed']} removed, {counts['skipped']} unreadable skipped)")
+        ivf = f"; IVF search, recall@{info['k']} {info['recall']:.3f} at nprobe {info['nprobe']} of " \
+              f"{info['nlist']}" if index.ivf is not None else ""
+        print(f"index {args.out}: {len(index.names)} images ({counts['added']} added, {counts['updated']} updated, "
+              f"{counts['kept']} kept, {counts['removed']} removed, {counts['skipped']} unreadable skipped){ivf}")
     return 0
 
 
@@ -461,10 +473,13 @@ def _cmd_search(args: argparse.Namespace) -> int:
         raise SiamdiffError("give query images, or {queries} FILE", "queries")
     index = Index.load(args.index)
     model = SimilarityModel.load(index.model if args.model is None else args.model)
+    method = "flat" if args.use_faiss else "exact" if args.exact else "auto"
+    kind = index.search_kind(method)
+    how = {"search": kind, **({"recall": index.ivf_info["recall"]} if kind == "ivf" else {})}
     records = []
     for query in queries:
         try:
-            records.append({"query": query, "results": search(index, model, query, args.k, use_faiss=args.use_faiss)})
+            records.append({"query": query, **how, "results": search(index, model, query, args.k, method=method)})
         except ImageReadError as exc:  # one unreadable query does not stop the others
             records.append({"query": query, "error": str(exc)})
 
