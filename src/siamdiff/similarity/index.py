@@ -251,7 +251,8 @@ def build_ivf(embeddings: np.ndarray, k: int = RECALL_K, target: float = RECALL_
     ivf.add(x)
     rows = np.sort(rng.choice(n, min(n, queries), replace=False))
     kk = min(k, n - 1)
-    truth = _others(knn_search(x[rows], x, kk + 1)[1], rows, kk)
+    # exact neighbours in blocks of queries whose distances take at most 2^26 floats (256 MiB) at a time
+    truth = _others(knn_search(x[rows], x, kk + 1, chunk=max(1, 2 ** 26 // n))[1], rows, kk)
     nprobe, recall = 1, 0.0
     while True:
         ivf.nprobe = nprobe
@@ -355,7 +356,7 @@ def search(index: Index, model: SimilarityModel, query: ImageLike | np.ndarray, 
     image = None if isinstance(query, np.ndarray) and query.ndim == 1 else model.prepare(query)
     q = query if image is None else model.embed(image[None])[0]
     dist, idx = index.nearest(q[None, :], k, "flat" if use_faiss else method)
-    prob = model.probability(dist[0]) if model.calibration else np.full(len(idx[0]), np.nan)
+    prob = model.probability(dist[0]) if model.calibration else [None] * len(idx[0])
     hits = []
     for i, d, p in zip(idx[0], dist[0], prob):
         similarity = None
@@ -366,7 +367,8 @@ def search(index: Index, model: SimilarityModel, query: ImageLike | np.ndarray, 
                 found = None
             if found is not None:
                 similarity = float(graded(p, model.appearance(image[None], found[None])[0]))
-        hits.append({"path": index.path(int(i)), "similarity": similarity, "distance": float(d), "probability": float(p)})
+        hits.append({"path": index.path(int(i)), "similarity": similarity, "distance": float(d),
+                     "probability": None if p is None else float(p)})
     return hits
 
 
