@@ -1,10 +1,12 @@
 """The shared training loop on a tiny preset: files written, seeded runs bit-identical, resume exact, guards."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -316,3 +318,25 @@ def _task_with_batch(batch):
     train, val = _sets()
     return SimilarityTask(recipe("mnist", 1, 28, TrainOptions(model="tiny", epochs=2, batch_size=batch,
                                                               device="cpu")), train, val)
+
+
+def test_a_read_only_run_folder_is_refused_before_any_data_is_read(tmp_path, monkeypatch):
+    import siamdiff.training.kinds as kinds
+    import siamdiff.training.loop as loop
+
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro").chmod(0o500)
+    if os.geteuid() == 0:  # root writes anyway: the folder is read-only as the permission check sees it
+        monkeypatch.setattr(loop.os, "access", lambda path, mode: Path(path) != tmp_path / "ro")
+    monkeypatch.setattr(kinds, "load_splits", lambda *a, **k: pytest.fail("data read before the refusal"))
+    try:
+        with pytest.raises(SiamdiffError, match="is not writable"):
+            kinds.train("similarity", "mnist", tmp_path / "ro" / "run", TrainOptions(model="tiny"))
+    finally:
+        (tmp_path / "ro").chmod(0o700)
+
+
+def test_a_file_as_run_folder_is_refused(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(SiamdiffError, match="is a file"):
+        fit(_task()[0], tmp_path / "f")

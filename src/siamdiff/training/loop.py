@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -190,6 +191,11 @@ def check_run_folder(out: str | Path, resume: bool = False, overwrite: bool = Fa
     if resume and not state_path.is_file():
         raise SiamdiffError(f"cannot resume: '{state_path}' " + ("is not a file" if state_path.exists() else
                                                                   "does not exist"))
+    if out.exists() and not out.is_dir():
+        raise SiamdiffError(f"{{out}} '{out}' is a file: give a folder for the run", "out")
+    existing = next(p for p in (out, *out.parents) if p.exists())  # the folder the run's files or folders go into
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SiamdiffError(f"cannot write the run into '{out}': folder '{existing}' is not writable", "out")
     return out
 
 
