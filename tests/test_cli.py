@@ -5,6 +5,7 @@ import struct
 import subprocess
 import sys
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -139,7 +140,7 @@ def test_a_model_with_a_calibration_that_is_not_finite_is_refused(capsys, tmp_pa
                       {"calibration": {"intercept": float("nan"), "slope": -1, "threshold": 1}})
     images = sorted(digit_folder.rglob("*.png"))[:2]
     code, out, err = run(capsys, "similarity", *images, "--model", path, "--json")
-    assert code == 2 and out == "" and "damaged calibration" in err
+    assert code == 2 and json.loads(out)["error"] in err and "damaged calibration" in err
 
 
 def test_similarity_pairs_is_one_line_per_pair(capsys, digit_folder, tmp_path):
@@ -183,17 +184,17 @@ def test_search_many_queries_is_one_line_per_query(capsys, tiny_model, digit_fol
     code, out, err = run(capsys, "search", images[0], "--queries", listing, "--index", idx, "-k", 3, "--json")
     records = [json.loads(line) for line in out.splitlines()]
     assert code == 2
-    assert [r["query"] for r in records] == [str(images[0]), str(images[5]), str(tmp_path / "missing.png")]
+    assert [r["path"] for r in records] == [str(images[0]), str(images[5]), str(tmp_path / "missing.png")]
     assert "error" in records[2] and "missing.png" in err and err.count("\n") == 1
     for record in records[:2]:
-        code, one, _ = run(capsys, "search", record["query"], "--index", idx, "-k", 3, "--json")
+        code, one, _ = run(capsys, "search", record["path"], "--index", idx, "-k", 3, "--json")
         assert code == 0 and json.loads(one) == record
 
 
 def test_index_and_train_print_one_json_object(capsys, tiny_model, digit_folder, tmp_path):
     idx = tmp_path / "digits.safetensors"
     code, out, _ = run(capsys, "index", digit_folder, "--out", idx, "--model", tiny_model, "--json")
-    assert code == 0 and json.loads(out) == {"index": str(idx), "images": 80, "added": 80, "updated": 0, "kept": 0,
+    assert code == 0 and json.loads(out) == {"output": str(idx), "images": 80, "added": 80, "updated": 0, "kept": 0,
                                              "removed": 0, "skipped": 0, "search": "exact"}
     code, out, _ = run(capsys, "index", digit_folder, "--out", idx, "--model", tiny_model, "--json", "--faiss", "ivf")
     record = json.loads(out)
@@ -205,7 +206,7 @@ def test_index_and_train_print_one_json_object(capsys, tiny_model, digit_folder,
     code, out, _ = run(capsys, "train", "similarity", "--dataset", f"folder:{digit_folder}", "--model", "tiny",
                        "--epochs", 1, "--channels", 1, "--image-size", 28, "--out", tmp_path / "run", "--json")
     record = json.loads(out)
-    assert code == 0 and record["model"] == str(tmp_path / "run" / "model.safetensors") and record["epochs"] == 1
+    assert code == 0 and record["output"] == str(tmp_path / "run" / "model.safetensors") and record["epochs"] == 1
     assert 0 <= record["val_recall_at_1"] <= 1
 
 
@@ -290,9 +291,11 @@ def test_python_dash_m_entry_point(tiny_model, tmp_path):
 
 def test_plot_on_a_folder_and_into_a_file(capsys, tiny_model, digit_folder, tmp_path):
     code, out, err = run(capsys, "plot", "similarity", "--model", tiny_model, "--dataset", f"folder:{digit_folder}",
-                         "--out", tmp_path / "plots")
+                         "--out", tmp_path / "plots", "--json")
     assert code == 0, err
     assert (tmp_path / "plots" / "roc.png").is_file()
+    assert {Path(json.loads(line)["output"]).name for line in out.splitlines()} == {"pairs.png", "hard_pairs.png",
+                                                                                    "roc.png", "map.png"}
     (tmp_path / "afile").write_text("keep me")
     code, _, err = run(capsys, "plot", "similarity", "--model", tiny_model, "--out", tmp_path / "afile")
     assert code == 2 and err.count("\n") == 1 and (tmp_path / "afile").read_text() == "keep me"
@@ -415,3 +418,17 @@ def test_demo_never_overwrites_a_folder_of_other_files(capsys, tmp_path):
     assert not _is_demo_folder(mine)
     (mine / MARKER).touch()  # a demo stopped before its report leaves its marker: it may run there again
     assert _is_demo_folder(mine)
+
+
+def test_a_command_that_fails_with_json_prints_an_error_object(capsys, tiny_model, tmp_path):
+    code, out, err = run(capsys, "similarity", tmp_path / "none.png", tmp_path / "none.png", "--model", tiny_model,
+                         "--json")
+    assert code == 2 and err.count("\n") == 1 and json.loads(out) == {"error": err.strip()[len("siamdiff: error: "):]}
+    assert "none.png" in json.loads(out)["error"]
+
+
+def test_json_never_holds_nan_or_infinity(capsys):
+    from siamdiff.cli import _print_json
+
+    _print_json({"a": float("nan"), "b": [1.5, float("inf"), {"c": -float("inf")}], "d": "nan"})
+    assert json.loads(capsys.readouterr().out) == {"a": None, "b": [1.5, None, {"c": None}], "d": "nan"}

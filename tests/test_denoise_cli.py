@@ -49,7 +49,7 @@ def test_denoise_writes_pngs_and_json(capsys, tiny_ddpm, noisy_pngs, tmp_path):
     rows = [json.loads(line) for line in out.splitlines()]
     assert len(rows) == 3
     for row, src in zip(rows, noisy_pngs):
-        assert row["input"] == str(src) and row["method"] == "tweedie"
+        assert row["path"] == str(src) and row["method"] == "tweedie"
         assert row["sigma"] == row["sigma_estimated"] and 0.05 < row["sigma"] < 0.5
         assert row["t_start"] > 0
         with Image.open(row["output"]) as im:
@@ -153,7 +153,7 @@ def test_eval_denoise_json_rows(capsys, tiny_ddpm, digit_folder):
                 "--n", 4, "--json", "--channels", 1, "--image-size", 28] + (["--model", model] if model else [])
         code, out, err = run(capsys, *argv)
         assert code == 0, err
-        rows = json.loads(out)["results"]
+        rows = [json.loads(line) for line in out.splitlines()]  # one JSON line per setting
         assert [r["sigma"] for r in rows] == [0.1, 0.3]
         for r in rows:
             assert {"sigma", "method", "psnr", "ssim", "class_accuracy", "sigma_rel_error", "n"} <= set(r)
@@ -166,7 +166,7 @@ def test_eval_denoise_json_rows(capsys, tiny_ddpm, digit_folder):
 def test_noisy_psnr_matches_the_noise_level(capsys, digit_folder):
     code, out, _ = run(capsys, "eval", "denoise", "--dataset", f"folder:{digit_folder}", "--method", "noisy",
                        "--sigmas", "0.1", "--n", 8, "--sigma-mode", "true", "--json", "--channels", 1)
-    row = json.loads(out)["results"][0]
+    row = json.loads(out)
     # Gaussian noise of sigma 0.1 has PSNR 20 dB; the baseline shows the input clamped to [0, 1], which can only
     # move pixels closer to the clean image in [0, 1]: at least 20 dB (up to sampling), far below a denoiser's
     assert code == 0 and 19.8 < row["psnr"] < 26.0
@@ -174,8 +174,10 @@ def test_noisy_psnr_matches_the_noise_level(capsys, digit_folder):
 
 def test_sample_writes_a_grid(capsys, tiny_ddpm, tmp_path):
     code, out, err = run(capsys, "sample", "--model", tiny_ddpm, "--n", 5, "--steps", 3, "--label", 2,
-                         "--out", tmp_path / "g.png")
+                         "--out", tmp_path / "g.png", "--json")
     assert code == 0, err
+    assert json.loads(out) == {"output": str(tmp_path / "g.png"), "images": 5, "method": "ddim", "steps": 3,
+                               "label": 2, "guidance": 1.0, "seed": 0}
     with Image.open(tmp_path / "g.png") as im:
         assert im.size == (5 * 30, 30)
     for out, message in ((tmp_path / "no" / "g.png", "does not exist"), (tmp_path / "g.jpg", ".png file")):
@@ -261,7 +263,7 @@ def test_eval_predicted_labels_come_from_the_unguided_estimate(capsys, tiny_ddpm
             "--classifier", tiny_companions["classifier"], "--labels", "predicted"]
     code, out, err = run(capsys, *argv)
     assert code == 0, err
-    row = json.loads(out)["results"][0]
+    row = json.loads(out)
     assert row["labels"] == "predicted" and 0 <= row["class_accuracy"] <= 1
     noisy = [a if a != "tweedie" else "noisy" for a in argv]
     code, _, err = run(capsys, *noisy[:noisy.index("--model")], *noisy[noisy.index("--model") + 2:])
@@ -274,11 +276,11 @@ def test_eval_of_a_shipped_model_uses_its_estimator_and_classifier(capsys):
             "--json", "--model", "mnist"]
     code, out, err = run(capsys, *argv)
     assert code == 0, err
-    row = json.loads(out)["results"][0]
+    row = json.loads(out)
     assert row["sigma_estimator"] == "learned" and row["class_accuracy"] is not None
     code, out, err = run(capsys, *argv, "--estimator", "wavelet")
     assert code == 0, err
-    assert json.loads(out)["results"][0]["sigma_estimator"] == "wavelet-MAD"
+    assert json.loads(out)["sigma_estimator"] == "wavelet-MAD"
 
 
 def test_train_ddpm_fine_tunes_from_init(capsys, tiny_ddpm, tiny_model, digit_folder, tmp_path):
@@ -415,7 +417,7 @@ def test_eval_at_another_size_resizes_the_clean_images(capsys, tiny_ddpm):
         code, out, err = run(capsys, "eval", "denoise", "--dataset", "sample:mnist", "--method", "noisy", "--sigmas",
                              "0.1", "--sigma-mode", "true", "--n", 30, "--image-size", size, "--json")
         assert code == 0, err
-        rows[size] = json.loads(out)["results"][0]
+        rows[size] = json.loads(out)
     assert rows["28"]["image_size"] == 28 and rows["32"]["image_size"] == 32
     # the same noise level on either grid: the noisy input's PSNR barely moves (clamping helps a little on black)
     assert abs(rows["28"]["psnr"] - rows["32"]["psnr"]) < 0.5

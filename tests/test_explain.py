@@ -118,7 +118,7 @@ def test_explain_writes_the_picture_and_the_maps(pair, tmp_path, capsys):
     score = SimilarityModel.load("mnist").score(pair[0], pair[1])
     assert {k: record[k] for k in score} == pytest.approx(score)
     assert np.sum(record["map_a"]) == pytest.approx(record["cosine"], abs=1e-4)
-    assert np.array(record["map_b"]).shape == (7, 7) and record["out"] == str(out)
+    assert np.array(record["map_b"]).shape == (7, 7) and record["output"] == str(out)
     with Image.open(out) as picture:
         assert picture.format == "PNG" and picture.width > 300
 

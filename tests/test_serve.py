@@ -95,7 +95,7 @@ def test_similarity_with_explain_is_the_explain_object(client, digits, tmp_path,
                       data={"explain": "true"}).json()
     picture = Image.open(io.BytesIO(base64.b64decode(web.pop("explain_png_base64"))))
     assert picture.format == "PNG" and picture.width > 200
-    del cli["out"]
+    del cli["output"]
     assert web == {**cli, "a": a.name, "b": b.name}
 
 
@@ -105,7 +105,7 @@ def test_search_is_the_cli_object_with_thumbnails(client, digits, index_file, ca
     cli = json.loads(capsys.readouterr().out)
     web = client.post("/api/search", files={"image": (query.name, query.read_bytes())},
                       data={"index": "digits", "k": "3"}).json()
-    assert web["query"] == query.name and web["index"] == "digits"
+    assert web["path"] == query.name and web["index"] == "digits" and web["search"] == cli["search"] == "exact"
     assert [{k: v for k, v in h.items() if k not in ("id", "image_url")} for h in web["results"]] == cli["results"]
     first = web["results"][0]
     assert Path(first["path"]) == query.resolve()  # the query is in the index: itself first
@@ -136,7 +136,7 @@ def test_denoise_is_the_cli_record_plus_the_image(client, digits, tmp_path, caps
     assert strip.height == 28 and strip.width == 28 * (1 + len(steps)) + 2 * len(steps)
     assert steps == sorted(steps, reverse=True) and steps[0] == cli["t_start"]
     cli.pop("output")
-    assert web == {**cli, "input": "noisy.png"}
+    assert web == {**cli, "path": "noisy.png"}
     assert 0.1 < web["sigma"] < 0.3 and web["sigma_estimated"] == web["sigma"]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import shlex
 import sys
@@ -125,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="offline demo on the embedded sample with the shipped weights")
     p.add_argument("--out", type=_path, default="siamdiff-demo", help="folder for the pictures and report")
+    p.add_argument("--json", action="store_true", help='{"output": the report}')
 
     p = sub.add_parser("train", help="train a model")
     what = p.add_subparsers(dest="what", required=True, parser_class=_Parser)
@@ -176,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=_path, required=True, help="PNG grid")
+    p.add_argument("--json", action="store_true", help='{"output", "images", "method", ...}')
 
     p = sub.add_parser("similarity", help="how similar are two images: a graded score, category first, "
                                           "appearance second")
@@ -271,12 +274,25 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--dataset", default="sample:mnist")
     q.add_argument("--out", type=_path, required=True, help="folder for the PNGs")
     q.add_argument("--explain", action="store_true", help="draw the pairs under the maps of why they are similar")
+    q.add_argument("--json", action="store_true", help='one {"output"} line per picture')
     _data_args(q)
     return parser
 
 
 def _print_json(obj: object) -> None:
-    print(json.dumps(obj, indent=None, sort_keys=False))
+    """One JSON object on one line; never NaN or Infinity (not JSON: a value that would be one is ``null``)."""
+    print(json.dumps(_finite(obj), indent=None, sort_keys=False, allow_nan=False))
+
+
+def _finite(obj: object) -> object:
+    """``obj`` with every float that is not finite replaced by None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def _report(records: list[dict], as_json: bool, show: Callable[[dict], None]) -> int:
@@ -317,7 +333,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     last = history[-1] if history else {}
     model, scores = Path(args.out) / "model.safetensors", {k: v for k, v in last.items() if k.startswith("val_")}
     if args.json:
-        _print_json({"model": str(model), "epochs": len(history), **scores})
+        _print_json({"output": str(model), "epochs": len(history), **scores})
     else:
         print(f"wrote {model} after {len(history)} epoch(s): " + ", ".join(f"{k}={v:.4f}" for k, v in scores.items()))
     return 0
@@ -333,7 +349,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                                 image_size=args.image_size, channels=args.channels, device=args.device,
                                 declip=not args.no_declip)
         if args.json:
-            _print_json({"results": rows})
+            for r in rows:  # one JSON line per setting
+                _print_json(r)
         else:
             for r in rows:
                 acc = "" if r["class_accuracy"] is None else f"  class acc {r['class_accuracy']:.4f}"
@@ -421,7 +438,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     result = SimilarityModel.load(args.model).explain(args.a, args.b)
     save_explanation(result, args.out, names=(Path(args.a).name, Path(args.b).name))
     if args.json:
-        _print_json({"a": args.a, "b": args.b, **explanation_json(result), "out": args.out})
+        _print_json({"a": args.a, "b": args.b, **explanation_json(result), "output": args.out})
     else:
         print(f"{args.out}  (similarity {result['similarity']:.3f}, cosine {result['cosine']:.3f})")
     return 0
@@ -455,7 +472,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
     info = index.ivf_info
     if args.json:
         search = {"search": "ivf", "ivf": info} if index.ivf is not None else {"search": "exact"}
-        _print_json({"index": args.out, "images": len(index.names), **counts, **search})
+        _print_json({"output": args.out, "images": len(index.names), **counts, **search})
     else:
         ivf = f"; IVF search, recall@{info['k']} {info['recall']:.3f} at nprobe {info['nprobe']} of " \
               f"{info['nlist']}" if index.ivf is not None else ""
@@ -479,16 +496,17 @@ def _cmd_search(args: argparse.Namespace) -> int:
     records = []
     for query in queries:
         try:
-            records.append({"query": query, **how, "results": search(index, model, query, args.k, method=method)})
+            records.append({"path": query, **how, "results": search(index, model, query, args.k, method=method)})
         except ImageReadError as exc:  # one unreadable query does not stop the others
-            records.append({"query": query, "error": str(exc)})
+            records.append({"path": query, "error": str(exc)})
 
     def show(r: dict) -> None:
         if len(queries) > 1:
-            print(f"{r['query']}:")
+            print(f"{r['path']}:")
         for h in r["results"]:
             graded = "  -  " if h["similarity"] is None else f"{h['similarity']:.3f}"
-            print(f"{graded}  {h['probability']:.3f}  {h['distance']:.3f}  {h['path']}")
+            probability = "  -  " if h["probability"] is None else f"{h['probability']:.3f}"
+            print(f"{graded}  {probability}  {h['distance']:.3f}  {h['path']}")
 
     return _report(records, args.json, show)
 
@@ -514,8 +532,13 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     from .reconstruction.pipeline import Denoiser
     from .reconstruction.plots import sample_grid
 
-    print(sample_grid(Denoiser.load(args.model), args.out, n=args.n, method=args.method, steps=args.steps,
-                      label=args.label, guidance=args.guidance, seed=args.seed))
+    out = sample_grid(Denoiser.load(args.model), args.out, n=args.n, method=args.method, steps=args.steps,
+                      label=args.label, guidance=args.guidance, seed=args.seed)
+    if args.json:
+        _print_json({"output": str(out), "images": args.n, "method": args.method, "steps": args.steps,
+                     "label": args.label, "guidance": args.guidance, "seed": args.seed})
+    else:
+        print(out)
     return 0
 
 
@@ -525,7 +548,10 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
     for p in plot_all(SimilarityModel.load(args.model), args.dataset, args.out, args.data_dir, args.download,
                       explain=args.explain):
-        print(p)
+        if args.json:  # one JSON line per picture
+            _print_json({"output": str(p)})
+        else:
+            print(p)
     return 0
 
 
@@ -541,7 +567,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     report = run_demo(args.out)
-    print(f"demo written to {report.parent}/ (open {report})")
+    if args.json:
+        _print_json({"output": str(report)})
+    else:
+        print(f"demo written to {report.parent}/ (open {report})")
     return 0
 
 
@@ -560,7 +589,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except SiamdiffError as exc:
-        print(f"siamdiff: error: {one_line(exc.render(args.flags))}", file=sys.stderr)
+        message = one_line(exc.render(args.flags))
+        if getattr(args, "json", False):  # a script reading the JSON sees the failure too
+            _print_json({"error": message})
+        print(f"siamdiff: error: {message}", file=sys.stderr)
         return 2
     except Interrupted as exc:
         print(f"siamdiff: {one_line(exc.message)}", file=sys.stderr)

@@ -673,9 +673,9 @@ def denoise_files(denoiser: Denoiser, inputs: Sequence[str | os.PathLike], out: 
     (a bad option) stops before the first file is written. ``save_chain``: a folder for each input's reverse chain
     (:func:`write_chain`). ``options`` go to :meth:`Denoiser.denoise`.
 
-    Returns one record per input: ``input``, ``output``, ``sigma`` (used), ``sigma_estimated``,
+    Returns one record per input: ``path`` (the input), ``output``, ``sigma`` (used), ``sigma_estimated``,
     ``sigma_estimator``, ``t_start``, ``method``, ``label``, ``tiles``, ``width``, ``height`` (and ``chain``: the
-    files of the chain) — or ``input`` and ``error``."""
+    files of the chain) — or ``path`` and ``error``."""
     paths = [Path(p) for p in inputs]
     targets = output_paths(paths, Path(out))
     chain_folder = None if save_chain is None else Path(save_chain)
@@ -687,12 +687,12 @@ def denoise_files(denoiser: Denoiser, inputs: Sequence[str | os.PathLike], out: 
             try:
                 image = as_batch(src)
             except ImageReadError as exc:
-                records.append({"input": str(src), "error": str(exc)})
+                records.append({"path": str(src), "error": str(exc)})
                 continue
             clean, record, frames = denoise_one(denoiser, image, chain=chain_folder is not None, **options)
             write_png_atomic(to_uint8(clean), dst)
             chain = {} if frames is None else {"chain": write_chain(chain_folder, dst.stem, image[0], frames)}
-            records.append({"input": str(src), "output": str(dst), **record, **chain})
+            records.append({"path": str(src), "output": str(dst), **record, **chain})
         if not any("output" in r for r in records):
             raise SiamdiffError(f"none of the {len(paths)} input(s) could be read" if len(paths) > 1 else
                                 records[0]["error"])

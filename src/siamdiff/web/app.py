@@ -332,7 +332,7 @@ def create_app(catalog: Catalog, limits: Limits | None = None,
     async def search_index(image: UploadFile = File(...), index: str | None = Form(None),
                            k: int = Form(5)) -> dict[str, Any]:
         """The ``k`` nearest images of an index (at most :data:`MAX_K`): ``siamdiff search --json``'s object
-        (``query``, ``results``), each result with its ``id`` and the address of its thumbnail."""
+        (``path``, ``search``, ``results``), each result with its ``id`` and the address of its thumbnail."""
         served = _choose(catalog.indexes, index, "index", "--index FILE")
         if not 1 <= k <= MAX_K:
             raise Refused(400, f"k must be from 1 to {MAX_K}, got {k}")
@@ -342,7 +342,7 @@ def create_app(catalog: Catalog, limits: Limits | None = None,
         for hit in hits:
             hit["id"] = served.position[hit["path"]]
             hit["image_url"] = f"/api/indexes/{quote(name, safe='')}/images/{hit['id']}"
-        return {"query": query, "index": name, "results": hits}
+        return {"path": query, "index": name, "search": served.index.search_kind(), "results": hits}
 
     @app.get("/api/indexes/{name}/images/{number}")
     async def thumbnail(name: str, number: int) -> Response:
@@ -379,7 +379,7 @@ def create_app(catalog: Catalog, limits: Limits | None = None,
             clean, record, frames = denoise_one(chosen, noisy, chain=chain, **options)
             extra = {} if frames is None else {"chain_png_base64": _png_base64(chain_strip(noisy[0], frames)),
                                                "chain_steps": [t for t, _ in frames]}
-            return {"input": name, **record, "image_png_base64": _png_base64(clean), **extra}
+            return {"path": name, **record, "image_png_base64": _png_base64(clean), **extra}
 
         return await run(work)
 
