@@ -118,7 +118,8 @@ def run_index(folder: Path, out: Path, *extra: str) -> tuple[dict, float, float]
     seconds = time.perf_counter() - began
     if done.returncode != 0:
         raise SystemExit(done.stderr)
-    return json.loads(done.stdout), seconds, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    record = {**json.loads(done.stdout), "output": out.name}  # the temporary folder is no fact of the result
+    return record, seconds, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
 def folder(args, test: np.ndarray) -> dict:
