@@ -149,3 +149,22 @@ def test_readme_unseen_table_is_the_benchmark():
         for title, cell in zip(header[3:], cells[3:]):
             assert cell == f"{row['metrics'][keys[title]]:.4f}", (cells[0], cells[1], cells[2], title)
     assert f"`{result['command']}`" in text
+
+
+def test_readme_scale_table_is_the_benchmark():
+    result = json.loads((ROOT / "docs" / "benchmarks" / "scale.json").read_text())
+    text = (ROOT / "README.md").read_text()
+    header, *body = _table(text, "### Scale")
+    assert header == ["measure", "value"] and len(body) == 5
+    m, f = result["million"], result["folder"]
+    ivf, search = m["ivf"], m["search"]
+    assert body[0][1] == f"{search['exact']['p50_ms']} ms"
+    assert body[1][1] == (f"{search['ivf']['p50_ms']} ms; recall@5 {m['ivf_recall_at_5_new_queries']} on new "
+                          f"queries, {ivf['recall']} measured at build (nprobe {ivf['nprobe']} of {ivf['nlist']})")
+    assert body[2][1] == (f"{m['embed_images_per_s']:,} images/s; IVF built in {m['ivf_build_seconds']} s; peak "
+                          f"memory {m['peak_rss_mib']:,} MiB")
+    assert body[3][1] == f"{f['images_per_s']:,} images/s, peak memory {f['peak_rss_mib']:,} MiB"
+    s = result["sigterm"]
+    assert body[4][1] == (f"exit {s['exit_code']} after {s['exit_seconds_after_signal']} s, resumed bit-identically: "
+                          f"{s['bit_identical']}")
+    assert s["bit_identical"] and s["stopped_at"]["batches"] is not None and f"`{result['command']}`" in text
