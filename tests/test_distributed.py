@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -14,12 +15,12 @@ from siamdiff.training.distributed import Ranks
 TIMEOUT = 240  # gloo waits rather than fails when a rank is lost: every run is bounded
 
 
-def _train(folder, out, ranks, batch):
+def _train(folder, out, ranks, batch, *extra):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}"] \
         if ranks > 1 else [sys.executable]
     cmd = [*launcher, "-m", "siamdiff", "train", "similarity", "--dataset", f"folder:{folder}", "--model", "tiny",
            "--channels", "1", "--image-size", "28", "--epochs", "2", "--batch-size", str(batch), "--float32",
-           "--out", str(out), "--json"]
+           "--out", str(out), "--json", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -56,3 +57,28 @@ def test_shards_of_the_ranks_put_together_are_the_global_batch(n):
     shards = [Ranks(r, 3).shard((x, y)) for r in range(3)]
     assert torch.equal(torch.cat([s[0] for s in shards]), x) and torch.equal(torch.cat([s[1] for s in shards]), y)
     assert max(len(s[1]) for s in shards) - min(len(s[1]) for s in shards) <= 1
+
+
+def test_a_run_stopped_on_one_rank_resumes_on_two_with_the_same_global_batch(digit_folder, tmp_path, monkeypatch):
+    from siamdiff.core.errors import Interrupted
+    from siamdiff.similarity.task import SimilarityTask
+    from siamdiff.training import TrainOptions, train
+
+    original = SimilarityTask.batches
+
+    def stopped_in_epoch_2(self, epoch, device):
+        for i, batch in enumerate(original(self, epoch, device)):
+            if (epoch, i) == (1, 1):
+                signal.raise_signal(signal.SIGTERM)
+            yield batch
+
+    monkeypatch.setattr(SimilarityTask, "batches", stopped_in_epoch_2)
+    options = TrainOptions(model="tiny", epochs=2, batch_size=16, channels=1, image_size=28, amp=False, device="cpu")
+    with pytest.raises(Interrupted):
+        train("similarity", f"folder:{digit_folder}", tmp_path / "cut", options)
+    monkeypatch.setattr(SimilarityTask, "batches", original)
+    _train(digit_folder, tmp_path / "one", 1, 16)
+    _train(digit_folder, tmp_path / "cut", 2, 8, "--resume")
+    a = load_model(tmp_path / "one" / "model.safetensors")[0].state_dict()
+    b = load_model(tmp_path / "cut" / "model.safetensors")[0].state_dict()
+    assert _relative_difference(a, b) < 1e-2

@@ -230,7 +230,8 @@ def fit(task: Task, out: str | Path, resume: bool = False, overwrite: bool = Fal
 def _resumed(state_path: Path, cfg: TrainConfig, ranks: Ranks, recipe: dict[str, Any],
              signature: dict[str, list[int]]) -> dict[str, Any]:
     """The state in ``state_path``, refused (naming what differs) unless it was written by this run's settings. The
-    batch of every rank may change with the number of ranks if the global batch (``batch_size × ranks``) stays."""
+    batch of every rank may change with the number of ranks if the global batch (``batch_size × ranks``) stays, and
+    the device may change."""
     state = load_state(state_path)
     world = int(state.get("world_size", 1))
     old, new = dict(state.get("train_config") or {}), cfg.to_dict()
@@ -240,6 +241,7 @@ def _resumed(state_path: Path, cfg: TrainConfig, ranks: Ranks, recipe: dict[str,
                             f"give a {{batch_size}} that keeps {old.get('batch_size', 0) * world} images a step",
                             "batch_size")
     old["batch_size"] = new["batch_size"]
+    old["device"] = new["device"]  # a run may go on elsewhere (on the CPU it continues bit-identically)
     if old != new:
         changed = ", ".join(_changed(old, new)) or "settings"
         extend = " (a finished run is extended by a new run with {init} from its model)" if "epochs" in changed \
