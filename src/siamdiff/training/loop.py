@@ -284,6 +284,9 @@ def _train(task: Task, cfg: TrainConfig, out: Path, device: torch.device, resume
             history = list(state["history"])
             start = int(state["epoch"]) + 1
             partial = state.get("partial")
+            if partial is not None:  # where in an epoch a signal stopped it: all of it, or a clear refusal
+                partial = {"batches": int(partial["batches"]), "total": torch.as_tensor(partial["total"]),
+                           "rng": partial["rng"], "cuda_rng": partial.get("cuda_rng")}
             task.load_extra_state(state["task"])
             if state.get("init") is not None:  # a fine-tuning run keeps its start, with or without --init again
                 task.init = state["init"]
