@@ -206,3 +206,16 @@ def test_an_index_of_the_first_format_is_read(tmp_path, tiny_model, digit_folder
     index = Index.load(tmp_path / "old.safetensors")
     assert index.names == [str(f.relative_to(digit_folder)) for f in files]
     assert index.paths == [str(f.resolve()) for f in files]
+
+
+def test_exact_search_of_an_index_is_brute_force_with_its_norms_kept():
+    rng = np.random.default_rng(3)
+    g, q = rng.normal(size=(300, 8)).astype(np.float32), rng.normal(size=(4, 8)).astype(np.float32)
+    index = Index(g, [str(i) for i in range(300)], [(0, 0)] * 300, "f", "m")
+    brute = np.linalg.norm(q[:, None, :] - g[None, :, :], axis=2)
+    for _ in range(2):  # the second search uses the kept norms
+        d, rows = index.nearest(q, 3, "exact")
+        assert np.array_equal(rows, np.argsort(brute, axis=1)[:, :3])
+        assert np.allclose(d, np.sort(brute, axis=1)[:, :3], atol=1e-4)
+    index.embeddings = g[:100]  # an index made smaller: its norms again
+    assert index.nearest(q, 1, "exact")[1].max() < 100

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..core.errors import ImageReadError, SiamdiffError, first_line, require
 from ..core.files import atomic_write, check_writable, exclusive
@@ -63,6 +64,7 @@ class Index:
     root: str = ""
     ivf: Any = None
     ivf_info: dict[str, Any] = field(default_factory=dict)
+    _squared_norms: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.root = self.root or self.folder
@@ -175,8 +177,13 @@ class Index:
             raise SiamdiffError("the query's embedding is not finite numbers: nothing can be near it")
         kind = self.search_kind(method)
         k = min(k, len(self.names))
-        if kind != "ivf":
-            return nearest(self.embeddings, queries, k, use_faiss=kind == "flat")
+        if kind == "exact":  # the gallery's squared norms kept: each search reads the embeddings once
+            if self._squared_norms is None or len(self._squared_norms) != len(self.embeddings):
+                gallery = torch.from_numpy(np.ascontiguousarray(self.embeddings, dtype=np.float32))
+                self._squared_norms = (gallery * gallery).sum(1)
+            return knn_search(queries, self.embeddings, k, gallery_sq=self._squared_norms)
+        if kind == "flat":
+            return nearest(self.embeddings, queries, k, use_faiss=True)
         self.ivf.nprobe = int(self.ivf_info["nprobe"])
         d2, rows = self.ivf.search(queries, k)
         found = (rows >= 0).all(axis=0)  # columns every query filled (the missing are at the end of a row)
