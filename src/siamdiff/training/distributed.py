@@ -70,12 +70,12 @@ class Ranks:
             out.append(torch.cat([p[:int(c.item())] for p, c in zip(parts, counts)]))
         return tuple(out)
 
-    def average(self, params: list[nn.Parameter], stop: bool) -> bool:
-        """Average the gradients of ``params`` over the ranks in one all-reduce; returns whether any rank asked to
-        stop (``stop``: this rank's request), so that all stop after the same step."""
+    def average(self, param_groups: list[dict[str, Any]], stop: bool) -> bool:
+        """Average the gradients of an optimizer's ``param_groups`` over the ranks in one all-reduce; returns whether
+        any rank asked to stop (``stop``: this rank's request), so that all stop after the same step."""
         if self.world == 1:
             return stop
-        grads = [p.grad for p in params if p.grad is not None]
+        grads = [p.grad for group in param_groups for p in group["params"] if p.grad is not None]
         device = grads[0].device if grads else torch.device("cpu")
         flat = torch.cat([*(g.reshape(-1) for g in grads), torch.tensor([float(stop)], device=device)])
         dist.all_reduce(flat)

@@ -114,7 +114,7 @@ def train_step(task: Task, batch: tuple[torch.Tensor, ...], opt: torch.optim.Opt
         loss = task.loss(batch)
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    stop = ranks.average([p for group in opt.param_groups for p in group["params"]], stop)
+    stop = ranks.average(opt.param_groups, stop)
     opt.step()
     sched.step()
     task.after_step()
@@ -167,6 +167,14 @@ def _check_finite(total: torch.Tensor, epoch: int, batch: int, out: Path) -> Non
     if not torch.isfinite(total):
         raise SiamdiffError(f"training diverged: loss is {total.item()} by epoch {epoch + 1}, batch {batch + 1}; "
                             f"lower {{lr}} (last good checkpoint kept in '{out}')", "lr")
+
+
+def _interrupted(stop: StopRequest, where: str, state_path: Path) -> Interrupted:
+    """The end of a run stopped by a signal ``where`` (in or after an epoch): this rank's signal, or SIGTERM when
+    another rank's stopped it."""
+    number = stop.signal_number or signal.SIGTERM
+    return Interrupted(f"stopped by {signal.Signals(number).name} {where}; the state is in '{state_path}': continue "
+                       f"with --resume", number)
 
 
 def _skip(batches: Iterator[Any], n: int) -> Iterator[Any]:
@@ -313,7 +321,7 @@ def _train(task: Task, cfg: TrainConfig, out: Path, device: torch.device, resume
         batches = task.batches(epoch, device)
         if partial is not None:  # continue a stopped epoch: its first batches drawn again, the random state restored
             batches = _skip(batches, partial["batches"])
-            count, total = int(partial["batches"]), partial["total"].to(device)
+            count, total = partial["batches"], partial["total"].to(device)
             torch.set_rng_state(partial["rng"])
             if device.type == "cuda" and partial.get("cuda_rng") is not None:
                 torch.cuda.set_rng_state(partial["cuda_rng"], device)
@@ -343,10 +351,7 @@ def _train(task: Task, cfg: TrainConfig, out: Path, device: torch.device, resume
                                            "cuda_rng": torch.cuda.get_rng_state(device)
                                            if device.type == "cuda" else None})
                 ranks.barrier()  # no rank leaves (and so has torchrun stop the others) before the state is written
-                number = stop.signal_number or signal.SIGTERM  # another rank's signal
-                raise Interrupted(f"stopped by {signal.Signals(number).name} in epoch {epoch + 1} after batch "
-                                  f"{count} of {steps}; the state is in '{state_path}': continue with --resume",
-                                  number)
+                raise _interrupted(stop, f"in epoch {epoch + 1} after batch {count} of {steps}", state_path)
         _check_finite(total, epoch, count - 1, out)
         bar.close()
         synchronize(device)
@@ -373,8 +378,6 @@ def _train(task: Task, cfg: TrainConfig, out: Path, device: torch.device, resume
         if (stopping or stop) and epoch + 1 < cfg.epochs:  # a signal in an epoch's last step or its evaluation
             if stopping:  # every rank knows: none leaves before rank 0 has written
                 ranks.barrier()
-            number = stop.signal_number or signal.SIGTERM
-            raise Interrupted(f"stopped by {signal.Signals(number).name} after epoch {epoch + 1}; the "
-                              f"state is in '{state_path}': continue with --resume", number)
+            raise _interrupted(stop, f"after epoch {epoch + 1}", state_path)
     ranks.barrier()
     return history
