@@ -219,3 +219,6 @@ def test_exact_search_of_an_index_is_brute_force_with_its_norms_kept():
         assert np.allclose(d, np.sort(brute, axis=1)[:, :3], atol=1e-4)
     index.embeddings = g[:100]  # an index made smaller: its norms again
     assert index.nearest(q, 1, "exact")[1].max() < 100
+    index.embeddings = g[::-1].copy()  # other embeddings of the same number: their norms, not the old ones
+    index.names = [str(i) for i in range(300)]
+    assert np.array_equal(index.nearest(q, 3, "exact")[1], 299 - np.argsort(brute, axis=1)[:, :3])

@@ -64,7 +64,9 @@ class Index:
     root: str = ""
     ivf: Any = None
     ivf_info: dict[str, Any] = field(default_factory=dict)
-    _squared_norms: Any = field(default=None, init=False, repr=False, compare=False)
+    # the squared norms of the embeddings, and the array they were computed from (another array: computed again)
+    _squared_norms: tuple[np.ndarray, torch.Tensor] | None = field(default=None, init=False, repr=False,
+                                                                   compare=False)
 
     def __post_init__(self) -> None:
         self.root = self.root or self.folder
@@ -178,10 +180,10 @@ class Index:
         kind = self.search_kind(method)
         k = min(k, len(self.names))
         if kind == "exact":  # the gallery's squared norms kept: each search reads the embeddings once
-            if self._squared_norms is None or len(self._squared_norms) != len(self.embeddings):
+            if self._squared_norms is None or self._squared_norms[0] is not self.embeddings:
                 gallery = torch.from_numpy(np.ascontiguousarray(self.embeddings, dtype=np.float32))
-                self._squared_norms = (gallery * gallery).sum(1)
-            return knn_search(queries, self.embeddings, k, gallery_sq=self._squared_norms)
+                self._squared_norms = self.embeddings, (gallery * gallery).sum(1)
+            return knn_search(queries, self.embeddings, k, gallery_sq=self._squared_norms[1])
         if kind == "flat":
             return nearest(self.embeddings, queries, k, use_faiss=True)
         self.ivf.nprobe = int(self.ivf_info["nprobe"])
@@ -243,7 +245,7 @@ def build_ivf(embeddings: np.ndarray, k: int = RECALL_K, target: float = RECALL_
     ``nlist`` = 4·√N cells (faiss's guideline is 4–16·√N), at most N/39 (its minimum of training points per
     cell), trained on up to 64 points per cell. ``nprobe`` is doubled from 1 until recall@k — the share of the true
     k nearest other images (exact search) of ``queries`` sampled images that the IVF search returns — reaches
-    ``target``. Returns the index and ``{"nlist", "nprobe", "k", "recall", "queries", "exact_recall_target"}``."""
+    ``target``. Returns the index and ``{"nlist", "nprobe", "k", "recall", "queries", "target"}``."""
     import faiss
 
     x = np.ascontiguousarray(embeddings, dtype=np.float32)
