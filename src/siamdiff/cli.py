@@ -101,7 +101,7 @@ def _train_parser(sub, kind) -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from OUT/state.pt")
     t.add_argument("--overwrite", action="store_true", help="replace a run already in OUT")
     t.add_argument("--classes", type=_classes, help="train on these classes only: 0-4 or 5,7,9 (class numbers)")
-    t.add_argument("--json", action="store_true", help='{"model", "epochs", and the last validation scores}')
+    t.add_argument("--json", action="store_true", help='{"output" (the model file), "epochs", and the last validation scores}')
     if kind.loss:
         t.add_argument("--loss", help="the training loss (default: the design's own)")
     if kind.margin:
@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-every", type=float, default=60.0, metavar="SECONDS",
                    help="save what is embedded this often (a stopped run given again continues from there)")
     p.add_argument("--json", action="store_true",
-                   help='{"index", "images", "added", "updated", "kept", "removed", "skipped", "search", "ivf"}')
+                   help='{"output", "images", "added", "updated", "kept", "removed", "skipped", "search", "ivf"}')
 
     p = sub.add_parser("search", help="nearest images of an index")
     p.add_argument("images", nargs="*", metavar="IMAGE", help="query images")

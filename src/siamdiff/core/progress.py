@@ -10,4 +10,5 @@ def progress(total: int, desc: str, unit: str = "it", show: bool = True):
     unless ``show`` (one process of several)."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=not (show and sys.stderr.isatty()), dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=not (show and sys.stderr.isatty()),
+                dynamic_ncols=True)
