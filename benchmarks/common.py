@@ -44,10 +44,10 @@ def code_version() -> str:
 
 
 def hardware() -> dict:
-    """The machine: CPU model, cores, torch threads, GPU, bfloat16 matrix units, torch and Python versions."""
+    """The machine: CPU model, cores, torch threads, GPU, bfloat16 instructions, torch and Python versions."""
     import torch
 
-    from siamdiff.training.loop import cpu_has_bf16_matrix_units
+    from siamdiff.training.loop import cpu_has_bf16_instructions
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -59,7 +59,7 @@ def hardware() -> dict:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
-            "cpu_bf16_matrix_units": cpu_has_bf16_matrix_units(), "torch": torch.__version__,
+            "cpu_bf16": cpu_has_bf16_instructions(), "torch": torch.__version__,
             "python": platform.python_version()}
 
 

@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from siamdiff.training.loop import cpu_has_bf16_matrix_units, resolve_device
+    from siamdiff.training.loop import cpu_has_bf16_instructions, resolve_device
 
     device = resolve_device(args.device)
     models = MODELS if not args.only else [tuple(m.split(":", 1)) for m in args.only]
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     bad = [v for v in args.variants if v not in VARIANTS]
     if bad:
         parser.error(f"unknown variant {bad[0]}: use {', '.join(VARIANTS)}")
-    settings = [s for s in SETTINGS if not s[1] or device.type == "cuda" or cpu_has_bf16_matrix_units()]
+    settings = [s for s in SETTINGS if not s[1] or device.type == "cuda" or cpu_has_bf16_instructions()]
     peaks = {"float32": peak(torch.float32, device)}
     if any(s[1] for s in settings):
         peaks["bfloat16"] = peak(torch.bfloat16, device)

@@ -113,10 +113,10 @@ def test_bf16_autocast_where_the_hardware_has_it(monkeypatch):
     import siamdiff.training.loop as train_mod
 
     cfg = recipe("mnist", 1, 28, TrainOptions(model="tiny")).train
-    monkeypatch.setattr(train_mod, "cpu_has_bf16_matrix_units", lambda: False)
+    monkeypatch.setattr(train_mod, "cpu_has_bf16_instructions", lambda: False)
     assert not train_mod.autocast_enabled(cfg, torch.device("cpu"))
     assert train_mod.autocast_enabled(cfg, torch.device("cuda"))
-    monkeypatch.setattr(train_mod, "cpu_has_bf16_matrix_units", lambda: True)
+    monkeypatch.setattr(train_mod, "cpu_has_bf16_instructions", lambda: True)
     assert train_mod.autocast_enabled(cfg, torch.device("cpu"))
     off = type(cfg)(**{**cfg.to_dict(), "amp": False})
     assert not train_mod.autocast_enabled(off, torch.device("cpu"))

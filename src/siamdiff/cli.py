@@ -92,7 +92,7 @@ def _train_parser(sub, kind) -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto", help="auto, cpu or cuda")
     t.add_argument("--max-batches", type=int, help="cap batches per epoch (smoke runs)")
     t.add_argument("--float32", action="store_true", help="train in float32 (no bfloat16 autocast on GPUs and on "
-                                                          "CPUs with bfloat16 matrix units)")
+                                                          "CPUs with bfloat16 instructions)")
     t.add_argument("--image-size", type=int,
                    help="folder datasets: square size (default 32)" + ("; on a built-in dataset: the model's size, "
                                                                        "images resized to it" if kind.resizes else ""))
@@ -249,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pixels by which the tiles of an image larger than the model's overlap (default a quarter of "
                         "a tile)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="bf16: the network under bfloat16 autocast, about 3x faster on CPUs with AMX and on GPUs")
+                   help="bf16: the network under bfloat16 autocast, 2-3x faster on CPUs with AMX or AVX-512 BF16 and on GPUs")
     p.add_argument("--save-chain", type=_path, metavar="DIR",
                    help="also write each image's reverse chain into DIR: the estimates of the clean image along it, "
                         "and a strip of them after the noisy input (tweedie: its one step)")

@@ -368,8 +368,8 @@ class Denoiser:
         images that lie within [0, 1] (as read from files; diffusion methods); tile_batch: tiles per network call;
         chain: keep up to :data:`CHAIN_FRAMES` estimates of the clean images along the reverse chain (diffusion
         models; every image at one σ) in ``DenoiseInfo.chain``, at a memory cost of one image per frame;
-        precision: ``"fp32"``, or ``"bf16"``: the network under bfloat16 autocast — about 3x faster on CPUs with
-        bfloat16 matrix units (AMX) and on GPUs, for a change in the output far below the noise it removes
+        precision: ``"fp32"``, or ``"bf16"``: the network under bfloat16 autocast — 2-3x faster on CPUs with
+        bfloat16 instructions (AMX, AVX-512 BF16) and on GPUs, for a change in the output far below the noise it removes
         (``benchmarks/photos.py`` measures both); max_calls: refuse, before starting, work of more network calls
         (tiles × steps) than this (a server's bound on one request).
         """

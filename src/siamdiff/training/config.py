@@ -22,7 +22,7 @@ class TrainConfig(JsonConfig):
     schedule: str = "onecycle"  # onecycle | constant
     seed: int = 0
     device: str = "auto"
-    amp: bool = True  # bfloat16 autocast on CUDA, and on CPUs with bfloat16 matrix units (see autocast_enabled)
+    amp: bool = True  # bfloat16 autocast on CUDA, and on CPUs with bfloat16 instructions (see autocast_enabled)
     channels_last: bool = True  # convolution weights (and so activations) in NHWC memory order
     max_batches: int | None = None  # cap per epoch (smoke runs)
 

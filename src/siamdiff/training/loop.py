@@ -2,7 +2,7 @@
 
 A *task* (:class:`~siamdiff.training.task.Task`) says what one batch's loss is and how to evaluate an epoch;
 :func:`fit` does the rest: device choice
-(CUDA when present; bfloat16 autocast on CUDA and on CPUs with bfloat16 matrix units), optimizer and one-cycle
+(CUDA when present; bfloat16 autocast on CUDA and on CPUs with bfloat16 instructions), optimizer and one-cycle
 schedule, progress bars, a finite-loss guard, a JSONL log per epoch, atomic checkpoints after every epoch and
 ``--resume``, a checkpoint after the current step when SIGINT or SIGTERM arrives, and training on several processes
 under ``torchrun`` (:mod:`.distributed`). Every random choice of an epoch is derived from ``(seed, epoch)`` and the
@@ -58,22 +58,25 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     return device
 
 
-def cpu_has_bf16_matrix_units() -> bool:
-    """Whether this CPU multiplies bfloat16 matrices in hardware (Intel AMX, read from Linux's /proc/cpuinfo).
+def cpu_has_bf16_instructions() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware: Intel AMX (``amx_bf16``) or AVX-512 BF16 (``avx512_bf16``:
+    AMD Zen 4 and later, Intel Cooper Lake and later), read from Linux's /proc/cpuinfo.
 
-    There bfloat16 autocast trains the convolutional networks 2-3x faster than float32 (a residual CIFAR-10 net,
-    batch 256, 2 cores: 1.01 s -> 0.43 s per step); elsewhere bfloat16 is emulated and slower, so it stays off.
+    There bfloat16 autocast trains the convolutional networks about 2-3x faster than float32 (the CIFAR-10 embedding,
+    batch 256, 2 cores: 1.39 -> 0.42 s per step with AMX, 2.25 -> 0.91 s with AVX-512 BF16 on an AMD EPYC;
+    docs/benchmarks/throughput*.md); elsewhere bfloat16 is emulated and slower, so it stays off.
     """
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            return any(line.startswith("flags") and " amx_bf16" in line for line in f)
+            return any(line.startswith("flags") and bool({"amx_bf16", "avx512_bf16"} & set(line.split()))
+                       for line in f)
     except OSError:
         return False
 
 
 def autocast_enabled(cfg: TrainConfig, device: torch.device) -> bool:
-    """bfloat16 autocast for training: on CUDA, and on a CPU with bfloat16 matrix units, unless ``cfg.amp`` is off."""
-    return cfg.amp and (device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16_matrix_units()))
+    """bfloat16 autocast for training: on CUDA, and on a CPU that multiplies bfloat16 in hardware, unless ``cfg.amp`` is off."""
+    return cfg.amp and (device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16_instructions()))
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
