@@ -11,8 +11,10 @@ benchmark-only models), each in its run folder ``RUNS/<kind>-<dataset>``; every 
 or killed run continues where it was when the same command is given again (a finished job is read back from its
 ``done.json``, even when its recipe has changed since; a job in training whose recipe changed is refused by the
 training loop's resume check — remove its folder to train it again). Each job prints one progress
-line with its time. A shipped job's model is copied to float16, evaluated as shipped, and installed together with
-its card (``<kind>-<dataset>.json``: the command, data, recipe, time, hardware and metrics). The summary goes to
+line with its time. A shipped job's model is copied to float16 and evaluated as shipped; the shipped model it would
+replace is evaluated beside it by the same protocol, and the rebuilt one is installed together with its card
+(``<kind>-<dataset>.json``: the command, data, recipe, time, hardware and metrics) only when it scores at least as
+well (``--install always``: whatever it scores). The summary goes to
 docs/benchmarks/reproduce.{json,md}; the tables are rebuilt by benchmarks/similarity.py and benchmarks/denoise.py,
 run as this command's last steps (``--no-tables`` leaves them).
 
@@ -219,7 +221,11 @@ def run_job(job: Job, runs: Path, args: argparse.Namespace, meta: dict) -> dict:
                   "validation": {k: v for k, v in history[-1].items() if k.startswith("val_")}, "metrics": metrics}
         atomic_write(done, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
     if job.ships and not args.no_ship:
-        install(job, run, record, args)
+        if "kept" not in record or args.install == "always":  # decided once, when the job is first installed
+            record["kept"] = keep(job, record, args)
+            atomic_write(done, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
+        if record["kept"] == "rebuilt":
+            install(job, run, record, args)
     return record
 
 
@@ -237,8 +243,32 @@ def is_installed(record: dict, weights: Path) -> bool:
         all(last.get(k) == v for k, v in record["validation"].items())
 
 
-def headline(record: dict) -> str:
-    m = record["metrics"]
+def score(metrics: dict) -> float | None:
+    """The one figure, higher better, by which a rebuilt model and the shipped model of its kind are compared: recall@1,
+    accuracy, mean PSNR over the σ, or minus the mean relative error of σ̂; ``None`` for metrics with none of them."""
+    if "recall_at_1" in metrics:
+        return metrics["recall_at_1"]
+    if "test_accuracy" in metrics:
+        return metrics["test_accuracy"]
+    if "psnr" in metrics:
+        return sum(metrics["psnr"].values()) / len(metrics["psnr"])
+    if "sigma_rel_error" in metrics:
+        return -sum(metrics["sigma_rel_error"].values()) / len(metrics["sigma_rel_error"])
+    return None
+
+
+def keep(job: Job, record: dict, args: argparse.Namespace) -> str:
+    """``"rebuilt"`` when the rebuilt model is to be installed, else ``"shipped"``: the shipped model of its kind is
+    evaluated by the same protocol, in this run, and stays when it scores better (its metrics go to the record)."""
+    shipped = args.weights / f"{shipped_name(job.kind, job.dataset)}.safetensors"
+    if args.install == "always" or not shipped.is_file() or score(record["metrics"]) is None:
+        return "rebuilt"
+    record["shipped_metrics"] = evaluate_job(job, shipped, args)
+    return "rebuilt" if score(record["metrics"]) >= score(record["shipped_metrics"]) else "shipped"
+
+
+def headline(record: dict, key: str = "metrics") -> str:
+    m = record[key]
     if "recall_at_1" in m:
         return f"recall@1 {m['recall_at_1']:.4f}"
     if "test_accuracy" in m:
@@ -260,13 +290,16 @@ def markdown(result: dict) -> str:
              "of its float16 copy on the official test split (similarity: docs/similarity.md's protocol; "
              "denoisers: blind, the first test images). Train minutes are the training loop's own (all epochs, "
              "validation included); job minutes add evaluation and installing. Installed: whether that copy is the "
-             "shipped model now (a rebuilt model that does not beat the shipped one is put back by hand: "
-             "`git checkout src/siamdiff/weights/KIND-D.*`).", "",
+             "shipped model now; a rebuilt model is installed only when it scores at least as well as the shipped "
+             "one it would replace, evaluated beside it in the same run by the same protocol (the shipped model's "
+             "figure is given when it stayed).", "",
              "| job | epochs | train min | job min | device | result | installed |",
              "|---|---:|---:|---:|---|---|---|"]
     for r in result["jobs"]:
+        installed = "yes" if r["installed"] else "no" + (f": shipped model better, {headline(r, 'shipped_metrics')}"
+                                                          if r.get("kept") == "shipped" else "")
         lines.append(f"| {r['job']} | {r['epochs']} | {r['train_seconds'] / 60:.1f} | {r['job_seconds'] / 60:.1f} | "
-                     f"{r['device']} | {headline(r)} | {'yes' if r['installed'] else 'no'} |")
+                     f"{r['device']} | {headline(r)} | {installed} |")
     lines += ["", f"Total: {result['train_seconds'] / 60:.1f} min of training, {result['job_seconds'] / 60:.1f} min "
               "of jobs."]
     pairs = [(r, d) for r in result["jobs"] if r["kind"] == "ddpm" and "psnr" in r["metrics"]
@@ -311,6 +344,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-table", type=int, default=500, help="test images per row of the denoise tables")
     parser.add_argument("--n-chain", type=int, default=20, help="test images of the denoise tables' chain rows")
     parser.add_argument("--no-ship", action="store_true", help="train and evaluate, but install nothing")
+    parser.add_argument("--install", choices=("better", "always"), default="better",
+                        help="install a rebuilt model only when it scores at least as well as the shipped one "
+                             "(better, evaluated side by side) or whatever it scores (always)")
     parser.add_argument("--no-tables", action="store_true", help="leave the benchmark tables as they are")
     parser.add_argument("--weights", type=Path, default=WEIGHTS, help="where shipped models are installed")
     parser.add_argument("--out", type=Path, default=DOCS)
@@ -340,7 +376,9 @@ def main(argv: list[str] | None = None) -> None:
         record = run_job(job, runs, args, meta)
         records.append(record)
         print(f"[{i}/{len(selected)}] {job.key}: {record['epochs']} epochs, train {seconds_text(record['train_seconds'])}"
-              f", this run {seconds_text(time.perf_counter() - t)}, {headline(record)}", flush=True)
+              f", this run {seconds_text(time.perf_counter() - t)}, {headline(record)}"
+              + (f"; the shipped model stays ({headline(record, 'shipped_metrics')})" if record.get("kept") == "shipped"
+                 else ""), flush=True)
     summary = args.out / "reproduce.json"  # rows of jobs not run now are kept, each with the command that made it
     previous = json.loads(summary.read_text()) if summary.is_file() else {"jobs": []}
     kept = previous["jobs"]

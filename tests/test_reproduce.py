@@ -2,6 +2,7 @@
 that name the command, skip when finished, and continue a stopped job instead of starting it again."""
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -11,10 +12,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import reproduce  # noqa: E402
 
 
-def _rebuild(tmp_path: Path, data_root: str, *only: str) -> list[str]:
+def _rebuild(tmp_path: Path, data_root: str, *only: str, options: tuple[str, ...] = ()) -> list[dict]:
     reproduce.main(["--data-dir", data_root, "--smoke", "--only", *only, "--runs", str(tmp_path / "runs"),
                     "--weights", str(tmp_path / "weights"), "--out", str(tmp_path / "out"), "--no-tables",
-                    "--n-eval", "8"])
+                    "--n-eval", "8", *options])
     return json.loads((tmp_path / "out" / "reproduce.json").read_text())["jobs"]
 
 
@@ -78,3 +79,36 @@ def test_summary_marks_a_rebuilt_model_that_was_not_kept(tmp_path, data_root):
     assert [(r["job"], r["installed"]) for r in rows] == [("noise-estimator:mnist", True), ("ddpm:mnist", False)]
     table = (tmp_path / "out" / "reproduce.md").read_text()
     assert next(line for line in table.splitlines() if line.startswith("| ddpm:mnist |")).endswith("| no |")
+
+
+def test_a_rebuilt_model_that_scores_worse_than_the_shipped_one_is_not_installed(tmp_path, data_root, capsys):
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    for name in ("sigma-mnist", "diffusion-mnist"):  # the shipped models, against two trained for two batches
+        for suffix in (".safetensors", ".json"):
+            shutil.copy(reproduce.WEIGHTS / f"{name}{suffix}", weights)
+    before = {p.name: p.read_bytes() for p in weights.iterdir()}
+    records = _rebuild(tmp_path, data_root, "noise-estimator:mnist", "ddpm:mnist")
+    assert {p.name: p.read_bytes() for p in weights.iterdir()} == before
+    for r in records:  # both evaluated in the same run by the same protocol
+        assert r["kept"] == "shipped" and not r["installed"]
+        assert set(r["shipped_metrics"]) == set(r["metrics"])
+        assert reproduce.score(r["shipped_metrics"]) > reproduce.score(r["metrics"])
+    assert "ddpm:mnist: 1 epochs" in capsys.readouterr().out.split("the shipped model stays (PSNR ")[0]
+    row = next(line for line in (tmp_path / "out" / "reproduce.md").read_text().splitlines()
+               if line.startswith("| ddpm:mnist |"))
+    assert "| no: shipped model better, PSNR " in row
+
+    # asked to, it installs them after all, without training again
+    again = _rebuild(tmp_path, data_root, "noise-estimator:mnist", "ddpm:mnist", options=("--install", "always"))
+    assert all(r["kept"] == "rebuilt" and r["installed"] for r in again)
+    assert (weights / "diffusion-mnist.safetensors").read_bytes() != before["diffusion-mnist.safetensors"]
+    assert [r["epochs"] for r in again] == [1, 1]
+
+
+def test_the_comparison_figure_of_each_kind():
+    assert reproduce.score({"recall_at_1": 0.9, "map_at_r": 0.5}) == 0.9
+    assert reproduce.score({"test_accuracy": 0.8}) == 0.8
+    assert reproduce.score({"psnr": {"0.1": 30.0, "0.5": 20.0}, "n": 8}) == 25.0
+    assert reproduce.score({"sigma_rel_error": {"0.1": 0.1, "0.5": 0.3}}) == pytest.approx(-0.2)  # lower is better
+    assert reproduce.score({}) is None
