@@ -8,6 +8,7 @@ import struct
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from siamdiff.core.errors import SiamdiffError
 from siamdiff.data import datasets as ds
@@ -91,6 +92,12 @@ def test_cifar_batches_read_and_unsafe_pickles_refused(tmp_path):
         pickle.dump({"data": data, "labels": list(range(10))}, f, protocol=2)
     test = ds.load_dataset("cifar10", "test", tmp_path)
     assert test.shape == (3, 32, 32) and torch.equal(test.images[3].reshape(-1), torch.from_numpy(data[3]))
+    # read as gray: each image as PIL converts it (the oracle), as a folder's colour files are read
+    gray = ds.load_dataset("cifar10", "test", tmp_path, channels=1)
+    pil = [np.asarray(Image.fromarray(np.ascontiguousarray(im.permute(1, 2, 0).numpy())).convert("L"))
+           for im in test.images]
+    assert gray.shape == (1, 32, 32) and torch.equal(gray.images[:, 0], torch.from_numpy(np.stack(pil)))
+    assert torch.equal(gray.labels, test.labels)
 
     class Evil:
         def __reduce__(self):
@@ -202,12 +209,12 @@ def test_training_apis_refuse_size_options_a_builtin_dataset_would_ignore(tmp_pa
     out, empty = tmp_path / "run", tmp_path / "no-data"
     for call, message in (
             (lambda: train("denoiser", "MNIST", out, TrainOptions(image_size=16), data_dir=empty),
-             "image_size applies to folder datasets only; 'mnist' has a fixed size and channel count"),
+             "image_size applies to folder datasets only; 'mnist' has a fixed size"),
             (lambda: train("similarity", "fashion-mnist", out, TrainOptions(image_size=32, channels=3),
                            data_dir=empty),
-             "image_size and channels apply to folder datasets only"),
-            (lambda: train("ddpm", "cifar10", out, TrainOptions(channels=1), data_dir=empty),
-             "channels applies to folder datasets only; 'cifar10' has a fixed channel count")):
+             "image_size applies to folder datasets only"),
+            (lambda: train("ddpm", "fashion-mnist", out, TrainOptions(channels=3), data_dir=empty),
+             "channels 3 does not apply to 'fashion-mnist': its images are grayscale")):
         with pytest.raises(SiamdiffError, match=message):
             call()
         assert not out.exists()

@@ -451,10 +451,10 @@ def test_eval_refuses_a_measurement_that_does_not_fit_in_memory(capsys, monkeypa
 def test_train_refuses_sizes_a_builtin_dataset_cannot_take(capsys, tiny_ddpm, tmp_path):
     """Refused before any data is read (these run without the datasets): each one line, exit 2, nothing written."""
     for argv, message in (
-            (["denoiser", "--image-size", 16, "--channels", 3], "--image-size and --channels apply to folder datasets "
-                                                               "only; 'mnist' has a fixed size and channel count"),
-            (["similarity", "--channels", 3], "--channels applies to folder datasets only"),
-            (["ddpm", "--channels", 3], "'mnist' has a fixed channel count"),
+            (["denoiser", "--image-size", 16, "--channels", 3], "--image-size applies to folder datasets only; "
+                                                               "'mnist' has a fixed size"),
+            (["similarity", "--channels", 3], "--channels 3 does not apply to 'mnist': its images are grayscale (a "
+                                              "colour dataset is read as gray with --channels 1)"),
             (["ddpm", "--model", "seed", "--image-size", 28], "the seed design is 32x32; --image-size 28"),
             (["ddpm", "--init", tiny_ddpm, "--image-size", 16], "is a 28x28 model; --image-size 16 does not apply")):
         out = tmp_path / "run"

@@ -96,7 +96,7 @@ def _train_parser(sub, kind) -> argparse.ArgumentParser:
     t.add_argument("--image-size", type=int,
                    help="folder datasets: square size (default 32)" + ("; on a built-in dataset: the model's size, "
                                                                        "images resized to it" if kind.resizes else ""))
-    t.add_argument("--channels", type=int, help="folder datasets: 1 or 3 (default 3)")
+    t.add_argument("--channels", type=int, help="folder datasets: 1 or 3 (default 3); 1 also reads CIFAR-10 as gray")
     t.add_argument("--out", type=_path, required=True, help="run folder: model.safetensors, state.pt, log.jsonl")
     t.add_argument("--resume", action="store_true", help="continue from OUT/state.pt")
     t.add_argument("--overwrite", action="store_true", help="replace a run already in OUT")

@@ -30,6 +30,7 @@ from ..core.errors import SiamdiffError
 from ..core.files import make_folder
 from ..core.registry import DATASETS, canonical
 from .folder import load_folder_splits
+from .imageio import luma
 from .types import ImageSet
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ DATA_ENV = "SIAMDIFF_DATA"
 VAL_SIZE = 5000
 VAL_SEED = 20260
 SPLITS = ("train", "val", "test", "train+val")
+NATIVE_CHANNELS = {"mnist": 1, "fashion-mnist": 1, "cifar10": 3}
 
 MNIST_CLASSES = [str(i) for i in range(10)]
 FASHION_CLASSES = ["t-shirt/top", "trouser", "pullover", "dress", "coat",
@@ -94,18 +96,20 @@ def canonical_name(name: str) -> str:
 
 
 def refuse_shape_options(name: str, image_size: int | None = None, channels: int | None = None) -> None:
-    """Refuse ``image_size`` / ``channels`` for a built-in dataset, before any data is read: its images are read as
-    they are, so the options would be silently ignored. They apply to ``folder:`` datasets (and to the model's size
-    in ``train ddpm``, whose caller leaves ``image_size`` out); ``sample:`` and ``folder:`` names pass."""
+    """Refuse ``image_size`` for a built-in dataset, and ``channels`` other than its own or 1, before any data is
+    read: its images are read at their size, so the options would be silently ignored — except that a colour
+    dataset is read as gray with ``channels`` 1 (:func:`load_splits`). They apply to ``folder:`` datasets (and to
+    the model's size in ``train ddpm``, whose caller leaves ``image_size`` out); ``sample:`` and ``folder:`` names
+    pass."""
     if name.startswith(("folder:", "sample:")):
         return
     name = canonical_name(name)  # an unknown name gets the loader's error
-    given = [p for p, value in (("image_size", image_size), ("channels", channels)) if value is not None]
-    if given:
-        verb = "applies" if len(given) == 1 else "apply"
-        raise SiamdiffError(" and ".join("{" + p + "}" for p in given) + f" {verb} to folder datasets only; '{name}' "
-                            f"has a fixed " + ("channel count" if image_size is None else "size and channel count"),
-                            *given)
+    if image_size is not None:
+        raise SiamdiffError(f"{{image_size}} applies to folder datasets only; '{name}' has a fixed size",
+                            "image_size")
+    if channels is not None and channels not in (1, NATIVE_CHANNELS[name]):
+        raise SiamdiffError(f"{{channels}} {channels} does not apply to '{name}': its images are grayscale (a colour "
+                            f"dataset is read as gray with {{channels}} 1)", "channels")
 
 
 def classes_of(name: str) -> list[str]:
@@ -119,6 +123,8 @@ def load_dataset(name: str, split: str, data_dir: str | os.PathLike | None = Non
 
     name: ``mnist``, ``fashion-mnist``, ``cifar10``, ``sample:NAME`` (the embedded sample, test split only)
     or ``folder:PATH`` (``PATH/<class>/<images>``; needs ``image_size`` and ``channels``, defaults 32 and 3).
+    A built-in dataset is read at its own size; ``channels`` 1 reads CIFAR-10 as gray (the luma of
+    :func:`~siamdiff.data.imageio.luma`, as a folder's colour images are read), any other value leaves it as it is.
     split: ``train`` (official train minus validation), ``val``, ``test`` or ``train+val``.
     classes: only the images of these classes, relabelled in that order (:meth:`ImageSet.only`).
     """
@@ -155,6 +161,8 @@ def _load_splits(name: str, splits: tuple[str, ...], data_dir: str | os.PathLike
         if official not in sources:
             sources[official] = _load_cifar(folder, official, download) if name == "cifar10" else \
                 _load_idx(folder, _IDX_SPECS[name], official, download)
+            if channels == 1 and sources[official][0].shape[1] == 3:  # colour read as gray, as a folder would be
+                sources[official] = (luma(sources[official][0], axis=1), sources[official][1])
         images, labels = sources[official]
         if split != "test":
             val_idx, train_idx = _val_partition(len(labels))

@@ -158,5 +158,7 @@ def _train_held(spec: Kind, design: str, options: TrainOptions, dataset: str, ou
         start = Start(*load_model(path, kind=spec.file_kind), path)
     options = replace(options, model=design)
     size, channels = trainer.data_shape(options, start, dataset)
+    if not dataset.startswith(("folder:", "sample:")):  # read as it is — as gray only when asked, not for a model
+        channels = options.channels
     train_set, val_set = load_splits(dataset, ("train", "val"), data_dir, download, size, channels, options.classes)
     return fit(trainer.task(options, train_set, val_set, start, command), out, resume, overwrite)
