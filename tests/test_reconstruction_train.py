@@ -1,5 +1,8 @@
 """U-Nets and DDPM training on tiny presets: shapes, conditioning, EMA, exact resume, checkpoint round trip."""
 
+from dataclasses import replace
+
+import numpy as np
 import pytest
 import torch
 from conftest import fit_killed_after_first_epoch, same_weights
@@ -67,3 +70,48 @@ def test_trained_tiny_model_plugs_into_denoise(tmp_path):
         out, t_star = denoise(net, schedule, y, 0.2, method="ddim", steps=3, labels=data.labels[:4],
                               guidance=1.0)
     assert out.shape == y.shape and out.min() >= 0 and out.max() <= 1 and torch.all(t_star > 0)
+
+
+def test_a_grayscale_copy_of_a_colour_unet_is_its_channel_mean_on_gray_images():
+    from siamdiff.reconstruction.models import grayscale_copy
+
+    torch.manual_seed(0)
+    net = build_from_config(replace(PRESETS["tiny"], in_channels=3).to_dict()).eval()
+    for p in net.parameters():  # no layer left at a zero start, which would make the equality trivial
+        p.data.normal_(0, 0.3)
+    gray = grayscale_copy(net).eval()
+    x, t, y = torch.randn(2, 1, 8, 8), torch.tensor([3, 40]), torch.tensor([0, 3])
+    with torch.no_grad():
+        expected = net(x.expand(2, 3, 8, 8), t, y)
+        assert gray.config.in_channels == 1 and expected.std(1).mean() > 0.1  # the channels differ
+        torch.testing.assert_close(gray(x, t, y), expected.mean(1, keepdim=True), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="3-channel model"):
+        grayscale_copy(gray)
+
+
+def test_train_fine_tunes_a_colour_diffusion_model_into_a_grayscale_one(tmp_path):
+    """``--channels 1 --init COLOUR``: the colour images read as gray, the start the grayscale copy of the model."""
+    from PIL import Image
+
+    from siamdiff.core.errors import SiamdiffError
+    from siamdiff.reconstruction.models import grayscale_copy
+    from siamdiff.training import TrainOptions, train
+
+    rng = np.random.default_rng(0)
+    for k in range(12):
+        (tmp_path / "data" / f"c{k % 3}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "data" / f"c{k % 3}/{k}.png")
+    data = f"folder:{tmp_path / 'data'}"
+    train("ddpm", data, tmp_path / "colour", TrainOptions(model="tiny", epochs=1, image_size=8, device="cpu"))
+    # a learning rate too small to move the weights: the model written is where fine-tuning started
+    train("ddpm", data, tmp_path / "gray", TrainOptions(epochs=1, lr=1e-12, channels=1, init=str(tmp_path / "colour"),
+                                                         device="cpu"))
+    colour, _ = load_model(tmp_path / "colour" / "model.safetensors", kind="diffusion")
+    gray, meta = load_model(tmp_path / "gray" / "model.safetensors", kind="diffusion")
+    assert gray.config.in_channels == 1 and meta["extra"]["init"]["from"].endswith("model.safetensors")
+    start = grayscale_copy(colour).state_dict()
+    for name, w in gray.state_dict().items():
+        torch.testing.assert_close(w, start[name], rtol=0, atol=1e-6)
+    with pytest.raises(SiamdiffError, match="was trained on images with 1 channel"):  # gray to colour: no such start
+        train("ddpm", data, tmp_path / "back", TrainOptions(epochs=1, channels=3, init=str(tmp_path / "gray"),
+                                                             device="cpu"))

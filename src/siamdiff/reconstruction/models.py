@@ -9,7 +9,7 @@ image, is the supervised direct denoiser.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -182,3 +182,22 @@ def build_from_config(config: dict) -> nn.Module:
     if cfg.arch == "seed":
         return SeedUNet(cfg)
     raise ValueError(f"unknown architecture '{cfg.arch}'")
+
+
+def grayscale_copy(net: nn.Module) -> nn.Module:
+    """A grayscale U-Net that starts where the colour U-Net ``net`` is: the first layer's weights summed over the
+    three input channels, the last layer's averaged over the three outputs. Called on a gray image it returns exactly
+    the mean over the channels of what ``net`` returns for that image replicated into three channels — a start for
+    fine-tuning on gray images (whose noise, unlike the colour model's, is the same in every channel)."""
+    cfg = net.config
+    if cfg.in_channels != 3:
+        raise ValueError(f"a grayscale copy is made of a 3-channel model, not a {cfg.in_channels}-channel one")
+    gray = build_from_config(replace(cfg, in_channels=1).to_dict())
+    state = {}
+    for name, target in gray.state_dict().items():
+        w = net.state_dict()[name].detach().float()
+        if w.shape != target.shape:
+            w = w.sum(1, keepdim=True) if w.dim() > 1 and w.shape[1] == 3 else w.mean(0, keepdim=True)
+        state[name] = w
+    gray.load_state_dict(state)
+    return gray

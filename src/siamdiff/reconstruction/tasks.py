@@ -27,7 +27,7 @@ from ..training.task import Recipe, Task
 from .estimate import SigmaNet, SigmaNetConfig
 from .metrics import psnr
 from .models import PRESETS as UNETS
-from .models import build_from_config
+from .models import build_from_config, grayscale_copy
 from .noise import SIGMA_RANGE, gaussian, to_file
 from .schedule import Schedule, add_noise
 from .vae import PRESETS as VAES
@@ -97,7 +97,10 @@ class DiffusionTask(Task):
         return build_from_config(self.recipe.model.to_dict())
 
     def start_from(self, net: nn.Module, source: str, meta: dict[str, Any]) -> None:
-        """Fine-tune: the trained weights and their EMA copy both begin at ``net``'s."""
+        """Fine-tune: the trained weights and their EMA copy both begin at ``net``'s (a colour ``net`` made
+        grayscale for gray data: :func:`~siamdiff.reconstruction.models.grayscale_copy`)."""
+        if net.config.in_channels != self.recipe.model.in_channels:
+            net = grayscale_copy(net)
         super().start_from(net, source, meta)
         self.ema.load_state_dict(net.state_dict())
 
@@ -189,7 +192,9 @@ class DiffusionTrainer(Trainer):
             return self.lookup(options.model, data, options.image_size).with_options(options)
         c = data.shape[0]
         cfg, extra = start.net.config, start.meta["extra"]
-        if cfg.in_channels != c:  # another size is resized to the model's, as for the seed's 32×32
+        if (cfg.in_channels, c) == (3, 1):  # a colour model starts a grayscale one (start_from converts it)
+            cfg = replace(cfg, in_channels=1)
+        elif cfg.in_channels != c:  # another size is resized to the model's, as for the seed's 32×32
             raise SiamdiffError(f"{{init}} '{options.init}' was trained on images with {cfg.in_channels} channel(s); "
                                 f"this dataset has {c}", "init")
         if cfg.num_classes and cfg.num_classes != len(data.classes):
