@@ -340,3 +340,12 @@ def test_a_file_as_run_folder_is_refused(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(SiamdiffError, match="is a file"):
         fit(_task()[0], tmp_path / "f")
+
+
+def test_a_shipped_start_is_recorded_by_its_name_not_where_it_is_installed(tiny_model):
+    from siamdiff.core.registry import shipped_path
+    from siamdiff.training.kinds import Start
+
+    net, meta = load_model(tiny_model, kind="similarity")
+    assert Start(net, meta, shipped_path("similarity", "mnist")).source == "shipped mnist"
+    assert Start(net, meta, tiny_model).source == str(tiny_model)

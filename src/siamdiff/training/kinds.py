@@ -19,7 +19,7 @@ from torch import nn
 from ..core.checkpoint import load_model
 from ..core.errors import SiamdiffError
 from ..core.files import exclusive
-from ..core.registry import DATASETS, resolve
+from ..core.registry import DATASETS, resolve, shipped_name
 from ..data.datasets import load_splits, refuse_shape_options
 from ..data.types import ImageSet
 from .distributed import ranks_from_environment
@@ -74,6 +74,13 @@ class Start:
     meta: dict[str, Any]
     path: Path
 
+    @property
+    def source(self) -> str:
+        """The start as the new model records it: ``shipped NAME`` for a shipped model (not where this copy of
+        siamdiff is installed), else the file as it was given."""
+        name = shipped_name(self.meta["kind"], self.path)
+        return f"shipped {name}" if name is not None else str(self.path)
+
 
 # The recipe families and the image shape ``(channels, size)`` their recipes are written for (then fitted to the data).
 FAMILIES = {"mnist": (1, 28), "fashion-mnist": (1, 28), "cifar10": (3, 32), "gray": (1, 28), "colour": (3, 32)}
@@ -115,7 +122,7 @@ class Trainer:
              command: str = "") -> Task:
         task = self.task_class(self.recipe(options, train, start), train, val, command)
         if start is not None:
-            task.start_from(start.net, str(start.path), start.meta)
+            task.start_from(start.net, start.source, start.meta)
         return task
 
 
