@@ -122,12 +122,11 @@ class DiffusionTask(Task):
 
     @torch.no_grad()
     def after_step(self) -> None:
-        """Update the EMA weights (decay warms up as (1 + n) / (10 + n), capped at ``recipe.ema``; no warm-up when
-        fine-tuning)."""
+        """Update the EMA weights (decay warms up as (1 + n) / (10 + n), capped at ``recipe.ema``). Fine-tuning warms
+        up too: at full decay from its first step, the average of a run of a few hundred steps would still be
+        mostly the weights it started from (0.999^500 ≈ 0.6)."""
         self._steps += 1
         decay = min(self.recipe.ema, (1 + self._steps) / (10 + self._steps))  # ema 0: plain weights
-        if self.init is not None:  # fine-tuning: the average starts at the trained weights, at full decay
-            decay = self.recipe.ema
         if self._ema_params is None:  # the EMA copy follows the model onto its device once
             self.ema.to(next(self.model.parameters()).device)
             self._ema_params = list(self.ema.parameters())
