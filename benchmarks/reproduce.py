@@ -41,8 +41,12 @@ DATASETS = ("mnist", "fashion-mnist", "cifar10")
 SHIPPED_KINDS = ("classifier", "noise-estimator", "ddpm", "similarity")  # in order: the diffusion eval uses both before
 DENOISE_SIGMAS = (0.1, 0.2, 0.3, 0.5)
 # epochs of the longer budget, by (kind, dataset); a kind or dataset not named keeps its recipe's epochs
-FULL_EPOCHS = {("similarity", "cifar10"): 60, ("similarity", "fashion-mnist"): 40, ("similarity", "mnist"): 20,
-               ("ddpm", "mnist"): 40, ("ddpm", "fashion-mnist"): 40, ("ddpm", "cifar10"): 40}
+FULL_EPOCHS = {"similarity:cifar10": 60, "similarity:fashion-mnist": 40, "similarity:mnist": 20, "ddpm:mnist": 40,
+               "ddpm:fashion-mnist": 40, "ddpm:cifar10": 40}
+# The grayscale twin of the CIFAR-10 diffusion model: fine-tuned from it on CIFAR-10 read as gray (luma), one short
+# one-cycle run at a fine-tuning learning rate — the colour model already knows gray images; what it must learn is
+# noise that is the same in every channel.
+GRAY_TWIN = {"channels": 1, "init": "cifar10", "epochs": 1, "batch_size": 64, "lr": 4e-4, "max_batches": 600}
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,7 @@ class Job:
     name: str | None = None
     model: str | None = None
     options: dict = field(default_factory=dict)
+    variant: str = ""  # of a shipped model: "gray", the grayscale twin of a colour model (``<file kind>-D-gray``)
 
     @property
     def ships(self) -> bool:
@@ -65,16 +70,22 @@ class Job:
 
     @property
     def key(self) -> str:
-        return f"{self.name or self.kind}:{self.dataset}"
+        return f"{self.name or self.kind}{'-' + self.variant if self.variant else ''}:{self.dataset}"
 
     @property
     def folder(self) -> str:
-        return f"{self.kind}-{self.dataset}" if self.ships else f"{self.dataset}-{self.model}"
+        return f"{self.key.replace(':', '-')}" if self.ships else f"{self.dataset}-{self.model}"
+
+    @property
+    def gray(self) -> bool:
+        return self.options.get("channels") == 1
 
 
 def jobs(datasets: tuple[str, ...] = DATASETS, benchmark_models: bool = False) -> list[Job]:
     """The shipped models of each dataset, then (``benchmark_models``) the models only the benchmarks use."""
     out = [Job(kind, d) for d in datasets for kind in SHIPPED_KINDS]
+    if "cifar10" in datasets:  # gray photos: the colour diffusion model fine-tuned on CIFAR-10 read as gray
+        out.insert(out.index(Job("ddpm", "cifar10")) + 1, Job("ddpm", "cifar10", variant="gray", options=GRAY_TWIN))
     if benchmark_models:
         for d in datasets:
             out += [Job("similarity", d, "seed", "similarity-seed", "seed"),
@@ -90,12 +101,12 @@ def jobs(datasets: tuple[str, ...] = DATASETS, benchmark_models: bool = False) -
 WEIGHTS = ROOT / "src" / "siamdiff" / "weights"
 
 
-def shipped_name(kind: str, dataset: str) -> str:
-    """``<file kind>-<dataset>``: the name of the shipped model a job of train kind ``kind`` installs (its file kind
-    is the training table's, e.g. ``ddpm`` -> ``diffusion``)."""
+def shipped_name(kind: str, dataset: str, variant: str = "") -> str:
+    """``<file kind>-<dataset>[-<variant>]``: the name of the shipped model a job of train kind ``kind`` installs (its
+    file kind is the training table's, e.g. ``ddpm`` -> ``diffusion``)."""
     from siamdiff.training.kinds import KINDS
 
-    return f"{KINDS[kind].file_kind}-{dataset}"
+    return f"{KINDS[kind].file_kind}-{dataset}" + (f"-{variant}" if variant else "")
 
 
 def seconds_text(s: float) -> str:
@@ -106,11 +117,11 @@ def train_job(job: Job, run: Path, args: argparse.Namespace) -> list[dict]:
     """Train (or continue training) ``job`` in ``run``; returns its history."""
     from siamdiff.training import TrainOptions, train
 
-    epochs = FULL_EPOCHS.get((job.kind, job.dataset)) if args.budget == "full" else None
-    design, smoke = job.design, {}
+    settings = {"model": job.design, "epochs": FULL_EPOCHS.get(job.key) if args.budget == "full" else None,
+                "device": args.device, **job.options}
     if args.smoke:  # the tiny designs for a few batches: the mechanism, in seconds (tests)
-        design, epochs, smoke = "tiny", 1, {"max_batches": 2}
-    options = TrainOptions(model=design, epochs=epochs, device=args.device, **job.options, **smoke)
+        settings.update(model="tiny", epochs=1, max_batches=2)
+    options = TrainOptions(**settings)
     resume = (run / "state.pt").is_file()
     return train(job.kind, job.dataset, run, options, data_dir=args.data_dir, resume=resume, overwrite=not resume,
                  command=args.command)
@@ -133,15 +144,17 @@ def evaluate_job(job: Job, model: Path, args: argparse.Namespace) -> dict:
         rows = evaluate_denoise(job.dataset, list(DENOISE_SIGMAS), "noisy", n=args.n_eval, estimator=model,
                                 data_dir=args.data_dir, device=args.device)
         return {"sigma_rel_error": {str(r["sigma"]): round(r["sigma_rel_error"], 4) for r in rows}}
-    if job.kind in ("ddpm", "denoiser") and job.design != "seed" and not job.options:
+    if job.kind in ("ddpm", "denoiser") and job.design != "seed" and "image_size" not in job.options:
         method = "tweedie" if job.kind == "ddpm" else "direct"
-        rows = evaluate_denoise(job.dataset, list(DENOISE_SIGMAS), method, model, n=args.n_eval,
-                                estimator=args.weights / f"sigma-{job.dataset}.safetensors",
+        # a gray model of colour data: σ by wavelet-MAD (the colour estimator reads noise across channels)
+        estimator = "wavelet" if job.gray else args.weights / f"sigma-{job.dataset}.safetensors"
+        rows = evaluate_denoise(job.dataset, list(DENOISE_SIGMAS), method, model, n=args.n_eval, estimator=estimator,
                                 data_dir=args.data_dir, device=args.device)
         return {"psnr": {str(r["sigma"]): round(r["psnr"], 3) for r in rows},
                 "ssim": {str(r["sigma"]): round(r["ssim"], 4) for r in rows}, "n": args.n_eval,
-                "protocol": f"`siamdiff eval denoise --method {method}`, sigma estimated by the shipped noise "
-                            f"estimator, first {args.n_eval} test images"}
+                "protocol": f"`siamdiff eval denoise --method {method}`, sigma estimated by "
+                            + ("wavelet-MAD" if job.gray else "the shipped noise estimator")
+                            + f", first {args.n_eval} test images" + (" read as gray" if job.gray else "")}
     return {}
 
 
@@ -170,7 +183,7 @@ def model_card(job: Job, run: Path, record: dict) -> dict:
 
     meta = read_metadata(run / "model.safetensors")
     extra, history = meta["extra"], meta["extra"]["history"]
-    card = {"name": shipped_name(job.kind, job.dataset), "kind": meta["kind"], "dataset": job.dataset,
+    card = {"name": shipped_name(job.kind, job.dataset, job.variant), "kind": meta["kind"], "dataset": job.dataset,
             "command": record["command"],
             "rebuild": f"python benchmarks/reproduce.py --data-dir ../shared/data --only {job.key}"
                        + (f" --budget {record['budget']}" if record["budget"] != "default" else ""),
@@ -180,6 +193,10 @@ def model_card(job: Job, run: Path, record: dict) -> dict:
             "config": meta["config"], "recipe": extra.get("recipe"), "validation": history[-1],
             "weights": "float16 copy of the trained float32 weights (the EMA weights for diffusion models); the "
                        "metrics are the float16 copy's", "metrics": record["metrics"]}
+    if job.gray:
+        card["data"] += "; the images read as gray (ITU-R 601-2 luma, as PIL converts them)"
+    if extra.get("init"):  # fine-tuned: the model it started from, with that model's own command and time
+        card["init"] = extra["init"]
     if "calibration" in extra:
         card["calibration"] = extra["calibration"]
     return card
@@ -192,7 +209,7 @@ def install(job: Job, run: Path, record: dict, args: argparse.Namespace) -> None
     from siamdiff.core.files import atomic_write
 
     args.weights.mkdir(parents=True, exist_ok=True)
-    name = shipped_name(job.kind, job.dataset)
+    name = shipped_name(job.kind, job.dataset, job.variant)
     card = model_card(job, run, record)
     save_float16_copy(run / "model-float16.safetensors", args.weights / f"{name}.safetensors")
     atomic_write(args.weights / f"{name}.json", lambda tmp: tmp.write_text(json.dumps(card, indent=2) + "\n"))
@@ -215,7 +232,7 @@ def run_job(job: Job, runs: Path, args: argparse.Namespace, meta: dict) -> dict:
         metrics = evaluate_job(job, run / "model-float16.safetensors", args)
         record = {"job": job.key, "command": meta["command"], "code_version": meta["code_version"],
                   "hardware": meta["hardware"], "date": meta["date"], "budget": args.budget, "kind": job.kind,
-                  "dataset": job.dataset, "design": job.design, "ships": job.ships, "epochs": len(history),
+                  "dataset": job.dataset, "variant": job.variant, "design": job.design, "ships": job.ships, "epochs": len(history),
                   "train_seconds": round(sum(h["seconds"] + h.get("eval_seconds", 0.0) for h in history), 1),
                   "job_seconds": round(time.perf_counter() - began, 1), "device": history[-1]["device"],
                   "validation": {k: v for k, v in history[-1].items() if k.startswith("val_")}, "metrics": metrics}
@@ -234,7 +251,7 @@ def is_installed(record: dict, weights: Path) -> bool:
     a rebuilt model that was not kept (a better one stays installed) shows as not installed."""
     from siamdiff.core.checkpoint import read_metadata
 
-    path = weights / f"{shipped_name(record['kind'], record['dataset'])}.safetensors"
+    path = weights / f"{shipped_name(record['kind'], record['dataset'], record.get('variant', ''))}.safetensors"
     if not record["ships"] or not path.is_file():
         return False
     extra = read_metadata(path)["extra"]
@@ -260,7 +277,7 @@ def score(metrics: dict) -> float | None:
 def keep(job: Job, record: dict, args: argparse.Namespace) -> str:
     """``"rebuilt"`` when the rebuilt model is to be installed, else ``"shipped"``: the shipped model of its kind is
     evaluated by the same protocol, in this run, and stays when it scores better (its metrics go to the record)."""
-    shipped = args.weights / f"{shipped_name(job.kind, job.dataset)}.safetensors"
+    shipped = args.weights / f"{shipped_name(job.kind, job.dataset, job.variant)}.safetensors"
     if args.install == "always" or not shipped.is_file() or score(record["metrics"]) is None:
         return "rebuilt"
     record["shipped_metrics"] = evaluate_job(job, shipped, args)
