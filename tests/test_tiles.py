@@ -228,3 +228,25 @@ def test_bfloat16_changes_the_output_far_less_than_the_noise_it_removes():
     assert (fast - exact).pow(2).mean() < 0.01 * (exact - clean).pow(2).mean()
     with pytest.raises(SiamdiffError, match="precision must be fp32 or bf16"):
         den.denoise(noisy, precision="fp16")
+
+
+def test_a_gray_image_goes_to_the_grayscale_twin_of_a_colour_model():
+    from siamdiff.reconstruction.models import grayscale_copy
+
+    cifar = Denoiser.load("cifar10")
+    bare = Denoiser(cifar.net, cifar.meta, "cifar10", cifar.estimator, cifar.classifier)  # as without a twin
+    twin = Denoiser(grayscale_copy(cifar.net), {**cifar.meta, "config": {**cifar.meta["config"], "in_channels": 1}},
+                    "twin", None, cifar.classifier)
+    both = Denoiser(cifar.net, cifar.meta, "cifar10", cifar.estimator, cifar.classifier, gray=twin)
+    colour = _noisy(2, 0.1, "cifar10")
+    gray = colour.mean(1, keepdim=True)
+    assert torch.equal(both.denoise(gray)[0], twin.denoise(gray)[0])
+    assert not torch.equal(both.denoise(gray)[0], bare.denoise(gray)[0])  # not the colour model's way
+    assert torch.equal(both.denoise(colour)[0], bare.denoise(colour)[0])
+    with_alpha = torch.cat([gray, torch.full_like(gray, 0.5)], dim=1)
+    out, _ = both.denoise(with_alpha)
+    assert out.shape == with_alpha.shape and torch.equal(out[:, :1], twin.denoise(gray)[0]) and torch.all(out[:, 1] == 0.5)
+    _, info = both.denoise(gray, label="auto", guidance=1.0)  # the colour classifier sees gray images as colour
+    assert len(info.labels) == 2
+    with pytest.raises(SiamdiffError, match="grayscale twin is a 1-channel"):
+        Denoiser(cifar.net, cifar.meta, "cifar10", gray=bare)

@@ -90,6 +90,14 @@ def resolve(kind: str, name_or_path: str | os.PathLike) -> Path:
     raise SiamdiffError(f"unknown model '{text}': use one of {', '.join(DATASETS)} or a path to a model file")
 
 
+def grayscale_twin(of: str | os.PathLike) -> Path | None:
+    """The grayscale model shipped beside the shipped colour diffusion model ``of`` (fine-tuned from it on its
+    dataset read as gray, ``weights/diffusion-<name>-gray.safetensors``), when it is installed; else None."""
+    name = shipped_name("diffusion", of)
+    path = None if name is None else shipped_path("diffusion", f"{name}-gray")
+    return path if path is not None and path.is_file() else None
+
+
 def companion(kind: str, of: str | os.PathLike, given: str | os.PathLike | None = None) -> Path | None:
     """The model of ``kind`` that goes with the model file ``of``: the one ``given`` (a name or path), else the
     shipped companion when ``of`` is a shipped model that has one installed, else None."""

@@ -32,7 +32,7 @@ from ..core.checkpoint import load_model
 from ..core.config import check_seed, over_memory
 from ..core.errors import CheckpointError, ImageReadError, SiamdiffError, first_line, number, require
 from ..core.files import check_writable, output_folder
-from ..core.registry import KIND_NAMES, companion, resolve
+from ..core.registry import KIND_NAMES, companion, grayscale_twin, resolve
 from ..data.augment import at_size
 from ..data.inputs import as_batch, to_uint8
 from ..data.imageio import IMAGE_EXTENSIONS, write_png_atomic
@@ -106,8 +106,9 @@ def _classical(noisy: torch.Tensor, sigma: np.ndarray, method: str) -> torch.Ten
 def check_fits(model: nn.Module, kind: str, channels: int) -> None:
     """Refuse a noise estimator or classifier made for images of other channels than those it would be given: its
     answers would be meaningless, or it would fail deep inside the network. (Another size is fine: the estimator
-    pools over any size, the classifier is given the images resized to its own.)"""
-    if model.config.in_channels != channels:
+    pools over any size, the classifier is given the images resized to its own, and a colour classifier a gray image
+    as colour, its channel replicated.)"""
+    if model.config.in_channels != channels and (kind, model.config.in_channels, channels) != ("classifier", 3, 1):
         raise SiamdiffError(f"the {KIND_NAMES[kind]} takes {model.config.in_channels}-channel images, not "
                             f"{channels}-channel ones")
 
@@ -145,7 +146,10 @@ class Denoiser:
     """A denoising model (or none, for the baselines) with the noise estimator and classifier that go with it."""
 
     def __init__(self, net: nn.Module | None = None, meta: dict[str, Any] | None = None, source: str = "",
-                 estimator: nn.Module | None = None, classifier: nn.Module | None = None) -> None:
+                 estimator: nn.Module | None = None, classifier: nn.Module | None = None,
+                 gray: Denoiser | None = None) -> None:
+        """``gray``: a grayscale denoiser that takes this colour model's gray images in its place (the shipped colour
+        diffusion model's grayscale twin, fine-tuned from it on its data read as gray)."""
         self.net = net.eval() if net is not None else None
         self.meta = meta or {}
         self.kind: str | None = self.meta.get("kind") if net is not None else None
@@ -169,6 +173,10 @@ class Denoiser:
         for kind, model in (("sigma", self.estimator), ("classifier", self.classifier)):
             if model is not None and self.channels is not None:
                 check_fits(model, kind, self.channels)
+        if gray is not None and (self.channels, gray.channels, gray.kind) != (3, 1, self.kind):
+            raise SiamdiffError(f"a grayscale twin is a 1-channel {self.kind} model for a 3-channel one; got a "
+                                f"{gray.channels}-channel {gray.kind} model for a {self.channels}-channel one")
+        self.gray = gray
 
     @classmethod
     def load(cls, name_or_path: str | os.PathLike | None, estimator: str | os.PathLike | None = None,
@@ -194,7 +202,10 @@ class Denoiser:
 
         sigma_net = None if str(estimator).lower() in WAVELET else load_companion("sigma", estimator)
         source = "" if name_or_path is None else str(name_or_path)
-        return cls(net, meta, source, sigma_net, load_companion("classifier", classifier))
+        classifier_net = load_companion("classifier", classifier)
+        twin = grayscale_twin(path) if path is not None else None  # gray images: σ by wavelet-MAD, as for colour
+        gray = None if twin is None else cls(*load_model(twin, kind=kind), str(twin), None, classifier_net)
+        return cls(net, meta, source, sigma_net, classifier_net, gray)
 
     @property
     def device(self) -> torch.device:
@@ -209,6 +220,8 @@ class Denoiser:
         for model in (self.net, self.estimator, self.classifier):
             if model is not None:
                 model.to(device)
+        if self.gray is not None:
+            self.gray.to(device)
         return self
 
     def compile(self) -> Denoiser:
@@ -223,6 +236,8 @@ class Denoiser:
             self.net = _Compiled(self.net)
         if self.estimator is not None:
             self.estimator = _Compiled(self.estimator, ("statistics",))
+        if self.gray is not None:
+            self.gray.compile()
         return self
 
     @property
@@ -277,6 +292,8 @@ class Denoiser:
         """The classifier's class ``(N,)`` of images in [0, 1], given to it at its own size."""
         if self.classifier is None:
             raise SiamdiffError("this needs a classifier: use a shipped model or pass {classifier}", "classifier")
+        if images.shape[1] < self.classifier.config.in_channels:  # a gray image, as colour
+            images = images.expand(-1, self.classifier.config.in_channels, -1, -1)
         with torch.no_grad():
             return self.classifier(at_size(images, self.classifier.config.image_size)).argmax(1)
 
@@ -358,8 +375,9 @@ class Denoiser:
         image or a batch, uint8 or float on the [0, 1] scale, of any size and colour. An image larger (or smaller)
         than the model's is denoised in overlapping tiles of its size, ``overlap`` pixels apart (default a quarter
         of a tile), blended with a smooth window; all tiles of an image share its σ. A colour image in a grayscale
-        model is denoised a channel at a time; a grayscale image in a colour model as colour, with noise added across
-        the channels so that the model sees the noise it knows, and averaged back.
+        model is denoised a channel at a time; a grayscale image in a colour model by the model's grayscale twin when
+        it has one (the shipped CIFAR-10 model does), else as colour, with noise added across the channels so that
+        the model sees the noise it knows, and averaged back.
         An alpha channel is kept as it is.
         sigma: a number, or ``"auto"`` (estimated per image); label: the class to keep by classifier-free guidance
         of weight ``guidance`` (a class number, one per image, or ``"auto"``: the class the classifier sees in the
@@ -373,11 +391,14 @@ class Denoiser:
         (``benchmarks/photos.py`` measures both); max_calls: refuse, before starting, work of more network calls
         (tiles × steps) than this (a server's bound on one request).
         """
+        x = as_batch(images)
+        if self.gray is not None and x.shape[1] in (1, 2):  # gray (with alpha): the grayscale twin denoises it
+            return self.gray.denoise(x, sigma, method, steps, label, guidance, seed, declip, overlap, tile_batch,
+                                     chain, precision, max_calls)
         method = method or self.methods[0]
         if method not in self.methods:
             raise SiamdiffError(f"unknown {{method}} '{method}' for this model: use one of {', '.join(self.methods)}",
                                 "method")
-        x = as_batch(images)
         self._check_steps(method, steps)
         guidance = _guidance(guidance)
         overlap = self._overlap(overlap)
