@@ -213,8 +213,6 @@ THRESHOLDS = tuple(round(0.8 + 0.0025 * k, 4) for k in range(81))  # the duplica
 def near_copy_rates(model, images, labels, threshold: float | None, n: int) -> dict:
     """On near-copy triplets: the graded similarity of each near copy and of each look-alike of its class, and at
     ``threshold`` (None: each of :data:`THRESHOLDS`) the share of copies found and of look-alikes refused."""
-    import numpy as np
-
     from siamdiff.similarity import agreement as afc
 
     a, e, o = (t.numpy() for t in afc.triplets(images, labels, "near-copy", n))
