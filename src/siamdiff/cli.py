@@ -249,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pixels by which the tiles of an image larger than the model's overlap (default a quarter of "
                         "a tile)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="bf16: the network under bfloat16 autocast, 2-3x faster on CPUs with AMX or AVX-512 BF16 and on GPUs")
+                   help="bf16: the network under bfloat16 autocast, 2-3x faster on CPUs with AMX or AVX-512 BF16 and on "
+                        "GPUs (slower on other CPUs, which emulate it)")
     p.add_argument("--save-chain", type=_path, metavar="DIR",
                    help="also write each image's reverse chain into DIR: the estimates of the clean image along it, "
                         "and a strip of them after the noisy input (tweedie: its one step)")
