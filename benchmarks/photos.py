@@ -8,7 +8,7 @@ Images: the photos bundled with scikit-image (no download), CIFAR-10 test images
 canvases, and the first test images of MNIST, Fashion-MNIST and CIFAR-10 as they are. Noise: Gaussian, sigma in
 {5, 15, 25, 50}/255 (the datasets: 0.1 and 0.3), clipped and rounded to 8 bits as a file would be (the datasets
 also unclipped), seeded per image. Methods, each on the same noisy images: siamdiff (one posterior-mean step of
-the shipped diffusion model in overlapping tiles; the CIFAR-10 model for every photo, gray ones as gray colour;
+the shipped diffusion model in overlapping tiles; the CIFAR-10 model for every photo, gray ones by its grayscale twin;
 the datasets' own models for their test images) blind, blind with the network in bfloat16 (where the CPU has
 bfloat16 instructions: emulated, it is slower than float32), and told the true sigma; BM3D (the ``bm3d`` package,
 benchmark-only) told the true sigma and blind (sigma from scikit-image's wavelet estimate); the non-local-means

@@ -207,12 +207,15 @@ def test_gray_into_a_colour_model_gets_the_noise_that_model_knows():
     torch.testing.assert_close(cov, torch.eye(3) * 0.03, atol=0.002, rtol=0)
 
 
-def test_a_gray_photo_in_the_colour_model_is_denoised_like_a_colour_one():
+def test_a_gray_photo_in_the_shipped_colour_model_is_denoised_by_its_grayscale_twin():
     from skimage.data import camera
 
     clean = torch.from_numpy(camera()[128:256, 128:256]).float()[None, None] / 255
     noisy = gaussian(clean, 25 / 255, torch.Generator().manual_seed(2), clip=True)
-    out, info = Denoiser.load("cifar10").denoise(noisy)
+    cifar = Denoiser.load("cifar10")
+    assert cifar.gray is not None and cifar.gray.channels == 1 and cifar.gray.classifier is cifar.classifier
+    out, info = cifar.denoise(noisy)
+    assert torch.equal(out, cifar.gray.denoise(noisy)[0])
     assert info.sigma_estimator == "wavelet-MAD" and abs(info.sigma[0] - 25 / 255) < 0.02
     gain = 10 * torch.log10(((noisy - clean) ** 2).mean() / ((out - clean) ** 2).mean())
     assert out.shape == clean.shape and gain > 6
