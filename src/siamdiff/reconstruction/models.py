@@ -193,9 +193,9 @@ def grayscale_copy(net: nn.Module) -> nn.Module:
     if cfg.in_channels != 3:
         raise ValueError(f"a grayscale copy is made of a 3-channel model, not a {cfg.in_channels}-channel one")
     gray = build_from_config(replace(cfg, in_channels=1).to_dict())
-    state = {}
+    colour, state = net.state_dict(), {}
     for name, target in gray.state_dict().items():
-        w = net.state_dict()[name].detach().float()
+        w = colour[name].detach().float()
         if w.shape != target.shape:
             w = w.sum(1, keepdim=True) if w.dim() > 1 and w.shape[1] == 3 else w.mean(0, keepdim=True)
         state[name] = w
