@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DOCS, describe, hardware, provenance, write  # noqa: E402
+from common import DOCS, describe, provenance, write  # noqa: E402
 
 PHOTOS = ("camera", "astronaut", "coffee", "chelsea", "coins", "moon", "rocket")
 SIGMAS_255 = (5, 15, 25, 50)
@@ -358,10 +358,10 @@ def main() -> None:
         return
     methods = Methods()
     sigmas = tuple(args.sigmas)
-    fast = hardware()["cpu_bf16"]
+    result = {**provenance(), "sigmas_255": list(sigmas), "rows": [], "seams": [], "datasets": [], "memory": None}
+    fast = result["hardware"]["cpu_bf16"]  # the bf16 row only where it is not emulated
     image_methods, dataset_methods = (tuple(m for m in names if fast or m != BF16)
                                       for names in (METHODS, DATASET_METHODS))
-    result = {**provenance(), "sigmas_255": list(sigmas), "rows": [], "seams": [], "datasets": [], "memory": None}
     loaded = photos(args.photos)
     groups = [("photos (gray)", [p for p in loaded if p[1].shape[2] == 1]),
               ("photos (colour)", [p for p in loaded if p[1].shape[2] == 3])]
