@@ -74,7 +74,7 @@ class Job:
 
     @property
     def folder(self) -> str:
-        return f"{self.key.replace(':', '-')}" if self.ships else f"{self.dataset}-{self.model}"
+        return self.key.replace(":", "-") if self.ships else f"{self.dataset}-{self.model}"
 
     @property
     def gray(self) -> bool:
@@ -206,20 +206,25 @@ def install(job: Job, run: Path, record: dict, args: argparse.Namespace) -> None
     """Install the run's float16 copy as the shipped model of its kind, with its card (an unchanged file is left as
     it is)."""
     from siamdiff.core.checkpoint import save_float16_copy
-    from siamdiff.core.files import atomic_write
 
     args.weights.mkdir(parents=True, exist_ok=True)
     name = shipped_name(job.kind, job.dataset, job.variant)
     card = model_card(job, run, record)
     save_float16_copy(run / "model-float16.safetensors", args.weights / f"{name}.safetensors")
-    atomic_write(args.weights / f"{name}.json", lambda tmp: tmp.write_text(json.dumps(card, indent=2) + "\n"))
+    write_json(args.weights / f"{name}.json", card)
+
+
+def write_json(path: Path, data: dict) -> None:
+    """``data`` as indented JSON, written whole (a job's record, a model card)."""
+    from siamdiff.core.files import atomic_write
+
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
 
 
 def run_job(job: Job, runs: Path, args: argparse.Namespace, meta: dict) -> dict:
     """Train and evaluate one job (or read its record when an earlier run of this command finished it), then install
     it when it ships."""
     from siamdiff.core.checkpoint import save_float16_copy
-    from siamdiff.core.files import atomic_write
 
     run = runs / job.folder
     done = run / "done.json"
@@ -232,15 +237,16 @@ def run_job(job: Job, runs: Path, args: argparse.Namespace, meta: dict) -> dict:
         metrics = evaluate_job(job, run / "model-float16.safetensors", args)
         record = {"job": job.key, "command": meta["command"], "code_version": meta["code_version"],
                   "hardware": meta["hardware"], "date": meta["date"], "budget": args.budget, "kind": job.kind,
-                  "dataset": job.dataset, "variant": job.variant, "design": job.design, "ships": job.ships, "epochs": len(history),
+                  "dataset": job.dataset, "variant": job.variant, "design": job.design, "ships": job.ships,
+                  "epochs": len(history),
                   "train_seconds": round(sum(h["seconds"] + h.get("eval_seconds", 0.0) for h in history), 1),
                   "job_seconds": round(time.perf_counter() - began, 1), "device": history[-1]["device"],
                   "validation": {k: v for k, v in history[-1].items() if k.startswith("val_")}, "metrics": metrics}
-        atomic_write(done, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
+        write_json(done, record)
     if job.ships and not args.no_ship:
         if "kept" not in record or args.install == "always":  # decided once, when the job is first installed
             record["kept"] = keep(job, record, args)
-            atomic_write(done, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
+            write_json(done, record)
         if record["kept"] == "rebuilt":
             install(job, run, record, args)
     return record
