@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DOCS, ROOT, command, describe, provenance, write  # noqa: E402
+from common import DOCS, ROOT, command, provenance, write  # noqa: E402
 
 DATASETS = ("mnist", "fashion-mnist", "cifar10")
 SHIPPED_KINDS = ("classifier", "noise-estimator", "ddpm", "similarity")  # in order: the diffusion eval uses both before
@@ -304,11 +304,19 @@ def headline(record: dict, key: str = "metrics") -> str:
     return ", ".join(f"{k} {v:.4f}" for k, v in record["validation"].items())
 
 
+def machine(record: dict) -> str:
+    """Where a job ran, for its row: the GPU, or the CPU and its cores."""
+    hw = record["hardware"]
+    return hw["gpu"] if record["device"] == "cuda" else f"{hw['cpu']}, {hw['cores']} cores"
+
+
 def markdown(result: dict) -> str:
-    made_by = list(dict.fromkeys(f"`{r['command']}` (code `{r['code_version']}`)" for r in result["jobs"]))
+    made_by = list(dict.fromkeys(f"`{r['command']}` (code `{r['code_version']}`, {r['date']})"
+                                 for r in result["jobs"]))
+    torch_versions = sorted({r["hardware"]["torch"] for r in result["jobs"]})
     lines = ["# Rebuilding the shipped models", "",
              "Made by: " + "; ".join(made_by) + "  ",
-             f"{describe(result['hardware'])}; {result['date']}.", "",
+             f"torch {', '.join(torch_versions)}; each row names the machine it ran on.", "",
              "Every model trained from scratch with its default recipe (`siamdiff train KIND --dataset D`); metrics "
              "of its float16 copy on the official test split (similarity: docs/similarity.md's protocol; "
              "denoisers: blind, the first test images). Train minutes are the training loop's own (all epochs, "
@@ -316,13 +324,13 @@ def markdown(result: dict) -> str:
              "shipped model now; a rebuilt model is installed only when it scores at least as well as the shipped "
              "one it would replace, evaluated beside it in the same run by the same protocol (the shipped model's "
              "figure is given when it stayed).", "",
-             "| job | epochs | train min | job min | device | result | installed |",
+             "| job | epochs | train min | job min | machine | result | installed |",
              "|---|---:|---:|---:|---|---|---|"]
     for r in result["jobs"]:
         installed = "yes" if r["installed"] else "no" + (f": shipped model better, {headline(r, 'shipped_metrics')}"
                                                           if r.get("kept") == "shipped" else "")
         lines.append(f"| {r['job']} | {r['epochs']} | {r['train_seconds'] / 60:.1f} | {r['job_seconds'] / 60:.1f} | "
-                     f"{r['device']} | {headline(r)} | {installed} |")
+                     f"{machine(r)} | {headline(r)} | {installed} |")
     lines += ["", f"Total: {result['train_seconds'] / 60:.1f} min of training, {result['job_seconds'] / 60:.1f} min "
               "of jobs."]
     pairs = [(r, d) for r in result["jobs"] if r["kind"] == "ddpm" and "psnr" in r["metrics"]

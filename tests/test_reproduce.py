@@ -78,7 +78,9 @@ def test_summary_marks_a_rebuilt_model_that_was_not_kept(tmp_path, data_root):
     rows = json.loads((tmp_path / "out" / "reproduce.json").read_text())["jobs"]
     assert [(r["job"], r["installed"]) for r in rows] == [("noise-estimator:mnist", True), ("ddpm:mnist", False)]
     table = (tmp_path / "out" / "reproduce.md").read_text()
-    assert next(line for line in table.splitlines() if line.startswith("| ddpm:mnist |")).endswith("| no |")
+    row = next(line for line in table.splitlines() if line.startswith("| ddpm:mnist |"))
+    hw = rows[1]["hardware"]
+    assert row.endswith("| no |") and f"| {hw['cpu']}, {hw['cores']} cores |" in row  # the machine of its own run
 
 
 def test_a_rebuilt_model_that_scores_worse_than_the_shipped_one_is_not_installed(tmp_path, data_root, capsys):
