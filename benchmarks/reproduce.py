@@ -305,9 +305,12 @@ def headline(record: dict, key: str = "metrics") -> str:
 
 
 def machine(record: dict) -> str:
-    """Where a job ran, for its row: the GPU, or the CPU and its cores."""
+    """Where a job ran, for its row: the GPU, or the CPU, its cores and whether it multiplies bfloat16 in hardware
+    (the training loop's autocast then runs)."""
     hw = record["hardware"]
-    return hw["gpu"] if record["device"] == "cuda" else f"{hw['cpu']}, {hw['cores']} cores"
+    if record["device"] == "cuda":
+        return hw["gpu"]
+    return f"{hw['cpu']}, {hw['cores']} cores, {'bfloat16' if hw['cpu_bf16'] else 'float32'}"
 
 
 def markdown(result: dict) -> str:
@@ -327,8 +330,12 @@ def markdown(result: dict) -> str:
              "| job | epochs | train min | job min | machine | result | installed |",
              "|---|---:|---:|---:|---|---|---|"]
     for r in result["jobs"]:
-        installed = "yes" if r["installed"] else "no" + (f": shipped model better, {headline(r, 'shipped_metrics')}"
-                                                          if r.get("kept") == "shipped" else "")
+        if r["installed"]:
+            installed = "yes"
+        elif r.get("kept") == "shipped":
+            installed = f"no: shipped model better, {headline(r, 'shipped_metrics')}"
+        else:
+            installed = "no: run with --no-ship" if "--no-ship" in shlex.split(r["command"]) else "no"
         lines.append(f"| {r['job']} | {r['epochs']} | {r['train_seconds'] / 60:.1f} | {r['job_seconds'] / 60:.1f} | "
                      f"{machine(r)} | {headline(r)} | {installed} |")
     lines += ["", f"Total: {result['train_seconds'] / 60:.1f} min of training, {result['job_seconds'] / 60:.1f} min "

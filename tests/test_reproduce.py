@@ -80,7 +80,7 @@ def test_summary_marks_a_rebuilt_model_that_was_not_kept(tmp_path, data_root):
     table = (tmp_path / "out" / "reproduce.md").read_text()
     row = next(line for line in table.splitlines() if line.startswith("| ddpm:mnist |"))
     hw = rows[1]["hardware"]
-    assert row.endswith("| no |") and f"| {hw['cpu']}, {hw['cores']} cores |" in row  # the machine of its own run
+    assert row.endswith("| no |") and f"| {hw['cpu']}, {hw['cores']} cores, " in row  # the machine of its own run
 
 
 def test_a_rebuilt_model_that_scores_worse_than_the_shipped_one_is_not_installed(tmp_path, data_root, capsys):
@@ -114,3 +114,11 @@ def test_the_comparison_figure_of_each_kind():
     assert reproduce.score({"psnr": {"0.1": 30.0, "0.5": 20.0}, "n": 8}) == 25.0
     assert reproduce.score({"sigma_rel_error": {"0.1": 0.1, "0.5": 0.3}}) == pytest.approx(-0.2)  # lower is better
     assert reproduce.score({}) is None
+
+
+def test_a_run_with_no_ship_installs_nothing_and_says_so(tmp_path, data_root):
+    records = _rebuild(tmp_path, data_root, "noise-estimator:mnist", options=("--no-ship",))
+    assert not (tmp_path / "weights").exists() and not records[0]["installed"] and "kept" not in records[0]
+    row = next(line for line in (tmp_path / "out" / "reproduce.md").read_text().splitlines()
+               if line.startswith("| noise-estimator:mnist |"))
+    assert row.endswith("| no: run with --no-ship |")
