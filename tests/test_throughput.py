@@ -18,11 +18,12 @@ def test_throughput_counts_the_flop_of_a_training_step():
     forward += 2 * 9 * chans[0] * chans[1] * size * size
     cin = chans[1]
     for i, w in enumerate(cfg.widths):
-        for c in [cin] + [w] * (cfg.depth - 1):
+        for c in [cin] + [w] * (cfg.depth - 1):  # before the pooling
             forward += 2 * 9 * c * w * size * size
         cin = w
-        if i < len(cfg.widths) - 1:
+        if i < len(cfg.widths) - 1 or cfg.after_pool:
             size //= 2
+        forward += cfg.after_pool * 2 * 9 * w * w * size * size  # after it (a conv-pool-conv stage)
     per_image = row["gflop_per_step"] * 1e9 / row["batch_size"]
     # backward costs about twice the forward (input and weight gradients; the first layer has no input gradient)
     assert 2.5 * forward < per_image < 3.2 * forward
