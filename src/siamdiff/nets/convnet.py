@@ -50,6 +50,8 @@ class EmbedConfig(JsonConfig):
 _MNIST_STATS = dict(mean=(0.1307,), std=(0.3081,))
 _FASHION_STATS = dict(mean=(0.2860,), std=(0.3530,))
 _CIFAR_STATS = dict(mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616))
+# the one grayscale default layout; each dataset adds its own normalisation
+_GRAY_DEFAULT = dict(arch="embed", in_channels=1, image_size=28, widths=(32, 64, 128), embed_dim=64, after_pool=1)
 
 PRESETS: dict[str, EmbedConfig] = {
     # The report's design: MNIST widths 32/64/128, FC 64/32; CIFAR widths 96/192/384, FC 126/42; 2-d output.
@@ -60,8 +62,8 @@ PRESETS: dict[str, EmbedConfig] = {
     # Grayscale: stages of 32/64/128 as conv-pool-conv groups (airbench's layout), half the FLOP of two convolutions
     # per stage before the pooling, with a higher test recall@1 in fewer minutes on MNIST and Fashion-MNIST
     # (docs/training.md).
-    "default-mnist": EmbedConfig("embed", 1, 28, (32, 64, 128), 64, after_pool=1, **_MNIST_STATS),
-    "default-fashion-mnist": EmbedConfig("embed", 1, 28, (32, 64, 128), 64, after_pool=1, **_FASHION_STATS),
+    "default-mnist": EmbedConfig(**_GRAY_DEFAULT, **_MNIST_STATS),
+    "default-fashion-mnist": EmbedConfig(**_GRAY_DEFAULT, **_FASHION_STATS),
     # airbench's layout (Jordan 2024, arXiv:2404.00498): a 32-wide stem, then stages of 64/256/256, each
     # conv-pool-conv; a third of the FLOP of Page's ResNet-9 (128/256/512 with residual blocks), which it replaced.
     "default-cifar10": EmbedConfig("embed", 3, 32, (64, 256, 256), 128, after_pool=1, stem=32, **_CIFAR_STATS),
