@@ -266,34 +266,43 @@ def is_installed(record: dict, weights: Path) -> bool:
         all(last.get(k) == v for k, v in record["validation"].items())
 
 
-def score(metrics: dict) -> float | None:
-    """The one figure, higher better, by which a rebuilt model and the shipped model of its kind are compared: recall@1,
-    accuracy, mean PSNR over the σ, or minus the mean relative error of σ̂; ``None`` for metrics with none of them."""
+def figures(metrics: dict) -> tuple[float, ...] | None:
+    """The figures, each higher better, by which a rebuilt model and the shipped model of its kind are compared — the
+    rebuilt one is installed only when it is at least as good in every one: a similarity model's recall@1,
+    verification accuracy and ROC-AUC (the category job: a model that retrieves better but verifies worse does not
+    replace one); a classifier's accuracy; a denoiser's mean PSNR over the σ; minus a noise estimator's mean relative
+    error of σ̂. ``None`` for metrics with none of them."""
     if "recall_at_1" in metrics:
-        return metrics["recall_at_1"]
+        return tuple(metrics[k] for k in SIMILARITY_FIGURES)
     if "test_accuracy" in metrics:
-        return metrics["test_accuracy"]
+        return (metrics["test_accuracy"],)
     if "psnr" in metrics:
-        return sum(metrics["psnr"].values()) / len(metrics["psnr"])
+        return (sum(metrics["psnr"].values()) / len(metrics["psnr"]),)
     if "sigma_rel_error" in metrics:
-        return -sum(metrics["sigma_rel_error"].values()) / len(metrics["sigma_rel_error"])
+        return (-sum(metrics["sigma_rel_error"].values()) / len(metrics["sigma_rel_error"]),)
     return None
+
+
+SIMILARITY_FIGURES = ("recall_at_1", "verification_accuracy", "roc_auc")
 
 
 def keep(job: Job, record: dict, args: argparse.Namespace) -> str:
     """``"rebuilt"`` when the rebuilt model is to be installed, else ``"shipped"``: the shipped model of its kind is
-    evaluated by the same protocol, in this run, and stays when it scores better (its metrics go to the record)."""
+    evaluated by the same protocol, in this run, and stays unless the rebuilt one is at least as good in each of
+    :func:`figures` (the shipped model's metrics go to the record)."""
     shipped = args.weights / f"{shipped_name(job.kind, job.dataset, job.variant)}.safetensors"
-    if args.install == "always" or not shipped.is_file() or score(record["metrics"]) is None:
+    if args.install == "always" or not shipped.is_file() or figures(record["metrics"]) is None:
         return "rebuilt"
     record["shipped_metrics"] = evaluate_job(job, shipped, args)
-    return "rebuilt" if score(record["metrics"]) >= score(record["shipped_metrics"]) else "shipped"
+    better = all(a >= b for a, b in zip(figures(record["metrics"]), figures(record["shipped_metrics"])))
+    return "rebuilt" if better else "shipped"
 
 
 def headline(record: dict, key: str = "metrics") -> str:
     m = record[key]
     if "recall_at_1" in m:
-        return f"recall@1 {m['recall_at_1']:.4f}"
+        return f"recall@1 {m['recall_at_1']:.4f}, verification {m['verification_accuracy']:.4f}, ROC-AUC " \
+            f"{m['roc_auc']:.4f}"
     if "test_accuracy" in m:
         return f"accuracy {m['test_accuracy']:.4f}"
     if "psnr" in m:

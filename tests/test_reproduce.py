@@ -1,6 +1,7 @@
 """The rebuild command at tiny scale: jobs train, install float16 weights with cards
 that name the command, skip when finished, and continue a stopped job instead of starting it again."""
 
+import argparse
 import json
 import shutil
 import sys
@@ -95,7 +96,7 @@ def test_a_rebuilt_model_that_scores_worse_than_the_shipped_one_is_not_installed
     for r in records:  # both evaluated in the same run by the same protocol
         assert r["kept"] == "shipped" and not r["installed"]
         assert set(r["shipped_metrics"]) == set(r["metrics"])
-        assert reproduce.score(r["shipped_metrics"]) > reproduce.score(r["metrics"])
+        assert reproduce.figures(r["shipped_metrics"]) > reproduce.figures(r["metrics"])
     assert "ddpm:mnist: 1 epochs" in capsys.readouterr().out.split("the shipped model stays (PSNR ")[0]
     row = next(line for line in (tmp_path / "out" / "reproduce.md").read_text().splitlines()
                if line.startswith("| ddpm:mnist |"))
@@ -108,12 +109,26 @@ def test_a_rebuilt_model_that_scores_worse_than_the_shipped_one_is_not_installed
     assert [r["epochs"] for r in again] == [1, 1]
 
 
-def test_the_comparison_figure_of_each_kind():
-    assert reproduce.score({"recall_at_1": 0.9, "map_at_r": 0.5}) == 0.9
-    assert reproduce.score({"test_accuracy": 0.8}) == 0.8
-    assert reproduce.score({"psnr": {"0.1": 30.0, "0.5": 20.0}, "n": 8}) == 25.0
-    assert reproduce.score({"sigma_rel_error": {"0.1": 0.1, "0.5": 0.3}}) == pytest.approx(-0.2)  # lower is better
-    assert reproduce.score({}) is None
+def test_the_comparison_figures_of_each_kind():
+    similarity = {"recall_at_1": 0.9, "map_at_r": 0.5, "verification_accuracy": 0.8, "roc_auc": 0.95}
+    assert reproduce.figures(similarity) == (0.9, 0.8, 0.95)
+    assert reproduce.figures({"test_accuracy": 0.8}) == (0.8,)
+    assert reproduce.figures({"psnr": {"0.1": 30.0, "0.5": 20.0}, "n": 8}) == (25.0,)
+    assert reproduce.figures({"sigma_rel_error": {"0.1": 0.1, "0.5": 0.3}}) == (pytest.approx(-0.2),)  # lower better
+    assert reproduce.figures({}) is None
+
+
+def test_a_similarity_model_that_verifies_worse_stays_out_though_it_retrieves_better(tmp_path, monkeypatch):
+    shipped = {"recall_at_1": 0.9960, "verification_accuracy": 0.9981, "roc_auc": 1.0}
+    rebuilt = {"recall_at_1": 0.9967, "verification_accuracy": 0.9966, "roc_auc": 0.9999}
+    monkeypatch.setattr(reproduce, "evaluate_job", lambda job, model, args: dict(shipped))
+    (tmp_path / "similarity-mnist.safetensors").write_bytes(b"")
+    args = argparse.Namespace(weights=tmp_path, install="better")
+    job = reproduce.Job("similarity", "mnist")
+    assert reproduce.keep(job, {"metrics": rebuilt}, args) == "shipped"
+    assert reproduce.keep(job, {"metrics": {**shipped, "recall_at_1": 0.997}}, args) == "rebuilt"
+    assert reproduce.keep(job, {"metrics": rebuilt}, argparse.Namespace(weights=tmp_path, install="always")) == \
+        "rebuilt"
 
 
 def test_a_run_with_no_ship_installs_nothing_and_says_so(tmp_path, data_root):
