@@ -24,7 +24,7 @@ from ..core.errors import SiamdiffError
 from ..data.imageio import ImageReadError, list_images
 from .api import SimilarityModel
 
-THRESHOLD = 0.9375  # the graded similarity from which two images are near copies (see the module's docstring)
+THRESHOLD = 0.94  # the graded similarity from which two images are near copies (see the module's docstring)
 CELLS = 1 << 23  # entries of the probability matrix computed at once (64 MB of float64)
 
 
