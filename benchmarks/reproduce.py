@@ -266,6 +266,10 @@ def is_installed(record: dict, weights: Path) -> bool:
         all(last.get(k) == v for k, v in record["validation"].items())
 
 
+# the category job's figures a rebuilt similarity model must match, with their names in the summary
+SIMILARITY_FIGURES = {"recall_at_1": "recall@1", "verification_accuracy": "verification", "roc_auc": "ROC-AUC"}
+
+
 def figures(metrics: dict) -> tuple[float, ...] | None:
     """The figures, each higher better, by which a rebuilt model and the shipped model of its kind are compared — the
     rebuilt one is installed only when it is at least as good in every one: a similarity model's recall@1,
@@ -283,26 +287,23 @@ def figures(metrics: dict) -> tuple[float, ...] | None:
     return None
 
 
-SIMILARITY_FIGURES = ("recall_at_1", "verification_accuracy", "roc_auc")
-
-
 def keep(job: Job, record: dict, args: argparse.Namespace) -> str:
     """``"rebuilt"`` when the rebuilt model is to be installed, else ``"shipped"``: the shipped model of its kind is
     evaluated by the same protocol, in this run, and stays unless the rebuilt one is at least as good in each of
     :func:`figures` (the shipped model's metrics go to the record)."""
     shipped = args.weights / f"{shipped_name(job.kind, job.dataset, job.variant)}.safetensors"
-    if args.install == "always" or not shipped.is_file() or figures(record["metrics"]) is None:
+    rebuilt = figures(record["metrics"])
+    if args.install == "always" or not shipped.is_file() or rebuilt is None:
         return "rebuilt"
     record["shipped_metrics"] = evaluate_job(job, shipped, args)
-    better = all(a >= b for a, b in zip(figures(record["metrics"]), figures(record["shipped_metrics"])))
+    better = all(a >= b for a, b in zip(rebuilt, figures(record["shipped_metrics"])))
     return "rebuilt" if better else "shipped"
 
 
 def headline(record: dict, key: str = "metrics") -> str:
     m = record[key]
     if "recall_at_1" in m:
-        return f"recall@1 {m['recall_at_1']:.4f}, verification {m['verification_accuracy']:.4f}, ROC-AUC " \
-            f"{m['roc_auc']:.4f}"
+        return ", ".join(f"{name} {m[k]:.4f}" for k, name in SIMILARITY_FIGURES.items())
     if "test_accuracy" in m:
         return f"accuracy {m['test_accuracy']:.4f}"
     if "psnr" in m:
