@@ -349,3 +349,36 @@ def test_a_shipped_start_is_recorded_by_its_name_not_where_it_is_installed(tiny_
     net, meta = load_model(tiny_model, kind="similarity")
     assert Start(net, meta, shipped_path("similarity", "mnist")).source == "shipped mnist"
     assert Start(net, meta, tiny_model).source == str(tiny_model)
+
+
+def test_whitened_stem_decorrelates_its_patches_and_stays_frozen(tmp_path):
+    from dataclasses import replace
+
+    import numpy as np
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    from siamdiff.nets.convnet import EmbeddingNet, preset
+    gen = torch.Generator().manual_seed(0)
+    images = (torch.rand(64, 3, 12, 12, generator=gen) * 255).to(torch.uint8)
+    images[:, 1] = images[:, 0] // 2 + images[:, 1] // 2  # correlated channels: whitening has work to do
+    net = EmbeddingNet(replace(preset("tiny", "cifar10", 3, 32), stem=8))
+    net.whiten_stem(images, eps=0.0)
+    # oracle: numpy's covariance of every 3x3 patch of the normalised images, then the stem's filters applied to them
+    x = net._normalized(images).numpy()
+    patches = sliding_window_view(x, (3, 3), axis=(2, 3)).transpose(0, 2, 3, 1, 4, 5).reshape(-1, 27)
+    responses = patches @ net.features[0].weight.detach().numpy().reshape(8, 27).T
+    cov = np.cov(responses[:, :4].T)
+    np.testing.assert_allclose(cov, np.eye(4), atol=1e-3)  # unit variance, decorrelated
+    np.testing.assert_allclose(responses[:, 4:], -responses[:, :4], atol=1e-5)  # and the negatives
+    top = np.linalg.eigvalsh(np.cov(patches.T))[::-1][:4]  # the largest-variance directions, in order
+    raw = patches @ (net.features[0].weight.detach().numpy().reshape(8, 27)[:4].T * np.sqrt(top))
+    np.testing.assert_allclose(raw.var(0, ddof=1), top, rtol=1e-3)
+
+    train, val = _sets()
+    r = recipe("cifar10", 1, 28, TrainOptions(model="tiny", epochs=1, batch_size=50, device="cpu"))
+    assert r.whiten and not recipe("mnist", 1, 28).whiten
+    task = SimilarityTask(r, train, val)
+    stem = task.model.features[0].weight.detach().clone()
+    fit(task, tmp_path)
+    assert torch.equal(task.model.features[0].weight.detach(), stem)  # frozen through training
+    assert not torch.equal(task.model.features[1].weight.detach(), torch.ones_like(task.model.features[1].weight))

@@ -194,6 +194,39 @@ class EmbeddingNet(nn.Module):
             z = (z + self.head(self.features(x.flip(3)))) / 2
         return F.normalize(z, dim=1) if self.config.normalize else z
 
+    def whiten_stem(self, images: torch.Tensor, eps: float = 5e-4, chunk: int = 500) -> None:
+        """Make the first convolution a fixed patch-whitening filter bank of ``images`` (uint8 or [0, 1]; the
+        patch-whitening initialisation of airbench, Jordan 2024, arXiv:2404.00498): its filters are the eigenvectors
+        of the covariance of the network's input patches with the largest eigenvalues, each divided by
+        ``sqrt(eigenvalue + eps)``, and their negatives (the ReLU after it keeps both signs), so its outputs on those
+        patches are decorrelated with unit variance from the first step; the filters are then frozen (the batch norm
+        after them still trains)."""
+        conv = self.features[0]
+        if not isinstance(conv, nn.Conv2d) or conv.bias is not None:
+            raise ValueError("the network does not start with a convolution without bias")
+        kh, kw = conv.kernel_size
+        dim = conv.in_channels * kh * kw
+        half = conv.out_channels // 2
+        if conv.out_channels % 2 or half > dim:
+            raise ValueError(f"whitening needs an even stem of at most {2 * dim} channels, not {conv.out_channels}")
+        total = torch.zeros(dim, dtype=torch.float64)
+        outer = torch.zeros(dim, dim, dtype=torch.float64)
+        count = 0
+        with torch.no_grad():
+            for s in range(0, len(images), chunk):
+                x = self._normalized(images[s:s + chunk])
+                patches = F.unfold(x, (kh, kw)).transpose(1, 2).reshape(-1, dim).double()  # patches inside the image
+                total += patches.sum(0)
+                outer += patches.T @ patches
+                count += len(patches)
+            mean = total / count
+            cov = outer / count - torch.outer(mean, mean)
+            values, vectors = torch.linalg.eigh(cov)  # ascending
+            values, vectors = values.flip(0)[:half], vectors.flip(1)[:, :half]
+            filters = (vectors / (values.clamp(min=0) + eps).sqrt()).T.reshape(half, conv.in_channels, kh, kw)
+            conv.weight.copy_(torch.cat([filters, -filters]).to(conv.weight.dtype))
+        conv.weight.requires_grad_(False)
+
     def pooled(self, images: torch.Tensor) -> torch.Tensor:
         """The trunk's features ``(N, F)``, pooled, before the head (a classifier's penultimate layer)."""
         return self.features(self._normalized(images))

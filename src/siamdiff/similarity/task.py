@@ -25,6 +25,7 @@ from .metrics import knn_search, recall_at_k, roc_auc
 from .pairs import balanced_pairs, seed_pairs
 
 VAL_PAIRS = 10_000
+WHITEN_IMAGES = 5_000  # training images whose patches set a whitened stem
 VAL_PAIR_SEED = 1
 PROXY_IMAGES = 500  # training images per class whose mean embedding starts a fine-tuned run's class proxy
 
@@ -33,11 +34,14 @@ PROXY_IMAGES = 500  # training images per class whose mean embedding starts a fi
 class SimilarityRecipe(Recipe):
     """Network, loss, pairing, augmentation and optimisation of one embedding.
 
-    pairs: ``in-batch`` (every pair of a batch) or ``seed`` (the report's one partner per image).
+    pairs: ``in-batch`` (every pair of a batch) or ``seed`` (the report's one partner per image); whiten: the
+    first convolution starts as a frozen patch-whitening filter bank of the first ``WHITEN_IMAGES`` training images
+    (:meth:`~siamdiff.nets.convnet.EmbeddingNet.whiten_stem`).
     """
 
     loss: LossConfig = field(default_factory=LossConfig)
     pairs: str = "in-batch"
+    whiten: bool = False
 
     def with_options(self, options: TrainOptions) -> SimilarityRecipe:
         recipe = super().with_options(options)
@@ -58,7 +62,7 @@ class SimilarityRecipe(Recipe):
         return replace(recipe, loss=loss)
 
 
-# Defaults per dataset family: (epochs, flip, translate, loss, cutout, weight decay, label smoothing). Folders ("gray",
+# Defaults per dataset family: (epochs, flip, translate, loss, cutout, weight decay, label smoothing, whiten). Folders ("gray",
 # "colour"): 20 epochs, flips for colour, translation by 2, supcon. Loss: supervised contrastive beat the in-batch
 # contrastive loss on MNIST; on CIFAR-10 the normalized softmax learns faster (docs/similarity.md), with a real
 # decoupled weight decay of 0.05 (Loshchilov & Hutter 2019: with AdamW's 5e-4 the network fitted its training set
@@ -66,10 +70,11 @@ class SimilarityRecipe(Recipe):
 # for a 20-epoch budget, pad-4-and-crop and cutout 8 gave a lower recall@1 (docs/training.md). On Fashion-MNIST the
 # same normsoftmax recipe raised recall@1 (0.9317 against supcon's 0.9265) but lowered verification accuracy from
 # 0.9591 to 0.9244, so supcon stays.
-_DEFAULTS = {"mnist": (8, False, 2, "supcon", 0, 5e-4, 0.0),
-             "fashion-mnist": (20, True, 2, "supcon", 0, 5e-4, 0.0),
-             "cifar10": (20, True, 2, "normsoftmax", 0, 0.05, 0.2),
-             "gray": (20, False, 2, "supcon", 0, 5e-4, 0.0), "colour": (20, True, 2, "supcon", 0, 5e-4, 0.0)}
+_DEFAULTS = {"mnist": (8, False, 2, "supcon", 0, 5e-4, 0.0, False),
+             "fashion-mnist": (20, True, 2, "supcon", 0, 5e-4, 0.0, False),
+             "cifar10": (20, True, 2, "normsoftmax", 0, 0.05, 0.2, True),
+             "gray": (20, False, 2, "supcon", 0, 5e-4, 0.0, False),
+             "colour": (20, True, 2, "supcon", 0, 5e-4, 0.0, False)}
 
 
 def _recipes() -> dict[tuple[str, str], SimilarityRecipe]:
@@ -79,13 +84,13 @@ def _recipes() -> dict[tuple[str, str], SimilarityRecipe]:
     0.01, batch 100 pairs, margin 5 with the squared-margin contrastive form, random flips, constant learning rate,
     10 epochs for grayscale, 20 for colour."""
     table = {}
-    for name, (epochs, flip, translate, loss, cutout, decay, smoothing) in _DEFAULTS.items():
+    for name, (epochs, flip, translate, loss, cutout, decay, smoothing, whiten) in _DEFAULTS.items():
         c, size = FAMILIES[name]
         train = TrainConfig(epochs=epochs, batch_size=256, lr=3e-3, weight_decay=decay)
         for design, epochs_of_design in (("default", epochs), ("tiny", 2)):
             net = replace(preset(design, name, c, size), mirror_average=flip)
             table[(design, name)] = SimilarityRecipe(net, replace(train, epochs=epochs_of_design), flip=flip,
-                                                     translate=translate, cutout=cutout,
+                                                     translate=translate, cutout=cutout, whiten=whiten,
                                                      loss=replace(LossConfig.default(loss), label_smoothing=smoothing))
         seed_train = TrainConfig(epochs=20 if c == 3 else 10, batch_size=100, lr=0.01, weight_decay=0.0,
                                  optimizer="adam", schedule="constant")
@@ -121,7 +126,10 @@ class SimilarityTask(Task):
         self.calibration: dict[str, float] | None = None
 
     def build(self) -> EmbeddingNet:
-        return EmbeddingNet(self.recipe.model)
+        net = EmbeddingNet(self.recipe.model)
+        if self.recipe.whiten:
+            net.whiten_stem(self.train_set.images[:WHITEN_IMAGES])
+        return net
 
     def build_loss_module(self) -> Proxies | None:
         # normsoftmax's class proxies: trained with the network, never saved in the model file — a similarity model
