@@ -62,14 +62,14 @@ class SimilarityRecipe(Recipe):
         return replace(recipe, loss=loss)
 
 
-# Defaults per dataset family: (epochs, flip, translate, loss, cutout, weight decay, label smoothing, whiten). Folders ("gray",
-# "colour"): 20 epochs, flips for colour, translation by 2, supcon. Loss: supervised contrastive beat the in-batch
-# contrastive loss on MNIST; on CIFAR-10 the normalized softmax learns faster (docs/similarity.md), with a real
-# decoupled weight decay of 0.05 (Loshchilov & Hutter 2019: with AdamW's 5e-4 the network fitted its training set
-# while validation recall stayed flat) and airbench's label smoothing of 0.2 and shifts of 2 pixels (Jordan 2024):
-# for a 20-epoch budget, pad-4-and-crop and cutout 8 gave a lower recall@1 (docs/training.md). On Fashion-MNIST the
-# same normsoftmax recipe raised recall@1 (0.9317 against supcon's 0.9265) but lowered verification accuracy from
-# 0.9591 to 0.9244, so supcon stays.
+# Defaults per dataset family: (epochs, flip, translate, loss, cutout, weight decay, label smoothing, whiten). Folders
+# ("gray", "colour"): 20 epochs, flips for colour, translation by 2, supcon. Loss: supervised contrastive beat the
+# in-batch contrastive loss on MNIST; on CIFAR-10 the normalized softmax learns faster (docs/similarity.md), with a
+# real decoupled weight decay of 0.05 (Loshchilov & Hutter 2019: with AdamW's 5e-4 the network fitted its training set
+# while validation recall stayed flat) and airbench's label smoothing of 0.2 and shifts of 2 pixels (Jordan 2024): for
+# a 20-epoch budget, pad-4-and-crop and cutout 8 gave a lower recall@1, and a frozen patch-whitening stem a higher one
+# in less time (docs/training.md). On Fashion-MNIST the same normsoftmax recipe raised recall@1 (0.9317 against
+# supcon's 0.9265) but lowered verification accuracy from 0.9591 to 0.9244, so supcon stays.
 _DEFAULTS = {"mnist": (8, False, 2, "supcon", 0, 5e-4, 0.0, False),
              "fashion-mnist": (20, True, 2, "supcon", 0, 5e-4, 0.0, False),
              "cifar10": (20, True, 2, "normsoftmax", 0, 0.05, 0.2, True),
